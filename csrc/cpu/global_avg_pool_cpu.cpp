@@ -1,0 +1,66 @@
+// nin_ext::global_avg_pool on the CPU: (N, C, H, W) -> (N, C), the mean over H and W.
+// Sums are accumulated in the accumulate type (double for float) in a fixed order.
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "nin_block_checks.h"
+
+namespace nin_ext {
+namespace cpu {
+
+at::Tensor global_avg_pool_cpu(const at::Tensor& x) {
+  check_global_avg_pool_args(x, "global_avg_pool");
+  const int64_t N = x.size(0), C = x.size(1), pixels = x.size(2) * x.size(3);
+  at::Tensor out = at::empty({N, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) {
+    return out;
+  }
+  const bool channels_last = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const at::Tensor input = x.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "global_avg_pool_cpu", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(pixels);
+    if (channels_last) {
+      // Pixels are rows of C values: accumulate whole rows, one image per task.
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sums(C);
+        for (int64_t n = begin; n < end; ++n) {
+          std::fill(sums.begin(), sums.end(), acc_t(0));
+          const scalar_t* image = in + n * pixels * C;
+          for (int64_t p = 0; p < pixels; ++p) {
+            for (int64_t c = 0; c < C; ++c) {
+              sums[c] += static_cast<acc_t>(image[p * C + c]);
+            }
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            o[n * C + c] = static_cast<scalar_t>(sums[c] * inv_pixels);
+          }
+        }
+      });
+    } else {
+      // Each (n, c) plane is contiguous.
+      at::parallel_for(0, N * C, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const scalar_t* values = in + plane * pixels;
+          acc_t s = 0;
+          for (int64_t p = 0; p < pixels; ++p) {
+            s += static_cast<acc_t>(values[p]);
+          }
+          o[plane] = static_cast<scalar_t>(s * inv_pixels);
+        }
+      });
+    }
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
+
+TORCH_LIBRARY_IMPL(nin_ext, CPU, m) {
+  m.impl("global_avg_pool", &nin_ext::cpu::global_avg_pool_cpu);
+}

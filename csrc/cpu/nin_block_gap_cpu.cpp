@@ -1,0 +1,61 @@
+// nin_ext::nin_block_gap on the CPU: the fused block with the global average pool folded in.
+// Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
+// sums are then added in tile order, so the result has the same bits on every run.
+#include <ATen/AccumulateType.h>
+#include <torch/library.h>
+
+#include "cpu/nin_block_tiles_cpu.h"
+
+namespace nin_ext {
+namespace cpu {
+
+at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                             const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                             const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride,
+                             c10::IntArrayRef padding) {
+  const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_gap");
+  at::Tensor out = at::empty({g.N, g.C2}, x.options());
+  if (g.N == 0) {
+    return out;
+  }
+  const NinBlockMatrices m(g, w, b, w1, b1, w2, b2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "nin_block_gap_cpu", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t));
+    const int64_t tiles_per_image = (g.pixels() + tile_pixels - 1) / tile_pixels;
+    std::vector<acc_t> tile_sums(g.N * tiles_per_image * g.C2);
+    for_each_nin_block_tile<scalar_t>(
+        x, g, m, tile_pixels,
+        [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
+          const at::Tensor y = worker.run(n, p0, pt);
+          const scalar_t* data = y.const_data_ptr<scalar_t>();
+          acc_t* sums = tile_sums.data() + tile * g.C2;
+          for (int64_t c = 0; c < g.C2; ++c) {
+            acc_t s = 0;
+            for (int64_t j = 0; j < pt; ++j) {
+              s += static_cast<acc_t>(data[c * y.stride(0) + j]);
+            }
+            sums[c] = s;
+          }
+        });
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+    const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t c = 0; c < g.C2; ++c) {
+        acc_t s = 0;
+        for (int64_t t = 0; t < tiles_per_image; ++t) {
+          s += tile_sums[(n * tiles_per_image + t) * g.C2 + c];
+        }
+        out_data[n * g.C2 + c] = static_cast<scalar_t>(s * inv_pixels);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
+
+TORCH_LIBRARY_IMPL(nin_ext, CPU, m) {
+  m.impl("nin_block_gap", &nin_ext::cpu::nin_block_gap_cpu);
+}

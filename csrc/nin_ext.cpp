@@ -1,0 +1,42 @@
+// Op schemas for nin_ext and the Python module that loads them.
+//
+// The ops are defined here once; each backend registers its kernels in its own file
+// (csrc/cpu/*_cpu.cpp, csrc/cuda/*_cuda.cu). Fake (meta) kernels and autograd are registered
+// from Python (nin_ext/_registrations.py), as in pytorch/extension-cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef NIN_EXT_CUDA_ARCHS
+#define NIN_EXT_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(nin_ext, m) {
+  // relu(conv1x1(relu(conv1x1(relu(conv2d(x, w, b, stride, padding)), w1, b1)), w2, b2))
+  m.def(
+      "nin_block(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "int[2] stride, int[2] padding) -> Tensor");
+  // nin_block followed by the mean over the spatial dimensions: (N, C2).
+  m.def(
+      "nin_block_gap(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "int[2] stride, int[2] padding) -> Tensor");
+  // Mean over the spatial dimensions of an (N, C, H, W) tensor: (N, C).
+  m.def("global_avg_pool(Tensor x) -> Tensor");
+}
+
+// Importing nin_ext._C runs the static registrations above. The module itself only reports how
+// it was built (no functions: the ops are reached through torch.ops.nin_ext).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) {
+    return nullptr;
+  }
+#ifdef NIN_EXT_WITH_CUDA
+  PyModule_AddObject(module, "cuda_built", Py_NewRef(Py_True));
+#else
+  PyModule_AddObject(module, "cuda_built", Py_NewRef(Py_False));
+#endif
+  PyModule_AddStringConstant(module, "cuda_archs", NIN_EXT_CUDA_ARCHS);
+  return module;
+}

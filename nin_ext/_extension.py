@@ -1,0 +1,21 @@
+"""Loads the compiled kernels (nin_ext._C), or records why they are missing."""
+import warnings
+
+import torch  # noqa: F401  (the extension links against libtorch: load it first)
+
+try:
+    from . import _C
+    load_error = None
+except (ImportError, OSError) as error:  # not built (NIN_EXT_NO_EXT=1), or built for another torch
+    _C = None
+    load_error = f"{type(error).__name__}: {error}"
+    warnings.warn(
+        f"nin_ext: the compiled extension nin_ext._C could not be loaded ({load_error}); backend 'auto' "
+        "falls back to 'reference' (plain PyTorch, not fused). Reinstall nin_ext with "
+        "`pip install --no-build-isolation .` to build the kernels.",
+        stacklevel=3,
+    )
+
+loaded = _C is not None
+cuda_built = bool(loaded and _C.cuda_built)
+cuda_archs = (_C.cuda_archs or None) if loaded else None

@@ -1,0 +1,61 @@
+"""Recognising the layer runs that nin_ext fuses, in a list of modules.
+
+A block run is Conv2d -> ReLU -> 1x1 Conv2d -> ReLU -> 1x1 Conv2d -> ReLU, with convolutions our
+kernels compute exactly as nn.Conv2d does (no groups, no dilation, zero padding). A global average
+pool is AdaptiveAvgPool2d to 1x1 (a Flatten after it stays a layer of its own: it is only a view).
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch.nn as nn
+
+BLOCK_RUN_LENGTH = 6
+
+
+class BlockLayers(NamedTuple):
+    conv: nn.Conv2d
+    conv1: nn.Conv2d
+    conv2: nn.Conv2d
+    padding: Tuple[int, int]
+
+    def op_args(self):
+        """The weights, stride and padding in the order of the nin_block ops."""
+        return (self.conv.weight, self.conv.bias, self.conv1.weight, self.conv1.bias, self.conv2.weight,
+                self.conv2.bias, self.conv.stride, self.padding)
+
+
+def conv_padding(conv):
+    """conv's padding as an (h, w) pair of zero-padding amounts, or None when our kernels differ from it."""
+    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.dilation != (1, 1):
+        return None
+    if conv.padding == "valid":
+        padding = (0, 0)
+    elif conv.padding == "same":  # symmetric only when the kernel is odd
+        if any(k % 2 == 0 for k in conv.kernel_size):
+            return None
+        padding = tuple(k // 2 for k in conv.kernel_size)
+    else:
+        padding = tuple(conv.padding)
+    if conv.padding_mode != "zeros" and padding != (0, 0):
+        return None
+    return padding
+
+
+def _is_pointwise(conv, in_channels):
+    return (conv_padding(conv) == (0, 0) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.in_channels == in_channels)
+
+
+def block_run_at(layers, i) -> Optional[BlockLayers]:
+    """The block run starting at layers[i], or None."""
+    run = layers[i:i + BLOCK_RUN_LENGTH]
+    if len(run) < BLOCK_RUN_LENGTH or not all(type(run[k]) is nn.ReLU for k in (1, 3, 5)):
+        return None
+    conv, conv1, conv2 = run[0], run[2], run[4]
+    padding = conv_padding(conv)
+    if padding is None or not _is_pointwise(conv1, conv.out_channels) or not _is_pointwise(conv2, conv1.out_channels):
+        return None
+    return BlockLayers(conv, conv1, conv2, padding)
+
+
+def is_global_avg_pool(layer):
+    return type(layer) is nn.AdaptiveAvgPool2d and layer.output_size in (1, (1, 1))
