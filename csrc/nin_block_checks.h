@@ -98,16 +98,27 @@ inline NinBlockGeometry check_nin_block_args(const at::Tensor& x, const at::Tens
   return g;
 }
 
-// The memory format the reference gives: each of its convolutions returns channels_last when its
-// input or its weight suggests it, and that propagates through the block.
+// Whether relu(t), for a conv output t laid out in `format`, is still laid out channels_last: ATen's
+// element-wise ops give a channels_last tensor with one channel or one pixel contiguous strides.
+inline bool relu_keeps_channels_last(at::MemoryFormat format, int64_t channels, int64_t pixels) {
+  return format == at::MemoryFormat::ChannelsLast && channels > 1 && pixels > 1;
+}
+
+// The memory format of the reference's output: each of its convolutions returns channels_last when
+// its input or its weight suggests it, and each ReLU keeps that only as relu_keeps_channels_last says.
 inline at::MemoryFormat nin_block_output_memory_format(const at::Tensor& x, const at::Tensor& w,
-                                                      const at::Tensor& w1, const at::Tensor& w2) {
-  for (const at::Tensor* t : {&x, &w, &w1, &w2}) {
-    if (t->suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
-      return at::MemoryFormat::ChannelsLast;
-    }
-  }
-  return at::MemoryFormat::Contiguous;
+                                                      const at::Tensor& w1, const at::Tensor& w2,
+                                                      const NinBlockGeometry& g) {
+  auto conv_output_format = [](bool input_channels_last, const at::Tensor& weight) {
+    return input_channels_last || weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+               ? at::MemoryFormat::ChannelsLast
+               : at::MemoryFormat::Contiguous;
+  };
+  at::MemoryFormat format = conv_output_format(x.suggest_memory_format() == at::MemoryFormat::ChannelsLast, w);
+  format = conv_output_format(relu_keeps_channels_last(format, g.CC, g.pixels()), w1);
+  format = conv_output_format(relu_keeps_channels_last(format, g.C1, g.pixels()), w2);
+  return relu_keeps_channels_last(format, g.C2, g.pixels()) ? at::MemoryFormat::ChannelsLast
+                                                            : at::MemoryFormat::Contiguous;
 }
 
 inline void check_global_avg_pool_args(const at::Tensor& x, const char* op) {

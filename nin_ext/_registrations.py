@@ -4,37 +4,26 @@ The backward recomputes the block's hidden activations with ATen (the forward ke
 and runs ATen's convolution_backward through the three layers.
 """
 import torch
-from torch._prims_common import suggest_memory_format
 
 from . import _extension
+from ._nin_block_checks import (check_global_avg_pool_args, check_nin_block_args, conv_output_size,
+                                nin_block_output_memory_format)
 from .reference import nin_block_activations
 
 
-def _output_memory_format(*tensors):
-    # The reference's convolutions give channels_last when their input or weight suggests it.
-    if any(suggest_memory_format(t) == torch.channels_last for t in tensors):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _output_size(x, w, stride, padding):
-    return tuple((x.shape[d] + 2 * padding[d - 2] - w.shape[d]) // stride[d - 2] + 1 for d in (2, 3))
-
-
 def _nin_block_fake(x, w, b, w1, b1, w2, b2, stride, padding):
-    torch._check(x.dim() == 4, lambda: f"nin_block: expected x to be 4-d, got shape {tuple(x.shape)}")
-    oh, ow = _output_size(x, w, stride, padding)
-    return torch.empty((x.shape[0], w2.shape[0], oh, ow), dtype=x.dtype, device=x.device,
-                       memory_format=_output_memory_format(x, w, w1, w2))
+    output_size = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block")
+    return torch.empty((x.shape[0], w2.shape[0], *output_size), dtype=x.dtype, device=x.device,
+                       memory_format=nin_block_output_memory_format(x, w, w1, w2, output_size))
 
 
 def _nin_block_gap_fake(x, w, b, w1, b1, w2, b2, stride, padding):
-    torch._check(x.dim() == 4, lambda: f"nin_block_gap: expected x to be 4-d, got shape {tuple(x.shape)}")
+    check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_gap")
     return x.new_empty((x.shape[0], w2.shape[0]))
 
 
 def _global_avg_pool_fake(x):
-    torch._check(x.dim() == 4, lambda: f"global_avg_pool: expected x to be 4-d, got shape {tuple(x.shape)}")
+    check_global_avg_pool_args(x, "global_avg_pool")
     return x.new_empty((x.shape[0], x.shape[1]))
 
 
@@ -71,8 +60,7 @@ def _setup_nin_block_context(ctx, inputs, output):
 
 
 def _nin_block_gap_backward(ctx, grad_out):
-    x = ctx.saved_tensors[0]
-    oh, ow = _output_size(x, ctx.saved_tensors[1], ctx.stride, ctx.padding)
+    oh, ow = conv_output_size(*ctx.saved_tensors[:2], ctx.stride, ctx.padding)
     grad_block_out = (grad_out / (oh * ow))[:, :, None, None].expand(-1, -1, oh, ow)
     return _nin_block_grads(ctx, grad_block_out)
 

@@ -11,7 +11,7 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
                          const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block");
   at::Tensor out = at::empty({g.N, g.C2, g.OH, g.OW},
-                             x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2)));
+                             x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2, g)));
   if (g.N == 0) {
     return out;
   }

@@ -1,8 +1,8 @@
 // The fused NiN block on the CPU, one tile of output pixels at a time.
 //
 // A tile is `pt` consecutive output pixels of one image. Its im2col patch (K x pt), the conv result
-// (CC x pt) and the first 1x1 result (C1 x pt) live in a per-thread workspace sized to stay in the
-// L2 cache; the second 1x1 result is written straight to its destination (the output tensor, or a
+// (CC x pt) and the first 1x1 result (C1 x pt) live in a per-thread workspace sized to stay in
+// cache (see nin_block_tile_pixels); the second 1x1 result is written straight to its destination (the output tensor, or a
 // buffer the caller reduces). No tensor of the block's hidden activations is ever allocated at full
 // size. The three products go through ATen's matmul (MKL/oneDNN here) on those small tiles.
 #pragma once
@@ -39,15 +39,17 @@ struct NinBlockMatrices {
   }
 };
 
-// Pixels per tile: the tile's patch and activations take about 1 MiB (the L2 size of the machines
-// we tune on), at least 16 pixels, and a large image is split into at least 4 tiles so that
-// batch 1 still feeds every core. Depends on the shapes only, so results do not depend on the
-// thread count.
+// Pixels per tile: the tile's patch and activations take about 4 MiB (L2 plus a slice of L3 on the
+// machines we tune on: larger tiles amortise the matmul's packing of the weights), the batch gives at
+// least 8 tiles to share among threads, and an image splits into tiles of equal size. The choice
+// depends on the shapes only, so results do not depend on the thread count.
 inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_size) {
   const int64_t per_pixel_bytes = (g.K() + g.CC + g.C1 + g.C2) * element_size;
-  const int64_t cache_fit = (int64_t{1} << 20) / per_pixel_bytes;
-  const int64_t quarter_image = (g.pixels() + 3) / 4;
-  return std::max<int64_t>(16, std::min({cache_fit, quarter_image, int64_t{1024}}));
+  const int64_t cache_fit = (int64_t{4} << 20) / per_pixel_bytes;
+  const int64_t eighth_of_batch = (g.N * g.pixels() + 7) / 8;
+  const int64_t cap = std::max<int64_t>(16, std::min({cache_fit, eighth_of_batch, int64_t{1024}}));
+  const int64_t tiles_per_image = (g.pixels() + cap - 1) / cap;
+  return (g.pixels() + tiles_per_image - 1) / tiles_per_image;
 }
 
 // y = relu(y + bias) over a (channels x pixels) strided view; NaN passes through as in torch.relu.

@@ -1,0 +1,81 @@
+# nin_ext developer entry points. From a fresh clone:
+#   make test    - create .venv, install torch + build deps, build nin_ext (editable), run pytest
+#   make bench   - same setup, then run the benchmark (python -m nin_ext bench $(BENCH_ARGS))
+#   make cuda-build-check - in .venv-cuda with a CUDA build of torch: non-editable install (compiles
+#                  the CUDA sources, if any, with nvcc; nothing runs on a GPU), import it, print info
+#   make clean   - remove build outputs and install stamps (keeps the venvs; `make distclean` drops them)
+# Variables: TORCH, CUDA_TORCH, PYTEST_ARGS, BENCH_ARGS, PYTHON, VENV, CUDA_VENV.
+# The setup is stamp-file based: it is redone when setup.py, pyproject.toml, this Makefile or
+# anything under csrc/ changes, and skipped otherwise.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := test
+
+PYTHON      ?= python3
+VENV        ?= .venv
+CUDA_VENV   ?= .venv-cuda
+TORCH       ?= torch==2.13.0
+CUDA_TORCH  ?= torch==2.14.1
+BUILD_DEPS  ?= ninja pybind11 pytest setuptools wheel numpy
+PYTEST_ARGS ?=
+BENCH_ARGS  ?=
+PIP_FLAGS   ?= --progress-bar off
+
+# Everything the compiled extension depends on (directories too, so added/removed files count).
+BUILD_INPUTS := setup.py pyproject.toml Makefile $(shell find csrc 2>/dev/null)
+
+# Stamp names carry the torch requirement, so changing TORCH reinstalls.
+torch_tag = $(subst =,_,$(subst <,_,$(subst >,_,$(1))))
+DEPS_STAMP       := $(VENV)/.stamp-deps-$(call torch_tag,$(TORCH))
+BUILD_STAMP      := $(VENV)/.stamp-build
+CUDA_DEPS_STAMP  := $(CUDA_VENV)/.stamp-deps-$(call torch_tag,$(CUDA_TORCH))
+
+.PHONY: test bench setup cuda-build-check clean distclean
+
+test: $(BUILD_STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BUILD_STAMP)
+	$(VENV)/bin/python -m nin_ext bench $(BENCH_ARGS)
+
+setup: $(BUILD_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): Makefile | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) "$(TORCH)" $(BUILD_DEPS)
+	rm -f $(VENV)/.stamp-deps-*  # a stamp for another TORCH no longer holds
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(BUILD_INPUTS)
+	@echo "== building nin_ext into $(VENV) (editable)"
+	time $(VENV)/bin/python -m pip install $(PIP_FLAGS) -v --no-build-isolation --no-deps -e .
+	touch $@
+
+$(CUDA_VENV)/bin/python:
+	$(PYTHON) -m venv $(CUDA_VENV)
+
+$(CUDA_DEPS_STAMP): Makefile | $(CUDA_VENV)/bin/python
+	$(CUDA_VENV)/bin/python -m pip install $(PIP_FLAGS) "$(CUDA_TORCH)" $(BUILD_DEPS)
+	rm -f $(CUDA_VENV)/.stamp-deps-*
+	touch $@
+
+# Always rebuilds (non-editable install of the current tree). The import check runs from inside
+# the venv folder so that the installed package, not the source tree, is imported.
+cuda-build-check: $(CUDA_DEPS_STAMP)
+	@echo "== building nin_ext into $(CUDA_VENV) (non-editable, $(CUDA_TORCH))"
+	time $(CUDA_VENV)/bin/python -m pip install $(PIP_FLAGS) -v --no-build-isolation --no-deps --force-reinstall .
+	cd $(CUDA_VENV) && ./bin/python -c 'import torch, nin_ext, nin_ext._C; print("nin_ext from", nin_ext.__file__); print("nin_ext._C from", nin_ext._C.__file__)'
+	cd $(CUDA_VENV) && ./bin/python -m nin_ext info
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache
+	rm -f nin_ext/_C*.so
+	find . -path ./$(VENV) -prune -o -path ./$(CUDA_VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f $(VENV)/.stamp-* $(CUDA_VENV)/.stamp-*
+
+distclean: clean
+	rm -rf $(VENV) $(CUDA_VENV)

@@ -1,0 +1,259 @@
+"""Shared fixtures and helpers for the nin_ext test suite.
+
+The oracle is the notebook's model, re-typed here (``notebook_nin_block`` /
+``notebook_net``) so that the tests do not depend on ``nin_ext.reference``
+being right; ``test_modules.py`` checks that ``nin_ext.reference`` builds the
+same thing.
+"""
+import copy
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nin_ext
+
+SEED = 1234
+TINY = 1e-30
+HAS_CUDA = torch.cuda.is_available()
+NO_CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+# --------------------------------------------------------------------------------------
+# Reference model, exactly as in the notebook
+# --------------------------------------------------------------------------------------
+def notebook_nin_block(in_channels, out_channels, kernel_size, strides, padding):
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding),
+                         nn.ReLU(),
+                         nn.Conv2d(out_channels, out_channels, kernel_size=1),
+                         nn.ReLU(),
+                         nn.Conv2d(out_channels, out_channels, kernel_size=1),
+                         nn.ReLU())
+
+
+def notebook_net(in_channels=1, num_classes=10, dropout=0.5):
+    return nn.Sequential(
+        notebook_nin_block(in_channels=in_channels, out_channels=96, kernel_size=11, strides=4, padding=0),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        notebook_nin_block(in_channels=96, out_channels=256, kernel_size=5, strides=1, padding=2),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        notebook_nin_block(in_channels=256, out_channels=384, kernel_size=3, strides=1, padding=1),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Dropout(dropout),
+        notebook_nin_block(in_channels=384, out_channels=num_classes, kernel_size=3, strides=1, padding=1),
+        nn.AdaptiveAvgPool2d(output_size=(1, 1)),
+        nn.Flatten())
+
+
+NOTEBOOK_SHAPE_LINES = [
+    "Sequential output shape:\t torch.Size([1, 96, 54, 54])",
+    "MaxPool2d output shape:\t torch.Size([1, 96, 26, 26])",
+    "Sequential output shape:\t torch.Size([1, 256, 26, 26])",
+    "MaxPool2d output shape:\t torch.Size([1, 256, 12, 12])",
+    "Sequential output shape:\t torch.Size([1, 384, 12, 12])",
+    "MaxPool2d output shape:\t torch.Size([1, 384, 5, 5])",
+    "Dropout output shape:\t torch.Size([1, 384, 5, 5])",
+    "Sequential output shape:\t torch.Size([1, 10, 5, 5])",
+    "AdaptiveAvgPool2d output shape:\t torch.Size([1, 10, 1, 1])",
+    "Flatten output shape:\t torch.Size([1, 10])",
+]
+
+# Smallest square input that survives the three MaxPool2d(3, 2) of the NiN net
+# (66 fails in the reference: "Output size is too small").
+NIN_MIN_HW = 67
+
+
+def ref_block_fn(x, w, b, w1, b1, w2, b2, stride, padding):
+    """Functional reference of the fused op (three conv2d + relu)."""
+    y = F.relu(F.conv2d(x, w, b, stride, padding))
+    y = F.relu(F.conv2d(y, w1, b1))
+    return F.relu(F.conv2d(y, w2, b2))
+
+
+def ref_block_gap_fn(*args):
+    return ref_block_fn(*args).mean((2, 3))
+
+
+def _to64(t):
+    if t is None:
+        return None
+    return t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def ref64(module, x):
+    """Run a deepcopy of a (reference) module in float64 on CPU; returns a float64 tensor."""
+    m = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
+    with torch.no_grad():
+        return m(_to64(x))
+
+
+def ref64_fn(fn, *args, **kwargs):
+    """Run a functional reference with every tensor argument cast to float64 on CPU."""
+    args = [_to64(a) if isinstance(a, torch.Tensor) or a is None else a for a in args]
+    with torch.no_grad():
+        return fn(*args, **kwargs)
+
+
+def as_reference(block):
+    """A plain notebook-style copy of one of our NiNBlock/NiN modules (same weights)."""
+    if isinstance(block, nin_ext.NiN):
+        ref = notebook_net(block[0][0].in_channels, block[7][4].out_channels, block[6].p)
+    else:
+        c = block[0]
+        ref = notebook_nin_block(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding)
+    ref.load_state_dict(block.state_dict(), strict=True)
+    ref.train(block.training)
+    return ref
+
+
+# --------------------------------------------------------------------------------------
+# Tolerances
+# --------------------------------------------------------------------------------------
+# rel:  max|y - y64| / max(max|y64|, tiny)
+# rtol/atol_scale: elementwise |y - y64| <= atol_scale * max|y64| + rtol * |y64|
+TOL = {
+    "fwd": {
+        torch.float32: dict(rel=1e-5, rtol=1e-5, atol_scale=1e-6),
+        torch.float64: dict(rel=1e-12, rtol=1e-12, atol_scale=1e-13),
+        torch.bfloat16: dict(rel=3e-2, rtol=3e-2, atol_scale=1e-2),
+        torch.float16: dict(rel=4e-3, rtol=4e-3, atol_scale=1e-3),
+    },
+    "grad": {
+        torch.float32: dict(rel=1e-4, rtol=1e-4, atol_scale=1e-5),
+        torch.float64: dict(rel=1e-10, rtol=1e-10, atol_scale=1e-11),
+        torch.bfloat16: dict(rel=5e-2, rtol=5e-2, atol_scale=2e-2),
+        torch.float16: dict(rel=8e-3, rtol=8e-3, atol_scale=2e-3),
+    },
+}
+
+
+def rel_err(y, y64):
+    y = y.detach().to("cpu", torch.float64)
+    y64 = y64.detach().to("cpu", torch.float64)
+    if y64.numel() == 0:
+        return 0.0
+    return ((y - y64).abs().max() / max(y64.abs().max().item(), TINY)).item()
+
+
+def assert_close_ref(y, y64, dtype=None, kind="fwd", what="output"):
+    """Compare y (any dtype/device) with its float64 reference y64."""
+    dtype = dtype or y.dtype
+    tol = TOL[kind][dtype]
+    assert tuple(y.shape) == tuple(y64.shape), f"{what}: shape {tuple(y.shape)} != reference {tuple(y64.shape)}"
+    if y64.numel() == 0:
+        return
+    yd = y.detach().to("cpu", torch.float64)
+    y64 = y64.detach().to("cpu", torch.float64)
+    assert torch.isfinite(yd).all(), f"{what}: non-finite values"
+    scale = max(y64.abs().max().item(), TINY)
+    err = rel_err(yd, y64)
+    assert err <= tol["rel"], f"{what}: max rel error {err:.3e} > {tol['rel']:.1e} ({dtype}, {kind})"
+    diff = (yd - y64).abs()
+    bound = tol["atol_scale"] * scale + tol["rtol"] * y64.abs()
+    bad = diff > bound
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {diff.numel()} elements outside rtol={tol['rtol']:.0e}, "
+        f"atol={tol['atol_scale']:.0e}*{scale:.3e}; worst excess {(diff - bound).max().item():.3e}")
+
+
+def same_memory_format(y, y_ref):
+    return (y.is_contiguous(), y.is_contiguous(memory_format=torch.channels_last)) == (
+        y_ref.is_contiguous(), y_ref.is_contiguous(memory_format=torch.channels_last))
+
+
+# --------------------------------------------------------------------------------------
+# Extension / backend fixtures
+# --------------------------------------------------------------------------------------
+def extension_loaded():
+    return bool(nin_ext.info().get("extension"))
+
+
+def require_extension():
+    """The compiled extension is part of what is tested: missing it is a failure, unless
+    the run deliberately installed without it (NIN_EXT_NO_EXT=1), where it is a skip."""
+    if extension_loaded():
+        return
+    msg = f"nin_ext compiled extension not loaded: {nin_ext.info().get('extension_error')}"
+    if os.environ.get("NIN_EXT_NO_EXT") == "1":
+        pytest.skip(msg + " (NIN_EXT_NO_EXT=1)")
+    pytest.fail(msg)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    """Every test leaves the global backend as it found it."""
+    before = nin_ext.get_backend()
+    yield
+    nin_ext.set_backend(before)
+
+
+def _set_backend_for(name):
+    if name == "cuda" and not HAS_CUDA:
+        pytest.skip(NO_CUDA_REASON)
+    if name in ("cpu", "cuda"):
+        require_extension()
+    nin_ext.set_backend(name)
+
+
+BACKENDS = ["cpu", "reference", "cuda"]
+NATIVE_BACKENDS = ["cpu", "cuda"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Sets nin_ext's backend for the test and restores the previous one afterwards."""
+    before = nin_ext.get_backend()
+    _set_backend_for(request.param)
+    yield request.param
+    nin_ext.set_backend(before)
+
+
+@pytest.fixture(params=NATIVE_BACKENDS)
+def native_backend(request):
+    """Compiled backends only (cpu; cuda when a GPU is present)."""
+    before = nin_ext.get_backend()
+    _set_backend_for(request.param)
+    yield request.param
+    nin_ext.set_backend(before)
+
+
+@pytest.fixture
+def cpu_backend():
+    before = nin_ext.get_backend()
+    _set_backend_for("cpu")
+    yield "cpu"
+    nin_ext.set_backend(before)
+
+
+def device_for(backend_name):
+    return torch.device("cuda") if backend_name == "cuda" else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------
+# Subprocess helper
+# --------------------------------------------------------------------------------------
+PKG_ROOT = str(Path(nin_ext.__file__).resolve().parent.parent)
+
+
+def run_python(args, env_extra=None, cwd=None, timeout=300):
+    """Run ``python <args>`` importing the same nin_ext as this test process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PKG_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("NIN_EXT_BACKEND", None)
+    if env_extra:
+        env.update(env_extra)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)

@@ -1,0 +1,246 @@
+"""nin_ext.fuse(): pattern matching, parameter sharing, non-matching layers left alone."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import nin_ext
+from nin_ext import reference
+from conftest import assert_close_ref, ref64
+
+FORBIDDEN = ("aten::convolution", "aten::conv2d", "aten::_convolution")
+
+
+def _profile_names(fn):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events()]
+
+
+def _snapshot(model):
+    """Identity and type of every submodule and parameter, and a copy of all state."""
+    return ([(n, id(m), type(m)) for n, m in model.named_modules()],
+            [(n, id(p)) for n, p in model.named_parameters()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def _assert_untouched(model, snap):
+    mods, params, state = snap
+    assert [(n, id(m), type(m)) for n, m in model.named_modules()] == mods, "input model's modules changed"
+    assert [(n, id(p)) for n, p in model.named_parameters()] == params, "input model's parameters changed"
+    now = model.state_dict()
+    assert list(now) == list(state)
+    for k in state:
+        assert torch.equal(now[k], state[k]), k
+
+
+def _assert_shared(fused, orig):
+    fp, op = dict(fused.named_parameters()), dict(orig.named_parameters())
+    assert list(fp) == list(op), "parameter names changed"
+    for k in op:
+        assert fp[k] is op[k], f"parameter {k} is not the same Parameter object"
+    fs, os_ = fused.state_dict(), orig.state_dict()
+    assert list(fs) == list(os_), "state_dict keys changed"
+    for k in os_:
+        assert fs[k].data_ptr() == os_[k].data_ptr(), f"state_dict[{k}] does not share storage"
+
+
+# --------------------------------------------------------------------------------------
+# The notebook net
+# --------------------------------------------------------------------------------------
+def test_fuse_reference_net(cpu_backend):
+    ref = reference.nin_net().eval()
+    snap = _snapshot(ref)
+    x = torch.rand(2, 1, 80, 80)
+    with torch.no_grad():
+        y_before = ref(x)
+    fused = nin_ext.fuse(ref)
+    assert fused is not ref
+    _assert_shared(fused, ref)
+    # original untouched: plain nn.Sequential of plain torch.nn modules, still works identically
+    _assert_untouched(ref, snap)
+    assert type(ref) is nn.Sequential
+    assert all(type(m).__module__.startswith("torch.nn") for m in ref.modules())
+    with torch.no_grad():
+        assert torch.equal(ref(x), y_before)
+        y = fused.eval()(x)
+    assert_close_ref(y, ref64(ref, x))
+    names = _profile_names(lambda: fused(x))
+    assert "nin_ext::nin_block_gap" in names, sorted(set(n for n in names if "nin" in n))
+    assert names.count("nin_ext::nin_block") >= 3, [n for n in names if n.startswith("nin_ext")]
+    assert not [n for n in names if n in FORBIDDEN], "convolutions left unfused"
+
+
+def test_fuse_reference_net_train_and_grads(cpu_backend):
+    ref = reference.nin_net().train()
+    fused = nin_ext.fuse(ref)
+    fused.train()
+    x = torch.rand(2, 1, 72, 72)
+    torch.manual_seed(3)
+    y_ref = ref(x)
+    torch.manual_seed(3)
+    y = fused(x)
+    assert_close_ref(y, y_ref.double(), what="train-mode output with the same dropout mask")
+    # gradients land on the shared parameters
+    g = torch.randn(2, 10)
+    (y * g).sum().backward()
+    g_fused = {k: p.grad.clone() for k, p in ref.named_parameters()}
+    ref.zero_grad()
+    (y_ref * g).sum().backward()
+    for k, p in ref.named_parameters():
+        assert_close_ref(g_fused[k], p.grad.double(), kind="grad", what=f"grad {k}")
+
+
+def test_fuse_nin_module_is_fine(cpu_backend):
+    net = nin_ext.NiN().eval()
+    fused = nin_ext.fuse(net)
+    x = torch.rand(1, 1, 70, 70)
+    with torch.no_grad():
+        assert_close_ref(fused(x), net(x).double())
+
+
+# --------------------------------------------------------------------------------------
+# Patterns inside other modules
+# --------------------------------------------------------------------------------------
+def _run(cin, cout, k=3, s=1, p=1, bias=True, inplace=False):
+    return [nn.Conv2d(cin, cout, k, s, p, bias=bias), nn.ReLU(inplace=inplace),
+            nn.Conv2d(cout, cout, 1, bias=bias), nn.ReLU(inplace=inplace),
+            nn.Conv2d(cout, cout, 1, bias=bias), nn.ReLU(inplace=inplace)]
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        bn = nn.BatchNorm2d(3)
+        # a run nested one Sequential deeper, between non-matching layers
+        self.features = nn.Sequential(bn, nn.Sequential(*_run(3, 8, 3, 2, 1)), nn.MaxPool2d(2))
+        self.extra = nn.Conv2d(8, 8, 3, padding=1)
+        # a run (1x1 first conv, no biases, in-place ReLUs) followed by global pooling
+        self.head = nn.Sequential(*_run(8, 6, 1, 1, 0, bias=False, inplace=True),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(6, 4)
+        # non-trivial BN statistics
+        with torch.no_grad():
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        return self.fc(self.head(torch.tanh(self.extra(self.features(x)))))
+
+
+def test_fuse_custom_module(cpu_backend):
+    m = Custom().eval()
+    snap = _snapshot(m)
+    x = torch.randn(2, 3, 17, 15)
+    with torch.no_grad():
+        y0 = m(x)
+    fused = nin_ext.fuse(m).eval()
+    _assert_untouched(m, snap)
+    _assert_shared(fused, m)
+    with torch.no_grad():
+        y = fused(x)
+    assert_close_ref(y, ref64(m, x))
+    assert_close_ref(y, y0.double())
+    # non-matching layers are kept as they are
+    assert type(fused.features[0]) is nn.BatchNorm2d
+    assert type(fused.extra) is nn.Conv2d and fused.extra.weight is m.extra.weight
+    assert type(fused.fc) is nn.Linear and fused.fc.weight is m.fc.weight
+    assert type(fused.features[2]) is nn.MaxPool2d
+    with torch.no_grad():
+        names = _profile_names(lambda: fused(x))
+    assert "nin_ext::nin_block" in names, sorted(set(n for n in names if "nin" in n))
+    assert "nin_ext::nin_block_gap" in names, sorted(set(n for n in names if "nin" in n))
+    # exactly one conv left (self.extra)
+    assert names.count("aten::conv2d") == 1, names.count("aten::conv2d")
+
+
+def test_fuse_run_embedded_in_longer_sequential(cpu_backend):
+    m = nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(),
+                      *_run(4, 8, 3, 1, 1), *_run(8, 8, 5, 2, 2), nn.MaxPool2d(2),
+                      nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Flatten()).eval()
+    with torch.no_grad():
+        m[0].running_mean.uniform_(-1, 1)
+    keys = list(m.state_dict())
+    x = torch.randn(2, 4, 13, 14)
+    fused = nin_ext.fuse(m).eval()
+    assert list(fused.state_dict()) == keys
+    _assert_shared(fused, m)
+    with torch.no_grad():
+        assert_close_ref(fused(x), ref64(m, x))
+        names = _profile_names(lambda: fused(x))
+    assert names.count("nin_ext::nin_block") >= 2, [n for n in names if n.startswith("nin_ext")]
+    assert names.count("aten::conv2d") == 2   # the leading 3x3 and the trailing 1x1
+
+
+def test_fuse_non_unit_pool_is_not_gap(cpu_backend):
+    m = nn.Sequential(*_run(3, 5), nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 9, 9)
+    fused = nin_ext.fuse(m).eval()
+    with torch.no_grad():
+        assert_close_ref(fused(x), ref64(m, x))
+        names = _profile_names(lambda: fused(x))
+    assert "nin_ext::nin_block_gap" not in names
+    assert "nin_ext::nin_block" in names
+
+
+# --------------------------------------------------------------------------------------
+# Runs that must NOT be fused
+# --------------------------------------------------------------------------------------
+def _not_fusable_cases():
+    def run_with(i, layer):
+        r = _run(4, 6, 3, 1, 1)
+        r[i] = layer
+        return r
+    return {
+        "groups2": run_with(0, nn.Conv2d(4, 6, 3, 1, 1, groups=2)),
+        "dilation2": run_with(0, nn.Conv2d(4, 6, 3, 1, 2, dilation=2)),
+        "reflect_padding": run_with(0, nn.Conv2d(4, 6, 3, 1, 1, padding_mode="reflect")),
+        "1x1_stride2": run_with(2, nn.Conv2d(6, 6, 1, stride=2)),
+        "1x1_padding1": run_with(2, nn.Conv2d(6, 6, 1, padding=1)),
+        "1x1_groups2": run_with(4, nn.Conv2d(6, 6, 1, groups=2)),
+        "second_conv_3x3": run_with(2, nn.Conv2d(6, 6, 3, padding=1)),
+        "third_conv_3x3": run_with(4, nn.Conv2d(6, 6, 3, padding=1)),
+        "leaky_relu": run_with(3, nn.LeakyReLU(0.1)),
+        "gelu_first": run_with(1, nn.GELU()),
+        "relu6_last": run_with(5, nn.ReLU6()),
+        "missing_last_relu": _run(4, 6, 3, 1, 1)[:5] + [nn.Tanh()],
+        "bn_between": _run(4, 6, 3, 1, 1)[:2] + [nn.BatchNorm2d(6)] + _run(4, 6, 3, 1, 1)[2:],
+    }
+
+
+NOT_FUSABLE = _not_fusable_cases()
+
+
+@pytest.mark.parametrize("case", sorted(NOT_FUSABLE))
+def test_fuse_leaves_non_matching_runs(cpu_backend, case):
+    torch.manual_seed(5)
+    layers = _not_fusable_cases()[case]
+    m = nn.Sequential(*layers).eval()
+    if case == "bn_between":
+        with torch.no_grad():
+            m[2].running_mean.uniform_(-1, 1)
+    snap = _snapshot(m)
+    x = torch.randn(2, 4, 11, 10)
+    fused = nin_ext.fuse(m).eval()
+    _assert_untouched(m, snap)
+    with torch.no_grad():
+        y = fused(x)
+        assert_close_ref(y, ref64(m, x))
+        names = _profile_names(lambda: fused(x))
+    assert not [n for n in names if n.startswith("nin_ext::")], f"{case} was fused"
+    for (n0, mod0), (n1, mod1) in zip(m.named_modules(), fused.named_modules()):
+        assert n0 == n1 and type(mod0) is type(mod1), f"layer {n0} replaced by {type(mod1)}"
+
+
+def test_fuse_inplace_relu_bias_false_is_fused(cpu_backend):
+    m = nn.Sequential(*_run(3, 7, 3, 1, 1, bias=False, inplace=True)).eval()
+    x = torch.randn(2, 3, 9, 8)
+    fused = nin_ext.fuse(m).eval()
+    with torch.no_grad():
+        assert_close_ref(fused(x), ref64(m, x))
+        names = _profile_names(lambda: fused(x))
+    assert "nin_ext::nin_block" in names

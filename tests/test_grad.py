@@ -1,0 +1,120 @@
+"""Gradients: gradcheck in float64 on tiny shapes, fp32 module gradients vs float64 reference."""
+import copy
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import nin_ext
+from nin_ext import ops
+from conftest import NIN_MIN_HW, as_reference, assert_close_ref, device_for
+
+
+def _params(c0, c1, c2, kernel, bias, dev, requires_grad=True):
+    kh, kw = kernel
+    mk = lambda *s: (torch.randn(*s, dtype=torch.float64, device=dev) * 0.5).requires_grad_(requires_grad)
+    return [mk(c1, c0, kh, kw), mk(c1) if bias[0] else None,
+            mk(c1, c1, 1, 1), mk(c1) if bias[1] else None,
+            mk(c2, c1, 1, 1), mk(c2) if bias[2] else None]
+
+
+GRAD_CASES = [
+    # (N, C0, H, W, C1, C2, kernel, stride, padding, bias, channels_last)
+    (2, 3, 6, 5, 4, 3, (3, 3), (1, 1), (1, 1), (True, True, True), False),
+    (1, 2, 7, 6, 3, 5, (3, 2), (2, 1), (1, 0), (True, True, True), False),
+    (2, 1, 5, 5, 2, 2, (1, 1), (1, 1), (0, 0), (False, False, False), False),
+    (1, 3, 5, 7, 4, 2, (2, 3), (1, 2), (0, 1), (False, True, False), True),
+]
+
+
+def _case_id(c):
+    return f"n{c[0]}c{c[1]}_{c[2]}x{c[3]}_k{c[6][0]}{c[6][1]}s{c[7][0]}{c[7][1]}p{c[8][0]}{c[8][1]}" + \
+        f"_b{''.join(str(int(b)) for b in c[9])}{'_cl' if c[10] else ''}"
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_case_id)
+@pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap"])
+def test_gradcheck_block(backend, case, fn_name):
+    dev = device_for(backend)
+    n, c0, h, w, c1, c2, kernel, stride, pad, bias, cl = case
+    x = torch.randn(n, c0, h, w, dtype=torch.float64, device=dev)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    params = _params(c0, c1, c2, kernel, bias, dev)
+    fn = getattr(ops, fn_name)
+    assert gradcheck(lambda *a: fn(*a, stride, pad), (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap"])
+def test_gradcheck_block_partial_requires_grad(backend, fn_name):
+    """Only some inputs need grad (e.g. frozen weights, or input without grad)."""
+    dev = device_for(backend)
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, device=dev)
+    params = _params(2, 3, 2, (2, 2), (True, True, True), dev, requires_grad=False)
+    params[2].requires_grad_(True)   # w1 only
+    params[5].requires_grad_(True)   # b2 only
+    fn = getattr(ops, fn_name)
+    assert gradcheck(lambda *a: fn(*a, 1, 1), (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 1, 6)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_global_avg_pool(backend, shape, channels_last):
+    dev = device_for(backend)
+    x = torch.randn(*shape, dtype=torch.float64, device=dev)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    assert gradcheck(ops.global_avg_pool, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def _grads_vs_reference(ours, x, out_weight):
+    """Backward through ours (fp32) and its float64 notebook copy; compare every gradient."""
+    ref64m = as_reference(ours.cpu()).double()
+    dev = x.device
+    ours.to(dev)
+    x32 = x.clone().requires_grad_(True)
+    (ours(x32) * out_weight.to(dev)).sum().backward()
+    x64 = x.detach().cpu().double().requires_grad_(True)
+    (ref64m(x64) * out_weight.double().cpu()).sum().backward()
+    assert_close_ref(x32.grad, x64.grad, kind="grad", what="grad of input")
+    p64 = dict(ref64m.named_parameters())
+    names = [k for k, _ in ours.named_parameters()]
+    assert names == list(p64), "parameter names differ from the reference"
+    for k, p in ours.named_parameters():
+        assert p.grad is not None, f"no gradient for {k}"
+        assert_close_ref(p.grad, p64[k].grad, kind="grad", what=f"grad of {k}")
+
+
+def test_ninblock_fp32_grads(backend):
+    dev = device_for(backend)
+    ours = nin_ext.NiNBlock(3, 16, 5, 2, 2)
+    x = torch.randn(2, 3, 21, 19, device=dev)
+    _grads_vs_reference(ours, x, torch.randn(2, 16, 11, 10))
+
+
+def test_ninblock_fp32_grads_channels_last(backend):
+    dev = device_for(backend)
+    ours = nin_ext.NiNBlock(4, 8, (3, 1), (1, 2), (1, 0))
+    x = torch.randn(2, 4, 9, 12, device=dev).to(memory_format=torch.channels_last)
+    _grads_vs_reference(ours, x, torch.randn(2, 8, 9, 6))
+
+
+def test_nin_fp32_grads(backend):
+    dev = device_for(backend)
+    ours = nin_ext.NiN().eval()      # eval: dropout is identity, so the comparison is deterministic
+    x = torch.rand(2, 1, 72, 72, device=dev)
+    _grads_vs_reference(ours, x, torch.randn(2, 10))
+
+
+def test_nin_minimum_input_size():
+    """67x67 is the smallest square input the NiN net accepts (three MaxPool2d(3, 2))."""
+    ours = nin_ext.NiN().eval()
+    ref = as_reference(ours).eval()
+    with torch.no_grad():
+        assert ours(torch.rand(1, 1, NIN_MIN_HW, NIN_MIN_HW)).shape == (1, 10)
+        with pytest.raises(RuntimeError):
+            ref(torch.rand(1, 1, NIN_MIN_HW - 1, NIN_MIN_HW - 1))
+        with pytest.raises((RuntimeError, ValueError)):
+            ours(torch.rand(1, 1, NIN_MIN_HW - 1, NIN_MIN_HW - 1))
