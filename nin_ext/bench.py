@@ -35,6 +35,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ._info import cpu_model
+
 # (name, indices of the reference's children that make up the stage)
 STAGES: List[Tuple[str, Tuple[int, ...]]] = [
     ("block1", (0,)),
@@ -121,17 +123,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def _cpu_capability() -> Optional[str]:
     """The vector ISA torch's CPU kernels use here (AVX2, AVX512, ...)."""
     try:

@@ -94,13 +94,7 @@ class NiN(FusedSequential):
     """The notebook's NiN `net`; its last block runs fused with the global average pool."""
 
     def __init__(self, in_channels=1, num_classes=10, dropout=0.5):
-        super().__init__(NiNBlock(in_channels=in_channels, out_channels=96, kernel_size=11, strides=4, padding=0),
-                         nn.MaxPool2d(kernel_size=3, stride=2),
-                         NiNBlock(in_channels=96, out_channels=256, kernel_size=5, strides=1, padding=2),
-                         nn.MaxPool2d(kernel_size=3, stride=2),
-                         NiNBlock(in_channels=256, out_channels=384, kernel_size=3, strides=1, padding=1),
-                         nn.MaxPool2d(kernel_size=3, stride=2),
-                         nn.Dropout(dropout),
-                         NiNBlock(in_channels=384, out_channels=num_classes, kernel_size=3, strides=1, padding=1),
-                         nn.AdaptiveAvgPool2d(output_size=(1, 1)),
-                         nn.Flatten())
+        # Built from the reference's layers, in its order, so a seed gives both the same weights.
+        layers = reference.nin_net(in_channels, num_classes, dropout)
+        super().__init__(*(NiNBlock.from_layers(layer._modules) if type(layer) is nn.Sequential else layer
+                           for layer in layers))

@@ -10,27 +10,26 @@ from . import backends, reference
 from ._nin_block_checks import check_global_avg_pool_args, check_nin_block_args
 
 
+def _run(op_name, check_args, reference_impl, args):
+    """torch.ops.nin_ext.<op_name>(*args), or its reference implementation on the reference backend."""
+    if backends.resolve(args[0]) == "reference":
+        check_args(*args, op_name)
+        return reference_impl(*args)
+    return getattr(torch.ops.nin_ext, op_name)(*args)
+
+
 def nin_block(x, w, b, w1, b1, w2, b2, stride=1, padding=0):
     """relu(conv1x1(relu(conv1x1(relu(conv2d(x, w, b, stride, padding)), w1, b1)), w2, b2))."""
-    args = (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding))
-    if backends.resolve(x) == "reference":
-        check_nin_block_args(*args, "nin_block")
-        return reference.nin_block_reference(*args)
-    return torch.ops.nin_ext.nin_block(*args)
+    return _run("nin_block", check_nin_block_args, reference.nin_block_reference,
+                (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding)))
 
 
 def nin_block_gap(x, w, b, w1, b1, w2, b2, stride=1, padding=0):
     """nin_block followed by the mean over the spatial dimensions: (N, C2)."""
-    args = (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding))
-    if backends.resolve(x) == "reference":
-        check_nin_block_args(*args, "nin_block_gap")
-        return reference.nin_block_gap_reference(*args)
-    return torch.ops.nin_ext.nin_block_gap(*args)
+    return _run("nin_block_gap", check_nin_block_args, reference.nin_block_gap_reference,
+                (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding)))
 
 
 def global_avg_pool(x):
     """The mean of x over its spatial dimensions: (N, C)."""
-    if backends.resolve(x) == "reference":
-        check_global_avg_pool_args(x, "global_avg_pool")
-        return reference.global_avg_pool_reference(x)
-    return torch.ops.nin_ext.global_avg_pool(x)
+    return _run("global_avg_pool", check_global_avg_pool_args, reference.global_avg_pool_reference, (x,))

@@ -26,29 +26,10 @@ NO_CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"
 
 
 # --------------------------------------------------------------------------------------
-# Reference model, exactly as in the notebook
+# Reference model: the notebook's, from nin_ext.reference (the package's ground truth)
 # --------------------------------------------------------------------------------------
-def notebook_nin_block(in_channels, out_channels, kernel_size, strides, padding):
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding),
-                         nn.ReLU(),
-                         nn.Conv2d(out_channels, out_channels, kernel_size=1),
-                         nn.ReLU(),
-                         nn.Conv2d(out_channels, out_channels, kernel_size=1),
-                         nn.ReLU())
-
-
-def notebook_net(in_channels=1, num_classes=10, dropout=0.5):
-    return nn.Sequential(
-        notebook_nin_block(in_channels=in_channels, out_channels=96, kernel_size=11, strides=4, padding=0),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        notebook_nin_block(in_channels=96, out_channels=256, kernel_size=5, strides=1, padding=2),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        notebook_nin_block(in_channels=256, out_channels=384, kernel_size=3, strides=1, padding=1),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Dropout(dropout),
-        notebook_nin_block(in_channels=384, out_channels=num_classes, kernel_size=3, strides=1, padding=1),
-        nn.AdaptiveAvgPool2d(output_size=(1, 1)),
-        nn.Flatten())
+notebook_nin_block = nin_ext.reference.nin_block
+notebook_net = nin_ext.reference.nin_net
 
 
 NOTEBOOK_SHAPE_LINES = [
@@ -212,30 +193,28 @@ BACKENDS = ["cpu", "reference", "cuda"]
 NATIVE_BACKENDS = ["cpu", "cuda"]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
+def _backend_for_the_test(name):
     """Sets nin_ext's backend for the test and restores the previous one afterwards."""
     before = nin_ext.get_backend()
-    _set_backend_for(request.param)
-    yield request.param
+    _set_backend_for(name)
+    yield name
     nin_ext.set_backend(before)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    yield from _backend_for_the_test(request.param)
 
 
 @pytest.fixture(params=NATIVE_BACKENDS)
 def native_backend(request):
     """Compiled backends only (cpu; cuda when a GPU is present)."""
-    before = nin_ext.get_backend()
-    _set_backend_for(request.param)
-    yield request.param
-    nin_ext.set_backend(before)
+    yield from _backend_for_the_test(request.param)
 
 
 @pytest.fixture
 def cpu_backend():
-    before = nin_ext.get_backend()
-    _set_backend_for("cpu")
-    yield "cpu"
-    nin_ext.set_backend(before)
+    yield from _backend_for_the_test("cpu")
 
 
 def device_for(backend_name):
