@@ -63,11 +63,9 @@ Defaults: --device cuda if available else cpu; --batch 16 (CPU) / 256 (CUDA); --
 50 (CUDA); --warmup 2 (CPU) / 10 (CUDA); dtype float32.
 
 Per-stage torch.compile: each stage is also compiled on its own for the per-stage compile column
-(--stage-compile, on by default). Measured on a 2-core AMD EPYC with a cold Inductor cache: the
-end-to-end compile took 8-20 s and the seven stage compiles 6-9 s together (they reuse its
-kernels); the whole default CPU run took 30 s on a quiet machine and 90 s on a busy one -- so it
-stays on. --no-stage-compile skips them: the
-compile column is then filled for the end-to-end row only.
+(--stage-compile, on by default; the stage compiles reuse most of the end-to-end compile's
+kernels, and the footer reports every compile time). --no-stage-compile skips them: the compile
+column is then filled for the end-to-end row only.
 
 Progress goes to stderr; the table to stdout; --json FILE writes every sample and the metadata.
 """
@@ -101,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fastest mode measured; always off for float64, which it cannot compile)")
     p.add_argument("--stage-compile", dest="stage_compile", action="store_true", default=True,
                    help="also torch.compile each stage on its own for the per-stage rows (default; "
-                        "7 more compiles, 6-9 s together on 2 CPU cores after the end-to-end one)")
+                        "7 more compiles after the end-to-end one)")
     p.add_argument("--no-stage-compile", dest="stage_compile", action="store_false",
                    help="compile end to end only; per-stage compile cells stay empty")
     p.add_argument("--stages", dest="stages", action="store_true", default=True,
