@@ -14,28 +14,36 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
                              const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride,
                              c10::IntArrayRef padding) {
   const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_gap");
+  if (computes_in_float(x)) {
+    return nin_block_gap_cpu(x.to(at::kFloat), w.to(at::kFloat), to_float(b), w1.to(at::kFloat), to_float(b1),
+                             w2.to(at::kFloat), to_float(b2), stride, padding)
+        .to(x.scalar_type());
+  }
   at::Tensor out = at::empty({g.N, g.C2}, x.options());
   if (g.N == 0) {
     return out;
   }
-  const NinBlockMatrices m(g, w, b, w1, b1, w2, b2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "nin_block_gap_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_gap_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t));
+    const NinBlockPacked<scalar_t> packed(microkernel_for<scalar_t>(), w, b, w1, b1, w2, b2);
+    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
     const int64_t tiles_per_image = (g.pixels() + tile_pixels - 1) / tile_pixels;
     std::vector<acc_t> tile_sums(g.N * tiles_per_image * g.C2);
     for_each_nin_block_tile<scalar_t>(
-        x, g, m, tile_pixels,
+        x, g, packed, tile_pixels,
         [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
-          const at::Tensor y = worker.run(n, p0, pt);
-          const scalar_t* data = y.const_data_ptr<scalar_t>();
+          const scalar_t* y = worker.run(n, p0, pt);
+          const int64_t nr = worker.nr();
           acc_t* sums = tile_sums.data() + tile * g.C2;
-          for (int64_t c = 0; c < g.C2; ++c) {
-            acc_t s = 0;
-            for (int64_t j = 0; j < pt; ++j) {
-              s += static_cast<acc_t>(data[c * y.stride(0) + j]);
+          std::fill(sums, sums + g.C2, acc_t(0));
+          for (int64_t j0 = 0; j0 < pt; j0 += nr) {
+            const int64_t valid = std::min(nr, pt - j0);
+            for (int64_t c = 0; c < g.C2; ++c) {
+              const scalar_t* src = y + ((j0 / nr) * g.C2 + c) * nr;
+              for (int64_t j = 0; j < valid; ++j) {
+                sums[c] += static_cast<acc_t>(src[j]);
+              }
             }
-            sums[c] = s;
           }
         });
     scalar_t* out_data = out.data_ptr<scalar_t>();

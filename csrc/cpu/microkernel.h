@@ -1,0 +1,71 @@
+// Register-blocked micro-kernels for the fused block's three layers.
+//
+// One call computes an (MR x NR) block of a layer's output for one panel of NR pixels:
+//   c[r * ldc + j] = relu(bias[r] + sum_k a[k * MR + r] * b[k * NR + j])   for r < rows, j < NR
+// `a` is an MR-row panel of the packed weights (k-major), `b` a packed pixel panel (k-major), and
+// bias + ReLU are applied while the block is still in registers. NaN passes the ReLU, as in torch.
+#pragma once
+
+#include <cstdint>
+
+namespace nin_ext {
+namespace cpu {
+
+template <typename scalar_t>
+using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+                               int64_t ldc, int64_t rows);
+
+template <typename scalar_t>
+struct MicroKernel {
+  int64_t mr, nr;
+  MicroKernelFn<scalar_t> fn;
+  const char* isa;
+};
+
+// Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
+// without AVX2.
+template <typename scalar_t, int MR, int NR>
+void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+                          int64_t ldc, int64_t rows) {
+  scalar_t acc[MR][NR] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    for (int r = 0; r < MR; ++r) {
+      const scalar_t a_r = a[k * MR + r];
+      for (int j = 0; j < NR; ++j) {
+        acc[r][j] += a_r * b[k * NR + j];
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int j = 0; j < NR; ++j) {
+      const scalar_t v = acc[r][j] + bias[r];
+      c[r * ldc + j] = v < scalar_t(0) ? scalar_t(0) : v;
+    }
+  }
+}
+
+// AVX-512 and AVX2 + FMA kernels for float (microkernel_avx512.cpp, microkernel_avx2.cpp).
+void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
+                              int64_t rows);
+void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
+                           int64_t rows);
+
+// The best kernel this CPU runs (microkernel_select.cpp). NIN_EXT_CPU_ISA=avx512|avx2|portable
+// forces one, for tests and comparisons.
+MicroKernel<float> float_microkernel();
+
+template <typename scalar_t>
+MicroKernel<scalar_t> microkernel_for();
+
+template <>
+inline MicroKernel<float> microkernel_for<float>() {
+  return float_microkernel();
+}
+
+template <>
+inline MicroKernel<double> microkernel_for<double>() {
+  return {4, 8, &microkernel_portable<double, 4, 8>, "portable"};
+}
+
+}  // namespace cpu
+}  // namespace nin_ext

@@ -1,0 +1,44 @@
+// Chooses the float micro-kernel from the CPU's features, once per process.
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "cpu/microkernel.h"
+
+namespace nin_ext {
+namespace cpu {
+
+namespace {
+
+MicroKernel<float> choose_float_microkernel() {
+  const MicroKernel<float> avx512{12, 32, &microkernel_avx512_12x32, "avx512"};
+  const MicroKernel<float> avx2{6, 16, &microkernel_avx2_6x16, "avx2"};
+  const MicroKernel<float> portable{4, 8, &microkernel_portable<float, 4, 8>, "portable"};
+#if defined(__x86_64__) && defined(__GNUC__)
+  const bool has_avx512 = __builtin_cpu_supports("avx512f");
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  const bool has_avx512 = false, has_avx2 = false;
+#endif
+  const char* forced = std::getenv("NIN_EXT_CPU_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    const std::string isa(forced);
+    TORCH_CHECK(isa == "avx512" || isa == "avx2" || isa == "portable",
+                "NIN_EXT_CPU_ISA must be avx512, avx2 or portable, got '", isa, "'");
+    TORCH_CHECK(isa != "avx512" || has_avx512, "NIN_EXT_CPU_ISA=avx512, but this CPU has no AVX-512");
+    TORCH_CHECK(isa != "avx2" || has_avx2, "NIN_EXT_CPU_ISA=avx2, but this CPU has no AVX2 + FMA");
+    return isa == "avx512" ? avx512 : isa == "avx2" ? avx2 : portable;
+  }
+  return has_avx512 ? avx512 : has_avx2 ? avx2 : portable;
+}
+
+}  // namespace
+
+MicroKernel<float> float_microkernel() {
+  static const MicroKernel<float> chosen = choose_float_microkernel();
+  return chosen;
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
