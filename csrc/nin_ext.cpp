@@ -6,6 +6,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <exception>
+
+#include "cpu/microkernel.h"
+
 #ifndef NIN_EXT_CUDA_ARCHS
 #define NIN_EXT_CUDA_ARCHS ""
 #endif
@@ -38,5 +42,12 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddObject(module, "cuda_built", Py_NewRef(Py_False));
 #endif
   PyModule_AddStringConstant(module, "cuda_archs", NIN_EXT_CUDA_ARCHS);
+  try {
+    PyModule_AddStringConstant(module, "cpu_microkernel", nin_ext::cpu::float_microkernel().isa);
+  } catch (const std::exception& error) {  // a bad NIN_EXT_CPU_ISA
+    Py_DECREF(module);
+    PyErr_SetString(PyExc_ImportError, error.what());
+    return nullptr;
+  }
   return module;
 }

@@ -28,6 +28,7 @@ def info():
         "python": platform.python_version(),
         "extension": _extension.loaded,
         "extension_error": _extension.load_error,
+        "cpu_microkernel": _extension.cpu_microkernel,
         "cuda_built": _extension.cuda_built,
         "cuda_archs": _extension.cuda_archs,
         "backends": backends.available_backends(),

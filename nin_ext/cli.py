@@ -94,13 +94,15 @@ def _format_info(info: dict) -> str:
         current = "auto" + _auto_resolution()
     rows.append(("backend", str(current)))
     rows.append(("CPU", str(info.get("cpu"))))
+    if info.get("cpu_microkernel"):
+        rows.append(("CPU kernels", f"{info['cpu_microkernel']} micro-kernel"))
     rows.append(("CPU threads", str(info.get("cpu_threads", torch.get_num_threads()))))
     gpu = info.get("gpu")
     if gpu is None and torch.cuda.is_available():
         gpu = "; ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     rows.append(("GPU", str(gpu) if gpu else "none visible"))
     known = {"nin_ext", "torch", "torch_cuda", "python", "extension", "extension_error",
-             "cuda_built", "cuda_archs", "backends", "backend", "cpu", "cpu_threads", "gpu"}
+             "cuda_built", "cuda_archs", "backends", "backend", "cpu", "cpu_microkernel", "cpu_threads", "gpu"}
     for key in sorted(k for k in info if k not in known):
         rows.append((str(key), str(info[key])))
     width = max(len(k) for k, _ in rows)

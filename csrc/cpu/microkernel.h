@@ -8,6 +8,12 @@
 
 #include <cstdint>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define NIN_EXT_X86_64 1
+#else
+#define NIN_EXT_X86_64 0
+#endif
+
 namespace nin_ext {
 namespace cpu {
 
@@ -44,11 +50,13 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const
   }
 }
 
+#if NIN_EXT_X86_64
 // AVX-512 and AVX2 + FMA kernels for float (microkernel_avx512.cpp, microkernel_avx2.cpp).
 void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                               int64_t rows);
 void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                            int64_t rows);
+#endif
 
 // The best kernel this CPU runs (microkernel_select.cpp). NIN_EXT_CPU_ISA=avx512|avx2|portable
 // forces one, for tests and comparisons.

@@ -1,9 +1,10 @@
 // The float micro-kernel for AVX2 + FMA: 6 rows x 16 pixels, 12 ymm accumulators.
 // Compiled for AVX2 through the target attribute (the rest of the build stays portable) and called
 // only when the CPU reports avx2 and fma (microkernel_select.cpp).
-#include <immintrin.h>
-
 #include "cpu/microkernel.h"
+
+#if NIN_EXT_X86_64
+#include <immintrin.h>
 
 namespace nin_ext {
 namespace cpu {
@@ -42,3 +43,5 @@ __attribute__((target("avx2,fma"))) void microkernel_avx2_6x16(int64_t K, const 
 
 }  // namespace cpu
 }  // namespace nin_ext
+
+#endif  // NIN_EXT_X86_64

@@ -1,9 +1,10 @@
 // The float micro-kernel for AVX-512: 12 rows x 32 pixels, 24 zmm accumulators.
 // Compiled for AVX-512 through the target attribute (the rest of the build stays portable) and
 // called only when the CPU reports avx512f (microkernel_select.cpp).
-#include <immintrin.h>
-
 #include "cpu/microkernel.h"
+
+#if NIN_EXT_X86_64
+#include <immintrin.h>
 
 namespace nin_ext {
 namespace cpu {
@@ -42,3 +43,5 @@ __attribute__((target("avx512f"))) void microkernel_avx512_12x32(int64_t K, cons
 
 }  // namespace cpu
 }  // namespace nin_ext
+
+#endif  // NIN_EXT_X86_64

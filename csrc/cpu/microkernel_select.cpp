@@ -12,13 +12,14 @@ namespace cpu {
 namespace {
 
 MicroKernel<float> choose_float_microkernel() {
+  const MicroKernel<float> portable{4, 8, &microkernel_portable<float, 4, 8>, "portable"};
+#if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12, 32, &microkernel_avx512_12x32, "avx512"};
   const MicroKernel<float> avx2{6, 16, &microkernel_avx2_6x16, "avx2"};
-  const MicroKernel<float> portable{4, 8, &microkernel_portable<float, 4, 8>, "portable"};
-#if defined(__x86_64__) && defined(__GNUC__)
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
+  const MicroKernel<float> avx512 = portable, avx2 = portable;
   const bool has_avx512 = false, has_avx2 = false;
 #endif
   const char* forced = std::getenv("NIN_EXT_CPU_ISA");

@@ -1,0 +1,69 @@
+"""Every CPU micro-kernel this machine can run (NIN_EXT_CPU_ISA), checked against float64.
+
+The kernel is chosen once per process, so each one runs in its own subprocess.
+"""
+import json
+
+import pytest
+
+from conftest import run_python
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+FLAGS = _cpu_flags()
+ISAS = [
+    pytest.param("avx512", marks=pytest.mark.skipif("avx512f" not in FLAGS, reason="CPU has no AVX-512")),
+    pytest.param("avx2", marks=pytest.mark.skipif(not {"avx2", "fma"} <= FLAGS, reason="CPU has no AVX2 + FMA")),
+    "portable",
+]
+
+# Odd channel counts (row tails of every MR), pixel counts (panel tails of every NR), strides,
+# paddings, both memory formats, both ops.
+PARITY_SCRIPT = r"""
+import json, torch, nin_ext
+from nin_ext import reference
+nin_ext.set_backend("cpu")
+torch.manual_seed(0)
+worst = 0.0
+for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 5, 2, 2, 23, 19, 1),
+                                     (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2)]:
+    x = torch.randn(n, c0, h, w)
+    w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1
+    w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1
+    w2, b2 = torch.randn(c2, c1, 1, 1) * 0.3, torch.randn(c2) * 0.1
+    params = (w0, b0, w1, b1, w2, b2)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        xm = x.contiguous(memory_format=memory_format)
+        expected = reference.nin_block_reference(xm.double(), *(t.double() for t in params), s, p)
+        for got, want in ((nin_ext.ops.nin_block(xm, *params, s, p), expected),
+                          (nin_ext.ops.nin_block_gap(xm, *params, s, p), expected.mean((2, 3)))):
+            worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
+print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst}))
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_microkernel_parity(isa):
+    result = run_python(["-c", PARITY_SCRIPT], env_extra={"NIN_EXT_CPU_ISA": isa})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["isa"] == isa
+    assert report["worst"] < 1e-5
+
+
+def test_unknown_isa_is_an_import_error_that_falls_back():
+    result = run_python(["-c", "import nin_ext; print(nin_ext.available_backends())"],
+                        env_extra={"NIN_EXT_CPU_ISA": "sse9"})
+    assert result.returncode == 0, result.stderr
+    assert "NIN_EXT_CPU_ISA must be avx512, avx2 or portable" in result.stderr
+    assert result.stdout.strip() == "['reference']"
