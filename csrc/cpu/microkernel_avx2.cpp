@@ -1,44 +1,36 @@
-// The float micro-kernel for AVX2 + FMA: 6 rows x 16 pixels, 12 ymm accumulators.
-// Compiled for AVX2 through the target attribute (the rest of the build stays portable) and called
-// only when the CPU reports avx2 and fma (microkernel_select.cpp).
+// The float micro-kernel for AVX2 + FMA: 6 rows x 16 pixels, 12 ymm accumulators. Compiled for
+// AVX2 by the pragma (the rest of the build stays portable) and called only when the CPU reports
+// avx2 and fma (microkernel_select.cpp).
 #include "cpu/microkernel.h"
 
 #if NIN_EXT_X86_64
+#pragma GCC target("avx2,fma")
 #include <immintrin.h>
+
+#include "cpu/microkernel_register_blocked.h"
 
 namespace nin_ext {
 namespace cpu {
+namespace {
 
-__attribute__((target("avx2,fma"))) void microkernel_avx2_6x16(int64_t K, const float* a, const float* b,
-                                                              const float* bias, float* c, int64_t ldc,
-                                                              int64_t rows) {
-  constexpr int MR = 6;
-  __m256 acc[MR][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) {
-    acc[r][0] = _mm256_setzero_ps();
-    acc[r][1] = _mm256_setzero_ps();
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b + k * 16);
-    const __m256 b1 = _mm256_loadu_ps(b + k * 16 + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; ++r) {
-      const __m256 a_r = _mm256_broadcast_ss(a + k * MR + r);
-      acc[r][0] = _mm256_fmadd_ps(a_r, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(a_r, b1, acc[r][1]);
-    }
-  }
-  const __m256 zero = _mm256_setzero_ps();
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) {
-    if (r < rows) {
-      const __m256 shift = _mm256_broadcast_ss(bias + r);
-      // max(0, v) returns v when v is NaN (MAXPS returns its second operand then).
-      _mm256_storeu_ps(c + r * ldc, _mm256_max_ps(zero, _mm256_add_ps(acc[r][0], shift)));
-      _mm256_storeu_ps(c + r * ldc + 8, _mm256_max_ps(zero, _mm256_add_ps(acc[r][1], shift)));
-    }
-  }
+struct Avx2 {
+  using reg = __m256;
+  static constexpr int lanes = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static reg fmadd(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
+  static reg relu(reg v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+};
+
+}  // namespace
+
+void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
+                           int64_t rows) {
+  register_blocked_microkernel<Avx2, 6, 2>(K, a, b, bias, c, ldc, rows);
 }
 
 }  // namespace cpu

@@ -1,44 +1,39 @@
-// The float micro-kernel for AVX-512: 12 rows x 32 pixels, 24 zmm accumulators.
-// Compiled for AVX-512 through the target attribute (the rest of the build stays portable) and
-// called only when the CPU reports avx512f (microkernel_select.cpp).
+// The float micro-kernel for AVX-512: 12 rows x 32 pixels, 24 zmm accumulators. Compiled for
+// AVX-512 by the pragma (the rest of the build stays portable) and called only when the CPU
+// reports avx512f (microkernel_select.cpp).
 #include "cpu/microkernel.h"
 
 #if NIN_EXT_X86_64
+#pragma GCC target("avx512f")
+// GCC 12's _mm512_max_ps passes _mm512_undefined_ps() as its unused merge source, which
+// -Wmaybe-uninitialized reports as a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+
+#include "cpu/microkernel_register_blocked.h"
 
 namespace nin_ext {
 namespace cpu {
+namespace {
 
-__attribute__((target("avx512f"))) void microkernel_avx512_12x32(int64_t K, const float* a, const float* b,
-                                                                const float* bias, float* c, int64_t ldc,
-                                                                int64_t rows) {
-  constexpr int MR = 12;
-  __m512 acc[MR][2];
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-    acc[r][0] = _mm512_setzero_ps();
-    acc[r][1] = _mm512_setzero_ps();
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(b + k * 32);
-    const __m512 b1 = _mm512_loadu_ps(b + k * 32 + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < MR; ++r) {
-      const __m512 a_r = _mm512_set1_ps(a[k * MR + r]);
-      acc[r][0] = _mm512_fmadd_ps(a_r, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(a_r, b1, acc[r][1]);
-    }
-  }
-  const __m512 zero = _mm512_setzero_ps();
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-    if (r < rows) {
-      const __m512 shift = _mm512_set1_ps(bias[r]);
-      // max(0, v) returns v when v is NaN (MAXPS returns its second operand then).
-      _mm512_storeu_ps(c + r * ldc, _mm512_max_ps(zero, _mm512_add_ps(acc[r][0], shift)));
-      _mm512_storeu_ps(c + r * ldc + 16, _mm512_max_ps(zero, _mm512_add_ps(acc[r][1], shift)));
-    }
-  }
+struct Avx512 {
+  using reg = __m512;
+  static constexpr int lanes = 16;
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static reg fmadd(reg a, reg b, reg acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
+  static reg relu(reg v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+};
+
+}  // namespace
+
+void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
+                              int64_t rows) {
+  register_blocked_microkernel<Avx512, 12, 2>(K, a, b, bias, c, ldc, rows);
 }
 
 }  // namespace cpu
