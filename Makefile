@@ -2,7 +2,8 @@
 #   make test    - create .venv, install torch + build deps, build nin_ext (editable), run pytest
 #   make bench   - same setup, then run the benchmark (python -m nin_ext bench $(BENCH_ARGS))
 #   make cuda-build-check - in .venv-cuda with a CUDA build of torch: non-editable install (compiles
-#                  the CUDA sources, if any, with nvcc; nothing runs on a GPU), import it, print info
+#                  the CUDA sources, if any, with nvcc; nothing runs on a GPU), import it, print info,
+#                  run the test suite against that build
 #   make clean   - remove build outputs and install stamps (keeps the venvs; `make distclean` drops them)
 # Variables: TORCH, CUDA_TORCH, PYTEST_ARGS, BENCH_ARGS, PYTHON, VENV, CUDA_VENV.
 # The setup is stamp-file based: it is redone when setup.py, pyproject.toml, this Makefile or
@@ -70,6 +71,8 @@ cuda-build-check: $(CUDA_DEPS_STAMP)
 	time $(CUDA_VENV)/bin/python -m pip install $(PIP_FLAGS) -v --no-build-isolation --no-deps --force-reinstall .
 	cd $(CUDA_VENV) && ./bin/python -c 'import torch, nin_ext, nin_ext._C; print("nin_ext from", nin_ext.__file__); print("nin_ext._C from", nin_ext._C.__file__)'
 	cd $(CUDA_VENV) && ./bin/python -m nin_ext info
+	@echo "== test suite against the $(CUDA_TORCH) build (CPU tests; CUDA ones skip without a GPU)"
+	cd $(CUDA_VENV) && ./bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
