@@ -42,23 +42,24 @@ class NiNBlock(nn.Sequential):
         return block
 
     def block_layers(self):
-        block = block_run_at(list(self), 0)
-        if block is None:
-            raise RuntimeError("NiNBlock: its children no longer form Conv2d -> ReLU -> 1x1 Conv2d -> ReLU -> "
-                               "1x1 Conv2d -> ReLU")
-        return block
+        """The layers as BlockLayers, or None when the fused kernels cannot run them (an even kernel
+        with padding='same', or children replaced after construction)."""
+        return block_run_at(list(self), 0)
 
     def forward(self, x):
         block = self.block_layers()
+        if block is None:  # run the layers one by one, as the reference does
+            return super().forward(x)
         return _run_batched(x, "NiNBlock", lambda x4: ops.nin_block(x4, *block.op_args()))
 
 
 def _block_at(layers, i):
     """(BlockLayers, index after the block) for a NiNBlock or a block run at layers[i], or None."""
     if isinstance(layers[i], NiNBlock):
-        return layers[i].block_layers(), i + 1
-    block = block_run_at(layers, i)
-    return None if block is None else (block, i + BLOCK_RUN_LENGTH)
+        block, length = layers[i].block_layers(), 1
+    else:
+        block, length = block_run_at(layers, i), BLOCK_RUN_LENGTH
+    return None if block is None else (block, i + length)
 
 
 def has_fusable_layers(layers):

@@ -284,3 +284,19 @@ def test_profile_ninblock_training_uses_fused_op(native_backend):
     x = torch.rand(2, 3, 10, 10, device=dev, requires_grad=True)
     names = _profile_names(lambda: m(x).sum().backward())
     assert any(n.startswith("nin_ext::") for n in names)
+
+
+@pytest.mark.parametrize("kernel_size, fused", [(3, True), ((3, 5), True), (4, False), ((2, 3), False)])
+def test_ninblock_padding_same(native_backend, kernel_size, fused):
+    """padding='same' runs fused for odd kernels; an even kernel pads asymmetrically, which the fused
+    kernels do not do, so the block then runs its layers one by one, with the reference's result."""
+    dev = device_for(native_backend)
+    ours = nin_ext.NiNBlock(3, 5, kernel_size, 1, "same").eval().to(dev)
+    ref = as_reference(ours)
+    x = torch.rand(2, 3, 9, 8, device=dev)
+    with torch.no_grad():
+        names = _profile_names(lambda: ours(x))
+        y = ours(x)
+    assert any(n.startswith("nin_ext::") for n in names) == fused
+    assert y.shape == (2, 5, 9, 8)
+    assert_close_ref(y, ref64(ref, x.cpu()))
