@@ -11,9 +11,7 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
                          const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block");
   if (computes_in_float(x)) {
-    return nin_block_cpu(x.to(at::kFloat), w.to(at::kFloat), to_float(b), w1.to(at::kFloat), to_float(b1),
-                         w2.to(at::kFloat), to_float(b2), stride, padding)
-        .to(x.scalar_type());
+    return run_in_float(nin_block_cpu, x, w, b, w1, b1, w2, b2, stride, padding);
   }
   at::Tensor out = at::empty({g.N, g.C2, g.OH, g.OW},
                              x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2, g)));
@@ -28,18 +26,12 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
     const int64_t s_n = out.stride(0), s_c = out.stride(1), s_p = out.stride(3);
     for_each_nin_block_tile<scalar_t>(
         x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
-          const scalar_t* y = worker.run(n, p0, pt);
-          const int64_t nr = worker.nr();
-          for (int64_t j0 = 0; j0 < pt; j0 += nr) {
-            const int64_t valid = std::min(nr, pt - j0);
-            for (int64_t c = 0; c < g.C2; ++c) {
-              const scalar_t* src = y + ((j0 / nr) * g.C2 + c) * nr;
-              scalar_t* dst = out_data + n * s_n + c * s_c + (p0 + j0) * s_p;
-              for (int64_t j = 0; j < valid; ++j) {
-                dst[j * s_p] = src[j];
-              }
+          worker.run(n, p0, pt, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
+            scalar_t* dst = out_data + n * s_n + c * s_c + (p0 + j0) * s_p;
+            for (int64_t j = 0; j < count; ++j) {
+              dst[j * s_p] = values[j];
             }
-          }
+          });
         });
   });
   return out;

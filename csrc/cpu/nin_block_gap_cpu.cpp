@@ -15,9 +15,7 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
                              c10::IntArrayRef padding) {
   const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_gap");
   if (computes_in_float(x)) {
-    return nin_block_gap_cpu(x.to(at::kFloat), w.to(at::kFloat), to_float(b), w1.to(at::kFloat), to_float(b1),
-                             w2.to(at::kFloat), to_float(b2), stride, padding)
-        .to(x.scalar_type());
+    return run_in_float(nin_block_gap_cpu, x, w, b, w1, b1, w2, b2, stride, padding);
   }
   at::Tensor out = at::empty({g.N, g.C2}, x.options());
   if (g.N == 0) {
@@ -32,19 +30,13 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
     for_each_nin_block_tile<scalar_t>(
         x, g, packed, tile_pixels,
         [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
-          const scalar_t* y = worker.run(n, p0, pt);
-          const int64_t nr = worker.nr();
           acc_t* sums = tile_sums.data() + tile * g.C2;
           std::fill(sums, sums + g.C2, acc_t(0));
-          for (int64_t j0 = 0; j0 < pt; j0 += nr) {
-            const int64_t valid = std::min(nr, pt - j0);
-            for (int64_t c = 0; c < g.C2; ++c) {
-              const scalar_t* src = y + ((j0 / nr) * g.C2 + c) * nr;
-              for (int64_t j = 0; j < valid; ++j) {
-                sums[c] += static_cast<acc_t>(src[j]);
-              }
+          worker.run(n, p0, pt, [&](int64_t c, int64_t, const scalar_t* values, int64_t count) {
+            for (int64_t j = 0; j < count; ++j) {
+              sums[c] += static_cast<acc_t>(values[j]);
             }
-          }
+          });
         });
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());

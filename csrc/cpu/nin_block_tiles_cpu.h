@@ -84,18 +84,23 @@ class NinBlockTileWorker {
         patch_(g.K() * tile_pixels), hidden0_(g.CC * tile_pixels), hidden1_(g.C1 * tile_pixels),
         hidden2_(g.C2 * tile_pixels) {}
 
-  // The block's output for pixels [p0, p0 + pt) of image n, in panel layout: channel c of tile
-  // pixel j is at output()[((j / nr) * C2 + c) * nr + j % nr].
-  const scalar_t* run(int64_t n, int64_t p0, int64_t pt) {
+  // Computes the block's output for pixels [p0, p0 + pt) of image n into the worker's buffer, then
+  // hands it over one run at a time: row_fn(c, j0, values, count) gets channel c of tile pixels
+  // [j0, j0 + count), contiguous (one panel's worth).
+  template <typename RowFn>
+  void run(int64_t n, int64_t p0, int64_t pt, const RowFn& row_fn) {
     const int64_t panels = (pt + nr_ - 1) / nr_;
     gather_patch(n, p0, pt, panels);
     apply_layer(packed_.conv, patch_.data(), hidden0_.data(), panels);
     apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels);
     apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels);
-    return hidden2_.data();
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      const int64_t j0 = panel * nr_, count = std::min(nr_, pt - j0);
+      for (int64_t c = 0; c < g_.C2; ++c) {
+        row_fn(c, j0, hidden2_.data() + (panel * g_.C2 + c) * nr_, count);
+      }
+    }
   }
-
-  int64_t nr() const { return nr_; }
 
  private:
   // out[panel][m][nr] = relu(W in[panel] + b) for every panel, one (MR x NR) block at a time; the
@@ -187,14 +192,22 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
   });
 }
 
-// The float32 computation serves float16 and bfloat16 inputs: it runs on float copies, and the
+// The float32 computation serves float16 and bfloat16 inputs: `op` runs on float copies, and the
 // result is rounded back once (the reference rounds every layer's output instead).
 inline bool computes_in_float(const at::Tensor& x) {
   return x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
 }
 
-inline c10::optional<at::Tensor> to_float(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? c10::optional<at::Tensor>(t->to(at::kFloat)) : c10::nullopt;
+template <typename Op>
+at::Tensor run_in_float(const Op& op, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                        const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                        const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  auto to_float = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? c10::optional<at::Tensor>(t->to(at::kFloat)) : c10::nullopt;
+  };
+  return op(x.to(at::kFloat), w.to(at::kFloat), to_float(b), w1.to(at::kFloat), to_float(b1), w2.to(at::kFloat),
+            to_float(b2), stride, padding)
+      .to(x.scalar_type());
 }
 
 }  // namespace cpu
