@@ -9,6 +9,7 @@
 #include <exception>
 
 #include "cpu/microkernel.h"
+#include "cpu/nin_block_packed_cache_cpu.h"
 
 #ifndef NIN_EXT_CUDA_ARCHS
 #define NIN_EXT_CUDA_ARCHS ""
@@ -25,13 +26,28 @@ TORCH_LIBRARY(nin_ext, m) {
       "int[2] stride, int[2] padding) -> Tensor");
   // Mean over the spatial dimensions of an (N, C, H, W) tensor: (N, C).
   m.def("global_avg_pool(Tensor x) -> Tensor");
+  // torch's max_pool2d with dilation 1, the pooling between NiN blocks.
+  m.def("max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> Tensor");
 }
 
-// Importing nin_ext._C runs the static registrations above. The module itself only reports how
-// it was built (no functions: the ops are reached through torch.ops.nin_ext).
+static PyObject* clear_weight_cache(PyObject*, PyObject*) {
+  nin_ext::cpu::clear_packed_nin_block_caches();
+  Py_RETURN_NONE;
+}
+
+static PyObject* weight_cache_entries(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(nin_ext::cpu::packed_nin_block_cache_entries());
+}
+
+// Importing nin_ext._C runs the static registrations above. The module reports how it was built and
+// manages the CPU kernels' packed-weight cache; the ops are reached through torch.ops.nin_ext.
 extern "C" PyObject* PyInit__C(void) {
+  static PyMethodDef methods[] = {
+      {"clear_weight_cache", clear_weight_cache, METH_NOARGS, "Drops every packed copy of the CPU kernels' weights."},
+      {"weight_cache_entries", weight_cache_entries, METH_NOARGS, "The number of packed blocks cached."},
+      {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, nullptr};
+      PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) {
     return nullptr;

@@ -20,3 +20,11 @@ loaded = _C is not None
 cuda_built = bool(loaded and _C.cuda_built)
 cuda_archs = (_C.cuda_archs or None) if loaded else None
 cpu_microkernel = _C.cpu_microkernel if loaded else None  # avx512, avx2 or portable
+
+
+def clear_weight_cache():
+    """Frees the CPU kernels' packed copies of block weights (up to 16 blocks' worth are kept; an
+    entry is used only while the weights hold the values it was packed from, so correctness never
+    needs this call)."""
+    if loaded:
+        _C.clear_weight_cache()

@@ -4,8 +4,10 @@ The backward recomputes the block's hidden activations with ATen (the forward ke
 and runs ATen's convolution_backward through the three layers.
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 from . import _extension
+from ._max_pool2d_checks import check_max_pool2d_args
 from ._nin_block_checks import (check_global_avg_pool_args, check_nin_block_args, conv_output_size,
                                 nin_block_output_memory_format)
 from .reference import nin_block_activations
@@ -25,6 +27,12 @@ def _nin_block_gap_fake(x, w, b, w1, b1, w2, b2, stride, padding):
 def _global_avg_pool_fake(x):
     check_global_avg_pool_args(x, "global_avg_pool")
     return x.new_empty((x.shape[0], x.shape[1]))
+
+
+def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
+    output_size = check_max_pool2d_args(x, kernel_size, stride, padding, ceil_mode, "max_pool2d")
+    return torch.empty((x.shape[0], x.shape[1], *output_size), dtype=x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
 
 
 def _conv_backward(grad, input, weight, bias, stride, padding, needs):
@@ -74,13 +82,29 @@ def _global_avg_pool_backward(ctx, grad_out):
     return (grad_out / (h * w))[:, :, None, None].expand(n, c, h, w).contiguous()
 
 
+def _setup_max_pool2d_context(ctx, inputs, output):
+    x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.ceil_mode = inputs
+    ctx.save_for_backward(x)
+
+
+def _max_pool2d_backward(ctx, grad_out):
+    """ATen's max_pool2d backward, on the argmax indices recomputed from the saved input."""
+    (x,) = ctx.saved_tensors
+    pool_args = (list(ctx.kernel_size), list(ctx.stride), list(ctx.padding), [1, 1], ctx.ceil_mode)
+    _, indices = torch.ops.aten.max_pool2d_with_indices(x, *pool_args)
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, x, *pool_args, indices), None, None, None, None
+
+
 if _extension.loaded:
     torch.library.register_fake("nin_ext::nin_block")(_nin_block_fake)
     torch.library.register_fake("nin_ext::nin_block_gap")(_nin_block_gap_fake)
     torch.library.register_fake("nin_ext::global_avg_pool")(_global_avg_pool_fake)
+    torch.library.register_fake("nin_ext::max_pool2d")(_max_pool2d_fake)
     torch.library.register_autograd("nin_ext::nin_block", _nin_block_grads,
                                     setup_context=_setup_nin_block_context)
     torch.library.register_autograd("nin_ext::nin_block_gap", _nin_block_gap_backward,
                                     setup_context=_setup_nin_block_context)
     torch.library.register_autograd("nin_ext::global_avg_pool", _global_avg_pool_backward,
                                     setup_context=_setup_global_avg_pool_context)
+    torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
+                                    setup_context=_setup_max_pool2d_context)

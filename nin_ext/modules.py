@@ -5,7 +5,7 @@ from collections import OrderedDict
 import torch.nn as nn
 
 from . import ops, reference
-from .patterns import BLOCK_RUN_LENGTH, block_run_at, is_global_avg_pool
+from .patterns import BLOCK_RUN_LENGTH, block_run_at, is_global_avg_pool, max_pool_args
 
 
 class InputError(ValueError, RuntimeError):
@@ -68,7 +68,8 @@ def has_fusable_layers(layers):
 
 class FusedSequential(nn.Sequential):
     """nn.Sequential whose block runs (and NiNBlocks) run fused, and fused with a global average pool
-    that follows them. Children, their names and the state_dict keys are those of the Sequential."""
+    that follows them; its max pools run nin_ext's max_pool2d. Children, their names and the
+    state_dict keys are those of the Sequential."""
 
     def forward(self, x):
         layers = list(self)
@@ -76,7 +77,11 @@ class FusedSequential(nn.Sequential):
         while i < len(layers):
             found = _block_at(layers, i)
             if found is None:
-                x = layers[i](x)
+                pool = max_pool_args(layers[i])
+                if pool is None:
+                    x = layers[i](x)
+                else:
+                    x = _run_batched(x, "MaxPool2d", lambda x4: ops.max_pool2d(x4, *pool))
                 i += 1
                 continue
             block, end = found

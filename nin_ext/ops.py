@@ -7,6 +7,7 @@ from torch.nn.modules.utils import _pair
 
 from . import _registrations  # noqa: F401  (fake kernels and autograd of torch.ops.nin_ext)
 from . import backends, reference
+from ._max_pool2d_checks import check_max_pool2d_args
 from ._nin_block_checks import check_global_avg_pool_args, check_nin_block_args
 
 
@@ -33,3 +34,14 @@ def nin_block_gap(x, w, b, w1, b1, w2, b2, stride=1, padding=0):
 def global_avg_pool(x):
     """The mean of x over its spatial dimensions: (N, C)."""
     return _run("global_avg_pool", check_global_avg_pool_args, reference.global_avg_pool_reference, (x,))
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """torch's max_pool2d with dilation 1 (stride defaults to kernel_size). Only the cpu backend has
+    a kernel of its own; the others run ATen's max_pool2d, after the same argument checks."""
+    kernel_size = _pair(kernel_size)
+    args = (x, kernel_size, kernel_size if stride is None else _pair(stride), _pair(padding), bool(ceil_mode))
+    if backends.resolve(x) == "cpu":
+        return torch.ops.nin_ext.max_pool2d(*args)
+    check_max_pool2d_args(*args, "max_pool2d")
+    return reference.max_pool2d_reference(*args)

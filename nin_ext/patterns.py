@@ -3,10 +3,12 @@
 A block run is Conv2d -> ReLU -> 1x1 Conv2d -> ReLU -> 1x1 Conv2d -> ReLU, with convolutions our
 kernels compute exactly as nn.Conv2d does (no groups, no dilation, zero padding). A global average
 pool is AdaptiveAvgPool2d to 1x1 (a Flatten after it stays a layer of its own: it is only a view).
+A max pool runs nin_ext's max_pool2d when it is a MaxPool2d without dilation or returned indices.
 """
 from typing import NamedTuple, Optional, Tuple
 
 import torch.nn as nn
+from torch.nn.modules.utils import _pair
 
 BLOCK_RUN_LENGTH = 6
 
@@ -59,3 +61,10 @@ def block_run_at(layers, i) -> Optional[BlockLayers]:
 
 def is_global_avg_pool(layer):
     return type(layer) is nn.AdaptiveAvgPool2d and layer.output_size in (1, (1, 1))
+
+
+def max_pool_args(layer):
+    """(kernel_size, stride, padding, ceil_mode) of a MaxPool2d that nin_ext's max_pool2d runs, or None."""
+    if type(layer) is not nn.MaxPool2d or layer.return_indices or _pair(layer.dilation) != (1, 1):
+        return None
+    return _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), layer.ceil_mode

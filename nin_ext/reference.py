@@ -50,3 +50,7 @@ def global_avg_pool_reference(x):
 
 def nin_block_gap_reference(x, w, b, w1, b1, w2, b2, stride, padding):
     return global_avg_pool_reference(nin_block_reference(x, w, b, w1, b1, w2, b2, stride, padding))
+
+
+def max_pool2d_reference(x, kernel_size, stride, padding, ceil_mode):
+    return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)

@@ -1,7 +1,7 @@
 // nin_ext::nin_block on the CPU: the whole block in one pass over tiles of output pixels.
 #include <torch/library.h>
 
-#include "cpu/nin_block_tiles_cpu.h"
+#include "cpu/nin_block_packed_cache_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -19,7 +19,8 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_cpu", [&] {
-    const NinBlockPacked<scalar_t> packed(microkernel_for<scalar_t>(), w, b, w1, b1, w2, b2);
+    const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
+    const NinBlockPacked<scalar_t>& packed = *packed_ptr;
     const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
     // Output pixel p of channel c sits at c * s_c + p * s_p in both NCHW and channels_last.
     scalar_t* out_data = out.data_ptr<scalar_t>();

@@ -4,7 +4,7 @@
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
-#include "cpu/nin_block_tiles_cpu.h"
+#include "cpu/nin_block_packed_cache_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -23,7 +23,8 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_gap_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const NinBlockPacked<scalar_t> packed(microkernel_for<scalar_t>(), w, b, w1, b1, w2, b2);
+    const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
+    const NinBlockPacked<scalar_t>& packed = *packed_ptr;
     const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
     const int64_t tiles_per_image = (g.pixels() + tile_pixels - 1) / tile_pixels;
     std::vector<acc_t> tile_sums(g.N * tiles_per_image * g.C2);

@@ -1,0 +1,178 @@
+// Packed weights of a NiN block, kept between calls while the weights stay the same.
+//
+// Packing copies every weight (3 MB for the seed's block 2, 4.7 MB for block 3) into the
+// micro-kernel's panel layout, single-threaded; at batch 1 that costs as much as the block itself.
+// An entry is found by the weights' addresses and shapes, and used only if their bytes still equal
+// the copy it keeps: comparing is a read of the weights, several times cheaper than packing them,
+// and it sees every change (optimizer steps, load_state_dict, writes through `.data` that the
+// version counter misses, a new tensor at a freed address).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstring>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cpu/nin_block_tiles_cpu.h"
+
+namespace nin_ext {
+namespace cpu {
+
+// Where one weight or bias tensor lives and what it held when its entry was packed; an undefined
+// bias is a snapshot of nothing.
+class TensorSnapshot {
+ public:
+  explicit TensorSnapshot(const c10::optional<at::Tensor>& t) {
+    if (t.has_value() && t->defined()) {
+      data_ = t->const_data_ptr();
+      sizes_ = t->sizes().vec();
+      strides_ = t->strides().vec();
+      const at::Tensor dense = t->contiguous();
+      const char* bytes = static_cast<const char*>(dense.const_data_ptr());
+      bytes_.assign(bytes, bytes + dense.nbytes());
+    }
+  }
+
+  // Same address and shape: the tensor this snapshot is of, or one in its place.
+  bool same_place(const TensorSnapshot& other) const {
+    return data_ == other.data_ && sizes_ == other.sizes_ && strides_ == other.strides_;
+  }
+
+  // Whether t still holds the bytes of the snapshot (t is in the snapshot's place).
+  bool unchanged(const c10::optional<at::Tensor>& t) const {
+    if (!(t.has_value() && t->defined())) {
+      return data_ == nullptr;
+    }
+    const at::Tensor dense = t->contiguous();
+    return dense.nbytes() == bytes_.size() && std::memcmp(dense.const_data_ptr(), bytes_.data(), bytes_.size()) == 0;
+  }
+
+  // The place of t, without copying its contents (for lookups).
+  static TensorSnapshot place_of(const c10::optional<at::Tensor>& t) {
+    TensorSnapshot snapshot(c10::nullopt);
+    if (t.has_value() && t->defined()) {
+      snapshot.data_ = t->const_data_ptr();
+      snapshot.sizes_ = t->sizes().vec();
+      snapshot.strides_ = t->strides().vec();
+    }
+    return snapshot;
+  }
+
+ private:
+  const void* data_ = nullptr;
+  std::vector<int64_t> sizes_, strides_;
+  std::vector<char> bytes_;
+};
+
+// A small LRU cache of packed blocks per scalar type; a few models' worth of blocks.
+template <typename scalar_t>
+class NinBlockPackedCache {
+ public:
+  static constexpr size_t kCapacity = 16;
+
+  static NinBlockPackedCache& instance() {
+    static NinBlockPackedCache cache;
+    return cache;
+  }
+
+  std::shared_ptr<const NinBlockPacked<scalar_t>> get(const MicroKernel<scalar_t>& kernel, const at::Tensor& w,
+                                                      const c10::optional<at::Tensor>& b, const at::Tensor& w1,
+                                                      const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                                      const c10::optional<at::Tensor>& b2) {
+    const std::array<c10::optional<at::Tensor>, 6> tensors{w, b, w1, b1, w2, b2};
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->in_place_of(kernel, tensors)) {
+          if (it->unchanged(tensors)) {
+            entries_.splice(entries_.begin(), entries_, it);
+            return entries_.front().packed;
+          }
+          entries_.erase(it);
+          break;
+        }
+      }
+    }
+    // Packed outside the lock: two threads missing together both pack, and both results are right.
+    Entry entry{kernel.fn,
+                {TensorSnapshot(w), TensorSnapshot(b), TensorSnapshot(w1), TensorSnapshot(b1), TensorSnapshot(w2),
+                 TensorSnapshot(b2)},
+                std::make_shared<const NinBlockPacked<scalar_t>>(kernel, w, b, w1, b1, w2, b2)};
+    auto packed = entry.packed;
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.push_front(std::move(entry));
+    if (entries_.size() > kCapacity) {
+      entries_.pop_back();
+    }
+    return packed;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.clear();
+  }
+
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return entries_.size();
+  }
+
+ private:
+  struct Entry {
+    MicroKernelFn<scalar_t> fn;
+    std::array<TensorSnapshot, 6> snapshots;
+    std::shared_ptr<const NinBlockPacked<scalar_t>> packed;
+
+    bool in_place_of(const MicroKernel<scalar_t>& kernel,
+                     const std::array<c10::optional<at::Tensor>, 6>& tensors) const {
+      if (fn != kernel.fn) {
+        return false;
+      }
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        if (!snapshots[i].same_place(TensorSnapshot::place_of(tensors[i]))) {
+          return false;
+        }
+      }
+      return true;
+    }
+
+    bool unchanged(const std::array<c10::optional<at::Tensor>, 6>& tensors) const {
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        if (!snapshots[i].unchanged(tensors[i])) {
+          return false;
+        }
+      }
+      return true;
+    }
+  };
+
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+};
+
+// The packed block for these weights: from the cache when they have not changed since last time.
+template <typename scalar_t>
+std::shared_ptr<const NinBlockPacked<scalar_t>> packed_nin_block(const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                                                                const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                                                const at::Tensor& w2,
+                                                                const c10::optional<at::Tensor>& b2) {
+  return NinBlockPackedCache<scalar_t>::instance().get(microkernel_for<scalar_t>(), w, b, w1, b1, w2, b2);
+}
+
+// Every packed block of every scalar type (the kernels run float and double; half and bfloat16
+// run as float copies, which are never cached).
+inline void clear_packed_nin_block_caches() {
+  NinBlockPackedCache<float>::instance().clear();
+  NinBlockPackedCache<double>::instance().clear();
+}
+
+inline size_t packed_nin_block_cache_entries() {
+  return NinBlockPackedCache<float>::instance().size() + NinBlockPackedCache<double>::instance().size();
+}
+
+}  // namespace cpu
+}  // namespace nin_ext

@@ -1,0 +1,132 @@
+"""nin_ext's max_pool2d (the pooling between NiN blocks) against torch's max_pool2d."""
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nin_ext
+from nin_ext import ops
+from conftest import device_for, require_extension
+
+LAYOUTS = ["contiguous", "channels_last", "sliced"]
+
+
+def _draw_config(rng, i):
+    kernel = (rng.randint(1, 5), rng.randint(1, 5))
+    return dict(
+        n=rng.choice([0, 1, 2, 3]) if i % 8 else 0,
+        c=rng.choice([1, 2, 5, 17]),
+        h=rng.randint(1, 23), w=rng.randint(1, 23),
+        kernel=kernel,
+        stride=(rng.randint(1, 4), rng.randint(1, 4)),
+        padding=(rng.randint(0, kernel[0] // 2), rng.randint(0, kernel[1] // 2)),
+        ceil_mode=rng.random() < 0.5,
+        layout=LAYOUTS[i % len(LAYOUTS)],
+    )
+
+
+CONFIGS = [_draw_config(random.Random(7001 + i), i) for i in range(48)]
+
+
+def _input(cfg, dtype, device):
+    """An input in the config's layout, with one NaN (a max must propagate it, as torch's does)."""
+    n, c, h, w = cfg["n"], cfg["c"], cfg["h"], cfg["w"]
+    if cfg["layout"] == "sliced":
+        x = torch.randn(n, c + 1, h, 2 * w, dtype=dtype, device=device)[:, 1:, :, ::2]
+    else:
+        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+        if cfg["layout"] == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+    if x.numel() > 1:
+        x[-1, -1, h // 2, w // 2] = float("nan")
+    return x
+
+
+def _pool_args(cfg):
+    return cfg["kernel"], cfg["stride"], cfg["padding"], cfg["ceil_mode"]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: (
+    f"n{c['n']}c{c['c']}_{c['h']}x{c['w']}_k{c['kernel']}_s{c['stride']}_p{c['padding']}"
+    f"_{'ceil' if c['ceil_mode'] else 'floor'}_{c['layout']}").replace(" ", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_matches_torch(backend, cfg, dtype):
+    x = _input(cfg, dtype, device_for(backend))
+    try:
+        expected = F.max_pool2d(x, *_pool_args(cfg)[:3], ceil_mode=cfg["ceil_mode"])
+    except RuntimeError:  # torch rejects the configuration: so must we
+        with pytest.raises(RuntimeError, match="max_pool2d"):
+            ops.max_pool2d(x, *_pool_args(cfg))
+        return
+    y = ops.max_pool2d(x, *_pool_args(cfg))
+    # A max picks one of its inputs: the results are identical, NaN included.
+    assert torch.equal(y.isnan(), expected.isnan())
+    assert torch.equal(y.nan_to_num(), expected.nan_to_num())
+    assert y.dtype == expected.dtype and y.shape == expected.shape
+    if y.numel() > 0:
+        assert y.stride() == expected.stride()
+
+
+def test_seed_shapes(backend):
+    for shape in [(2, 96, 54, 54), (2, 256, 26, 26), (2, 384, 12, 12)]:
+        x = torch.randn(shape, device=device_for(backend))
+        assert torch.equal(ops.max_pool2d(x, 3, 2), F.max_pool2d(x, 3, 2))
+
+
+def test_gradient_matches_torch(native_backend):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device_for(native_backend), requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y = ops.max_pool2d(x, 3, 2, 1)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    F.max_pool2d(x_ref, 3, 2, 1).backward(grad)
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+@pytest.mark.parametrize("idx", range(4))
+def test_opcheck(idx):
+    require_extension()
+    samples = [
+        (torch.randn(2, 3, 7, 9), [3, 3], [2, 2], [0, 0], False),
+        (torch.randn(1, 4, 6, 5, requires_grad=True), [2, 3], [1, 2], [1, 1], True),
+        (torch.randn(2, 5, 8, 6).to(memory_format=torch.channels_last).requires_grad_(True), [3, 3], [2, 2],
+         [1, 1], False),
+        (torch.randn(0, 2, 5, 5, dtype=torch.float64), [3, 3], [2, 2], [0, 0], False),
+    ]
+    torch.library.opcheck(torch.ops.nin_ext.max_pool2d.default, samples[idx])
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.randn(3, 5, 5), 3, 2, 0, False), "expected x to be a 4-d"),
+    ((torch.ones(1, 1, 5, 5, dtype=torch.int32), 3, 2, 0, False), "floating-point dtype"),
+    ((torch.randn(1, 1, 5, 5), 0, 2, 0, False), "kernel_size"),
+    ((torch.randn(1, 1, 5, 5), 3, 0, 0, False), "stride"),
+    ((torch.randn(1, 1, 5, 5), 3, 2, 2, False), "padding"),
+    ((torch.randn(1, 1, 2, 2), 3, 2, 0, False), "output size is too small"),
+])
+def test_errors_name_the_argument(backend, args, message):
+    x, *rest = args
+    with pytest.raises(RuntimeError, match=message):
+        ops.max_pool2d(x.to(device_for(backend)), *rest)
+
+
+def test_fused_sequential_runs_its_max_pools(cpu_backend):
+    model = nin_ext.FusedSequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True))
+    x = torch.randn(2, 3, 11, 10)
+    with torch.profiler.profile() as prof:
+        y = model(x)
+    assert any(e.name == "nin_ext::max_pool2d" for e in prof.events())
+    assert torch.equal(y, nn.Sequential(*model)(x))
+    # Unbatched input, as nn.MaxPool2d takes it.
+    assert torch.equal(model(x[0]), nn.Sequential(*model)(x[0]))
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2, dilation=2), nn.MaxPool2d(3, 2, return_indices=True)])
+def test_fused_sequential_leaves_other_max_pools_to_torch(cpu_backend, pool):
+    model = nin_ext.FusedSequential(pool)
+    x = torch.randn(1, 2, 12, 12)
+    with torch.profiler.profile() as prof:
+        model(x)
+    assert not any(e.name == "nin_ext::max_pool2d" for e in prof.events())
