@@ -20,6 +20,11 @@ TORCH_LIBRARY(nin_ext, m) {
   m.def(
       "nin_block(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "int[2] stride, int[2] padding) -> Tensor");
+  // nin_block that also returns its two hidden activations (relu of the conv, relu of the first 1x1):
+  // the forward of training, whose backward needs them.
+  m.def(
+      "nin_block_with_hidden(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "int[2] stride, int[2] padding) -> (Tensor, Tensor, Tensor)");
   // nin_block followed by the mean over the spatial dimensions: (N, C2).
   m.def(
       "nin_block_gap(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
@@ -28,6 +33,10 @@ TORCH_LIBRARY(nin_ext, m) {
   m.def("global_avg_pool(Tensor x) -> Tensor");
   // torch's max_pool2d with dilation 1, the pooling between NiN blocks.
   m.def("max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> Tensor");
+  // The gradient of max_pool2d with respect to x, from x itself (no saved argmax indices).
+  m.def(
+      "max_pool2d_backward(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode) -> Tensor");
 }
 
 static PyObject* clear_weight_cache(PyObject*, PyObject*) {

@@ -1,7 +1,8 @@
 """Fake (meta) kernels and autograd for the compiled ops, so that they work under torch.compile.
 
-The backward recomputes the block's hidden activations with ATen (the forward keeps none of them)
-and runs ATen's convolution_backward through the three layers.
+nin_block's backward recomputes the block's hidden activations with ATen (the forward keeps none of
+them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
+needs no recomputation. Both run ATen's convolution_backward through the three layers.
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -42,23 +43,64 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
         1, [needs[0], needs[1], bias is not None and needs[2]])
 
 
-def _nin_block_grads(ctx, grad_block_out):
-    """Gradients of every input from the gradient of the block's output (before any pooling)."""
-    x, w, b, w1, b1, w2, b2 = ctx.saved_tensors
-    h0, h1, out = nin_block_activations(x, w, b, w1, b1, w2, b2, ctx.stride, ctx.padding)
+def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=None, grad_h1=None):
+    """Gradients of every input (x, w, b, w1, b1, w2, b2 saved on ctx) from the gradient of the
+    block's output (before any pooling) and of its hidden activations when they are outputs too
+    (nin_block_with_hidden). `activations` is the list [h0, h1, out]. Each gradient map is released
+    as soon as the next is computed, as eager's autograd frees them."""
+    x, w, b, w1, b1, w2, b2 = ctx.saved_tensors[:7]
     needs = ctx.needs_input_grad
     need_h1 = any(needs[:5])
     need_h0 = any(needs[:3])
-    g2 = grad_block_out * (out > 0)
-    gh1, gw2, gb2 = _conv_backward(g2, h1, w2, b2, [1, 1], [0, 0], (need_h1, needs[5], needs[6]))
-    gh0 = gw1 = gb1 = gx = gw = gb = None
+    relu_backward = torch.ops.aten.threshold_backward
+    grad = relu_backward(grad_block_out, activations.pop(), 0)
+    del grad_block_out
+    h1 = activations.pop()
+    grad, gw2, gb2 = _conv_backward(grad, h1, w2, b2, [1, 1], [0, 0], (need_h1, needs[5], needs[6]))
+    gw1 = gb1 = gx = gw = gb = None
     if need_h1:
-        g1 = gh1 * (h1 > 0)
-        gh0, gw1, gb1 = _conv_backward(g1, h0, w1, b1, [1, 1], [0, 0], (need_h0, needs[3], needs[4]))
-    if need_h0:
-        g0 = gh0 * (h0 > 0)
-        gx, gw, gb = _conv_backward(g0, x, w, b, ctx.stride, ctx.padding, needs[:3])
+        if grad_h1 is not None:
+            grad = grad + grad_h1
+        grad = relu_backward(grad, h1, 0)
+        del h1
+        h0 = activations.pop()
+        grad, gw1, gb1 = _conv_backward(grad, h0, w1, b1, [1, 1], [0, 0], (need_h0, needs[3], needs[4]))
+        if need_h0:
+            if grad_h0 is not None:
+                grad = grad + grad_h0
+            grad = relu_backward(grad, h0, 0)
+            del h0
+            gx, gw, gb = _conv_backward(grad, x, w, b, ctx.stride, ctx.padding, needs[:3])
     return gx, gw, gb, gw1, gb1, gw2, gb2, None, None
+
+
+def _nin_block_grads(ctx, grad_block_out):
+    """nin_block's backward: the forward kept no activation, so they are recomputed with ATen."""
+    activations = list(nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding))
+    return _nin_block_grads_from_activations(ctx, grad_block_out, activations)
+
+
+def _nin_block_with_hidden_fake(x, w, b, w1, b1, w2, b2, stride, padding):
+    """The output and both hidden activations, all in the output's memory format."""
+    output_size = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_with_hidden")
+    memory_format = nin_block_output_memory_format(x, w, w1, w2, output_size)
+    return tuple(torch.empty((x.shape[0], channels, *output_size), dtype=x.dtype, device=x.device,
+                             memory_format=memory_format) for channels in (w2.shape[0], w.shape[0], w1.shape[0]))
+
+
+def _setup_nin_block_with_hidden_context(ctx, inputs, output):
+    x, w, b, w1, b1, w2, b2, stride, padding = inputs
+    out, h0, h1 = output
+    ctx.set_materialize_grads(False)  # the hidden outputs are seldom used: no zero gradients for them
+    ctx.stride, ctx.padding = list(stride), list(padding)
+    ctx.save_for_backward(x, w, b, w1, b1, w2, b2, h0, h1, out)
+
+
+def _nin_block_with_hidden_backward(ctx, grad_out, grad_h0, grad_h1):
+    activations = list(ctx.saved_tensors[7:])
+    if grad_out is None:  # only a hidden activation was used
+        grad_out = torch.zeros_like(activations[-1])
+    return _nin_block_grads_from_activations(ctx, grad_out, activations, grad_h0, grad_h1)
 
 
 def _setup_nin_block_context(ctx, inputs, output):
@@ -88,20 +130,28 @@ def _setup_max_pool2d_context(ctx, inputs, output):
 
 
 def _max_pool2d_backward(ctx, grad_out):
-    """ATen's max_pool2d backward, on the argmax indices recomputed from the saved input."""
     (x,) = ctx.saved_tensors
-    pool_args = (list(ctx.kernel_size), list(ctx.stride), list(ctx.padding), [1, 1], ctx.ceil_mode)
-    _, indices = torch.ops.aten.max_pool2d_with_indices(x, *pool_args)
-    return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, x, *pool_args, indices), None, None, None, None
+    grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, x, ctx.kernel_size, ctx.stride, ctx.padding,
+                                                   ctx.ceil_mode)
+    return grad_x, None, None, None, None
+
+
+def _max_pool2d_backward_fake(grad_out, x, kernel_size, stride, padding, ceil_mode):
+    check_max_pool2d_args(x, kernel_size, stride, padding, ceil_mode, "max_pool2d_backward")
+    return torch.empty_like(x, memory_format=suggest_memory_format(x))
 
 
 if _extension.loaded:
     torch.library.register_fake("nin_ext::nin_block")(_nin_block_fake)
     torch.library.register_fake("nin_ext::nin_block_gap")(_nin_block_gap_fake)
+    torch.library.register_fake("nin_ext::nin_block_with_hidden")(_nin_block_with_hidden_fake)
     torch.library.register_fake("nin_ext::global_avg_pool")(_global_avg_pool_fake)
     torch.library.register_fake("nin_ext::max_pool2d")(_max_pool2d_fake)
+    torch.library.register_fake("nin_ext::max_pool2d_backward")(_max_pool2d_backward_fake)
     torch.library.register_autograd("nin_ext::nin_block", _nin_block_grads,
                                     setup_context=_setup_nin_block_context)
+    torch.library.register_autograd("nin_ext::nin_block_with_hidden", _nin_block_with_hidden_backward,
+                                    setup_context=_setup_nin_block_with_hidden_context)
     torch.library.register_autograd("nin_ext::nin_block_gap", _nin_block_gap_backward,
                                     setup_context=_setup_nin_block_context)
     torch.library.register_autograd("nin_ext::global_avg_pool", _global_avg_pool_backward,

@@ -303,28 +303,11 @@ def _seq(mod_list):
 
 
 def _nin_stage_fn(net, idx: Tuple[int, ...]) -> Callable:
-    """The nin_ext callable for a stage: the child itself, or the fused block4 + global avg pool."""
-    if idx != (7, 8, 9):
-        return _seq([net[i] for i in idx])
-    import torch.nn as nn
-
+    """The nin_ext callable for a stage: the NiN's children of the stage, run as NiN.forward runs them
+    (blocks fused, max pools by nin_ext, block 4 fused with the global average pool)."""
     import nin_ext
 
-    tail = nn.Sequential(*[net[i] for i in idx])
-    fuse = getattr(nin_ext, "fuse", None)
-    if callable(fuse):  # the package's own block + global-average-pool fusion, as NiN.forward runs it
-        return fuse(tail)
-    gap = getattr(getattr(nin_ext, "ops", None), "nin_block_gap", None)
-    if gap is None:  # nothing fused to call: run the children
-        return tail
-    blk = net[7]
-    c0, c1, c2 = blk[0], blk[2], blk[4]
-
-    def block4_gap(x):
-        return gap(x, c0.weight, c0.bias, c1.weight, c1.bias, c2.weight, c2.bias, c0.stride,
-                   c0.padding)
-
-    return block4_gap
+    return nin_ext.FusedSequential(*[net[i] for i in idx])
 
 
 def _resolve_backend(requested: str, device, available: Sequence[str]) -> str:

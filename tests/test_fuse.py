@@ -13,8 +13,9 @@ FORBIDDEN = ("aten::convolution", "aten::conv2d", "aten::_convolution")
 
 
 def _profile_names(fn):
+    """The ops an inference call runs (with gradients on, the cpu backend runs nin_block_with_hidden)."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return [e.name for e in prof.events()]
 

@@ -118,3 +118,28 @@ def test_nin_minimum_input_size():
             ref(torch.rand(1, 1, NIN_MIN_HW - 1, NIN_MIN_HW - 1))
         with pytest.raises((RuntimeError, ValueError)):
             ours(torch.rand(1, 1, NIN_MIN_HW - 1, NIN_MIN_HW - 1))
+
+
+def test_training_forward_returns_the_hidden_activations(cpu_backend):
+    """nin_block_with_hidden (the cpu backend's forward when gradients are needed) returns the
+    block's output and both hidden activations, and its backward takes gradients through all three."""
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(5, 3, 3, 3), torch.randn(5), torch.randn(4, 5, 1, 1), torch.randn(4),
+              torch.randn(6, 4, 1, 1), torch.randn(6)]
+    params = [p.double().requires_grad_(True) for p in params]
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(x, *params, [2, 1], [1, 0])
+    expected = nin_ext.reference.nin_block_activations(x, *params, (2, 1), (1, 0))
+    for y, y64 in zip((h0, h1, out), expected):
+        assert_close_ref(y, y64.detach())
+    assert gradcheck(lambda *a: sum(t.sum() * (i + 1) for i, t in enumerate(
+        torch.ops.nin_ext.nin_block_with_hidden(*a, [2, 1], [1, 0]))), (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_training_forward_is_used_when_grad_is_needed(cpu_backend):
+    block = nin_ext.NiNBlock(3, 4, 3, 1, 1)
+    x = torch.randn(1, 3, 6, 6)
+    for grad_enabled, expected in ((True, "nin_ext::nin_block_with_hidden"), (False, "nin_ext::nin_block")):
+        with torch.set_grad_enabled(grad_enabled), torch.profiler.profile() as prof:
+            block(x)
+        names = {e.name for e in prof.events()}
+        assert expected in names, names

@@ -22,17 +22,10 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
     const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
     const NinBlockPacked<scalar_t>& packed = *packed_ptr;
     const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
-    // Output pixel p of channel c sits at c * s_c + p * s_p in both NCHW and channels_last.
-    scalar_t* out_data = out.data_ptr<scalar_t>();
-    const int64_t s_n = out.stride(0), s_c = out.stride(1), s_p = out.stride(3);
     for_each_nin_block_tile<scalar_t>(
         x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
-          worker.run(n, p0, pt, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
-            scalar_t* dst = out_data + n * s_n + c * s_c + (p0 + j0) * s_p;
-            for (int64_t j = 0; j < count; ++j) {
-              dst[j * s_p] = values[j];
-            }
-          });
+          worker.compute(n, p0, pt);
+          worker.write_rows(2, out, n, p0);
         });
   });
   return out;

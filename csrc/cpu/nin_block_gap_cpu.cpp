@@ -33,7 +33,8 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
         [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
           acc_t* sums = tile_sums.data() + tile * g.C2;
           std::fill(sums, sums + g.C2, acc_t(0));
-          worker.run(n, p0, pt, [&](int64_t c, int64_t, const scalar_t* values, int64_t count) {
+          worker.compute(n, p0, pt);
+          worker.for_each_row(2, [&](int64_t c, int64_t, const scalar_t* values, int64_t count) {
             for (int64_t j = 0; j < count; ++j) {
               sums[c] += static_cast<acc_t>(values[j]);
             }

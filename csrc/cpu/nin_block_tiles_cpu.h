@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "cpu/microkernel.h"
@@ -84,22 +85,44 @@ class NinBlockTileWorker {
         patch_(g.K() * tile_pixels), hidden0_(g.CC * tile_pixels), hidden1_(g.C1 * tile_pixels),
         hidden2_(g.C2 * tile_pixels) {}
 
-  // Computes the block's output for pixels [p0, p0 + pt) of image n into the worker's buffer, then
-  // hands it over one run at a time: row_fn(c, j0, values, count) gets channel c of tile pixels
-  // [j0, j0 + count), contiguous (one panel's worth).
+  // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
+  // buffers (for_each_row reads them out).
+  void compute(int64_t n, int64_t p0, int64_t pt) {
+    pt_ = pt;
+    panels_ = (pt + nr_ - 1) / nr_;
+    gather_patch(n, p0, pt, panels_);
+    apply_layer(packed_.conv, patch_.data(), hidden0_.data(), panels_);
+    apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
+    apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+  }
+
+  // Hands over activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2:
+  // the block's output) one run at a time: row_fn(c, j0, values, count) gets channel c of tile
+  // pixels [j0, j0 + count), contiguous (one panel's worth).
   template <typename RowFn>
-  void run(int64_t n, int64_t p0, int64_t pt, const RowFn& row_fn) {
-    const int64_t panels = (pt + nr_ - 1) / nr_;
-    gather_patch(n, p0, pt, panels);
-    apply_layer(packed_.conv, patch_.data(), hidden0_.data(), panels);
-    apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels);
-    apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels);
-    for (int64_t panel = 0; panel < panels; ++panel) {
-      const int64_t j0 = panel * nr_, count = std::min(nr_, pt - j0);
-      for (int64_t c = 0; c < g_.C2; ++c) {
-        row_fn(c, j0, hidden2_.data() + (panel * g_.C2 + c) * nr_, count);
+  void for_each_row(int layer, const RowFn& row_fn) const {
+    const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
+    const int64_t channels = layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2;
+    for (int64_t panel = 0; panel < panels_; ++panel) {
+      const int64_t j0 = panel * nr_, count = std::min(nr_, pt_ - j0);
+      for (int64_t c = 0; c < channels; ++c) {
+        row_fn(c, j0, values.data() + (panel * channels + c) * nr_, count);
       }
     }
+  }
+
+  // Writes activation `layer` of the last computed tile (pixels from p0 of image n) into t, an
+  // (N, C, OH, OW) tensor in NCHW or channels_last layout: pixel p of channel c of image n sits at
+  // n * s_n + c * s_c + p * s_p in both.
+  void write_rows(int layer, at::Tensor& t, int64_t n, int64_t p0) const {
+    scalar_t* data = t.data_ptr<scalar_t>();
+    const int64_t s_n = t.stride(0), s_c = t.stride(1), s_p = t.stride(3);
+    for_each_row(layer, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
+      scalar_t* dst = data + n * s_n + c * s_c + (p0 + j0) * s_p;
+      for (int64_t j = 0; j < count; ++j) {
+        dst[j * s_p] = values[j];
+      }
+    });
   }
 
  private:
@@ -154,8 +177,13 @@ class NinBlockTileWorker {
             }
             std::fill(dst, dst + t_begin, scalar_t(0));
             const int64_t step = g.SW * sw;
-            for (int64_t t = t_begin; t < t_end; ++t) {
-              dst[t] = plane[ih * sh + iw0 * sw + t * step];
+            const scalar_t* src = plane + ih * sh + iw0 * sw;
+            if (step == 1) {  // stride-1 conv over contiguous rows (blocks 2-4 of NiN): a plain copy
+              std::copy(src + t_begin, src + t_end, dst + t_begin);
+            } else {
+              for (int64_t t = t_begin; t < t_end; ++t) {
+                dst[t] = src[t * step];
+              }
             }
             std::fill(dst + t_end, dst + seg.length, scalar_t(0));
           }
@@ -174,6 +202,7 @@ class NinBlockTileWorker {
   const int64_t nr_;
   std::vector<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
   std::vector<RowSegment> segments_;
+  int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
 
 // Runs `tile_fn(worker, tile, n, p0, pt)` for every tile of the batch, in parallel over tiles; each
@@ -198,16 +227,25 @@ inline bool computes_in_float(const at::Tensor& x) {
   return x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
 }
 
+inline at::Tensor cast_result(const at::Tensor& t, at::ScalarType dtype) {
+  return t.to(dtype);
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> cast_result(
+    const std::tuple<at::Tensor, at::Tensor, at::Tensor>& t, at::ScalarType dtype) {
+  return {std::get<0>(t).to(dtype), std::get<1>(t).to(dtype), std::get<2>(t).to(dtype)};
+}
+
 template <typename Op>
-at::Tensor run_in_float(const Op& op, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                        const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                        const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride, c10::IntArrayRef padding) {
+auto run_in_float(const Op& op, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                  const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride, c10::IntArrayRef padding) {
   auto to_float = [](const c10::optional<at::Tensor>& t) {
     return t.has_value() && t->defined() ? c10::optional<at::Tensor>(t->to(at::kFloat)) : c10::nullopt;
   };
-  return op(x.to(at::kFloat), w.to(at::kFloat), to_float(b), w1.to(at::kFloat), to_float(b1), w2.to(at::kFloat),
-            to_float(b2), stride, padding)
-      .to(x.scalar_type());
+  return cast_result(op(x.to(at::kFloat), w.to(at::kFloat), to_float(b), w1.to(at::kFloat), to_float(b1),
+                        w2.to(at::kFloat), to_float(b2), stride, padding),
+                     x.scalar_type());
 }
 
 }  // namespace cpu

@@ -1,0 +1,25 @@
+"""nin_ext.ops.nin_block against ATen (the reference block: conv2d + relu, two 1x1 conv2d + relu) at
+each of the seed NiN's four block shapes, over a range of batch sizes.
+
+    python benchmarks/bench_nin_block.py [--blocks 1,2,3,4] [--device cpu] [--batches 1,2,4,8,16,32]
+"""
+import op_bench
+from seed_shapes import seed_block
+
+from nin_ext import ops
+
+
+def main():
+    args = op_bench.parse_args(__doc__, lambda p: p.add_argument("--blocks", default="1,2,3,4"))
+    for index in (int(b) for b in args.blocks.split(",")):
+        def make_case(batch, dtype, device, index=index):
+            block, x = seed_block(index, batch, dtype, device)
+            conv, conv1, conv2 = block[0], block[2], block[4]
+            weights = (conv.weight, conv.bias, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
+            return (lambda: block(x)), (lambda: ops.nin_block(x, *weights, conv.stride, conv.padding))
+
+        op_bench.run("nin_block", f"block{index}", make_case, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The seed NiN's four blocks as the per-op benchmarks use them: (in, out, kernel, stride, padding,
+input height = width) for a 224x224 image."""
+SEED_BLOCKS = {
+    1: (1, 96, 11, 4, 0, 224),
+    2: (96, 256, 5, 1, 2, 26),
+    3: (256, 384, 3, 1, 1, 12),
+    4: (384, 10, 3, 1, 1, 5),
+}
+
+
+def seed_block(index, batch, dtype, device):
+    """(block module of the reference, its input) for seed block `index`, in `dtype` on `device`."""
+    import torch
+
+    import nin_ext
+
+    c_in, c_out, k, s, p, hw = SEED_BLOCKS[index]
+    block = nin_ext.reference.nin_block(c_in, c_out, k, s, p).to(device=device, dtype=dtype).eval()
+    return block, torch.randn(batch, c_in, hw, hw, device=device, dtype=dtype)

@@ -1,0 +1,46 @@
+// nin_ext::nin_block_with_hidden on the CPU: the fused block, also writing out its two hidden
+// activations. Training runs this forward so that the backward finds the activations saved (as
+// eager's autograd saves them) instead of recomputing the block with ATen.
+#include <torch/library.h>
+
+#include "cpu/nin_block_packed_cache_cpu.h"
+
+namespace nin_ext {
+namespace cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> nin_block_with_hidden_cpu(
+    const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_with_hidden");
+  if (computes_in_float(x)) {
+    return run_in_float(nin_block_with_hidden_cpu, x, w, b, w1, b1, w2, b2, stride, padding);
+  }
+  const auto options = x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2, g));
+  at::Tensor out = at::empty({g.N, g.C2, g.OH, g.OW}, options);
+  at::Tensor hidden0 = at::empty({g.N, g.CC, g.OH, g.OW}, options);
+  at::Tensor hidden1 = at::empty({g.N, g.C1, g.OH, g.OW}, options);
+  if (g.N == 0) {
+    return {out, hidden0, hidden1};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_with_hidden_cpu", [&] {
+    const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
+    const NinBlockPacked<scalar_t>& packed = *packed_ptr;
+    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
+    for_each_nin_block_tile<scalar_t>(
+        x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
+          worker.compute(n, p0, pt);
+          worker.write_rows(0, hidden0, n, p0);
+          worker.write_rows(1, hidden1, n, p0);
+          worker.write_rows(2, out, n, p0);
+        });
+  });
+  return {out, hidden0, hidden1};
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
+
+TORCH_LIBRARY_IMPL(nin_ext, CPU, m) {
+  m.impl("nin_block_with_hidden", &nin_ext::cpu::nin_block_with_hidden_cpu);
+}
