@@ -45,6 +45,11 @@ def _triton_unavailable_reason():
     return None
 
 
+def device_of(name):
+    """The device type whose tensors a concrete backend (other than reference) runs."""
+    return _DEVICE_OF[name]
+
+
 def available_backends():
     """The concrete backends that can run here, in the order cpu, cuda, triton, reference."""
     return [name for name in _CONCRETE if unavailable_reason(name) is None]

@@ -15,12 +15,13 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read by @triton.jit w
 # (BLOCK_P, BLOCK_K, BLOCK_C1, num_warps, num_stages)
 _NIN_BLOCK_GPU_TILES = [
     (32, 32, 32, 4, 2),
+    (32, 32, 64, 8, 2),
     (64, 32, 64, 4, 2),
     (64, 64, 64, 8, 3),
     (128, 32, 32, 8, 2),
     (128, 64, 64, 8, 3),
 ]
-_NIN_BLOCK_INTERPRETER_TILE = (16, 16, 16, 1, 1)
+_NIN_BLOCK_INTERPRETER_TILE = (64, 32, 16, 1, 1)  # few programs: the interpreter's cost is per op
 
 # (BLOCK_C, BLOCK_HW, num_warps)
 _GLOBAL_AVG_POOL_GPU_TILES = [(32, 64, 4), (64, 128, 4), (128, 32, 4), (16, 256, 8)]

@@ -164,6 +164,7 @@ def launch_nin_block(x, w, b, w1, b1, w2, b2, stride, padding, out):
     c1, c2 = w1.shape[0], w2.shape[0]
     oh, ow = conv_output_size(x, w, stride, padding)
     has_gap = out.dim() == 3
+    b, b1, b2 = (None if bias is None else bias.contiguous() for bias in (b, b1, b2))  # the kernel reads them densely
     h0_resident = _tile_channels(cc) <= H0_RESIDENT_MAX_CHANNELS
     block_cc = _tile_channels(cc) if h0_resident else STREAMED_CC_CHUNK
     block_c2 = min(_tile_channels(c2), MAX_C2_TILE)
