@@ -207,3 +207,38 @@ def test_works_without_the_compiled_extension():
     env = {"TRITON_INTERPRET": "1"} if INTERPRETED else None
     r = run_python(["-c", textwrap.dedent(code)], env_extra=env)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+SM90_COMPILE = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from nin_ext.triton.global_avg_pool_triton import spatial_mean_kernel
+from nin_ext.triton.nin_block_triton import nin_block_kernel
+
+def compile_sm90(kernel, pointers, constexprs, **options):
+    names = kernel.arg_names
+    signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+for dtype, precision, gap, resident in [("fp32", "tf32", False, True), ("fp16", "ieee", True, False)]:
+    pointers = {n: "*" + dtype for n in ("x_ptr", "w_ptr", "b_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr")}
+    pointers["out_ptr"] = "*fp32" if gap else "*" + dtype
+    ptx = compile_sm90(nin_block_kernel, pointers, dict(
+        KH=3, KW=3, HAS_B=True, HAS_B1=True, HAS_B2=False, HAS_GAP=gap, H0_RESIDENT=resident,
+        ACC_DTYPE=tl.float32, DOT_PRECISION=precision, BLOCK_CC=128 if resident else 64, BLOCK_C2=128,
+        GAP_GROUP=16, BLOCK_P=64, BLOCK_K=32, BLOCK_C1=32), num_warps=4, num_stages=2)
+    assert "mma" in ptx, (dtype, "no tensor-core instruction")
+compile_sm90(spatial_mean_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32"}, dict(ACC_DTYPE=tl.float32, BLOCK_C=64),
+             num_warps=4)
+print("OK")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter accepts code the compiler rejects: compile the kernels for an H100 (sm_90, to
+    PTX and through ptxas; no GPU needed) in a process without TRITON_INTERPRET."""
+    r = run_python(["-c", SM90_COMPILE])
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
