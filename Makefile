@@ -5,7 +5,7 @@
 #                  the CUDA sources, if any, with nvcc; nothing runs on a GPU), import it, print info,
 #                  run the test suite against that build
 #   make clean   - remove build outputs and install stamps (keeps the venvs; `make distclean` drops them)
-# Variables: TORCH, CUDA_TORCH, PYTEST_ARGS, BENCH_ARGS, PYTHON, VENV, CUDA_VENV.
+# Variables: TORCH, CUDA_TORCH, TRITON, PYTEST_ARGS, BENCH_ARGS, PYTHON, VENV, CUDA_VENV.
 # The setup is stamp-file based: it is redone when setup.py, pyproject.toml, this Makefile or
 # anything under csrc/ changes, and skipped otherwise.
 
@@ -19,6 +19,9 @@ VENV        ?= .venv
 CUDA_VENV   ?= .venv-cuda
 TORCH       ?= torch==2.13.0
 CUDA_TORCH  ?= torch==2.14.1
+# The CPU torch wheel does not pull triton; the CUDA one pulls triton 3.8.0 itself. Triton's interpreter
+# runs the triton backend's tests on CPU (3.8 works with numpy 2.4; 3.6 needs numpy < 2.3).
+TRITON      ?= triton==3.8.0
 BUILD_DEPS  ?= ninja pybind11 pytest setuptools wheel numpy
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
@@ -47,7 +50,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(DEPS_STAMP): Makefile | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install $(PIP_FLAGS) "$(TORCH)" $(BUILD_DEPS)
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) "$(TORCH)" "$(TRITON)" $(BUILD_DEPS)
 	rm -f $(VENV)/.stamp-deps-*  # a stamp for another TORCH no longer holds
 	touch $@
 

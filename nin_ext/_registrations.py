@@ -1,4 +1,5 @@
-"""Fake (meta) kernels and autograd for the compiled ops, so that they work under torch.compile.
+"""Fake (meta) kernels and autograd of the ops, so that they work under torch.compile: registered here
+for the compiled torch.ops.nin_ext ops, and by nin_ext.triton for its torch.ops.nin_ext_triton ops.
 
 nin_block's backward recomputes the block's hidden activations with ATen (the forward keeps none of
 them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
@@ -14,18 +15,19 @@ from ._nin_block_checks import (check_global_avg_pool_args, check_nin_block_args
 from .reference import nin_block_activations
 
 
-def _nin_block_fake(x, w, b, w1, b1, w2, b2, stride, padding):
+def nin_block_fake(x, w, b, w1, b1, w2, b2, stride, padding):
+    """Checks the arguments and returns an empty output of the right shape and memory format."""
     output_size = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block")
     return torch.empty((x.shape[0], w2.shape[0], *output_size), dtype=x.dtype, device=x.device,
                        memory_format=nin_block_output_memory_format(x, w, w1, w2, output_size))
 
 
-def _nin_block_gap_fake(x, w, b, w1, b1, w2, b2, stride, padding):
+def nin_block_gap_fake(x, w, b, w1, b1, w2, b2, stride, padding):
     check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_gap")
     return x.new_empty((x.shape[0], w2.shape[0]))
 
 
-def _global_avg_pool_fake(x):
+def global_avg_pool_fake(x):
     check_global_avg_pool_args(x, "global_avg_pool")
     return x.new_empty((x.shape[0], x.shape[1]))
 
@@ -141,20 +143,27 @@ def _max_pool2d_backward_fake(grad_out, x, kernel_size, stride, padding, ceil_mo
     return torch.empty_like(x, memory_format=suggest_memory_format(x))
 
 
-if _extension.loaded:
-    torch.library.register_fake("nin_ext::nin_block")(_nin_block_fake)
-    torch.library.register_fake("nin_ext::nin_block_gap")(_nin_block_gap_fake)
-    torch.library.register_fake("nin_ext::nin_block_with_hidden")(_nin_block_with_hidden_fake)
-    torch.library.register_fake("nin_ext::global_avg_pool")(_global_avg_pool_fake)
-    torch.library.register_fake("nin_ext::max_pool2d")(_max_pool2d_fake)
-    torch.library.register_fake("nin_ext::max_pool2d_backward")(_max_pool2d_backward_fake)
-    torch.library.register_autograd("nin_ext::nin_block", _nin_block_grads,
+def register_fakes_and_autograd(namespace):
+    """Registers the fake kernels and autograd above for namespace::{nin_block, nin_block_gap,
+    global_avg_pool}."""
+    torch.library.register_fake(f"{namespace}::nin_block")(nin_block_fake)
+    torch.library.register_fake(f"{namespace}::nin_block_gap")(nin_block_gap_fake)
+    torch.library.register_fake(f"{namespace}::global_avg_pool")(global_avg_pool_fake)
+    torch.library.register_autograd(f"{namespace}::nin_block", _nin_block_grads,
                                     setup_context=_setup_nin_block_context)
+    torch.library.register_autograd(f"{namespace}::nin_block_gap", _nin_block_gap_backward,
+                                    setup_context=_setup_nin_block_context)
+    torch.library.register_autograd(f"{namespace}::global_avg_pool", _global_avg_pool_backward,
+                                    setup_context=_setup_global_avg_pool_context)
+
+
+if _extension.loaded:
+    register_fakes_and_autograd("nin_ext")
+    # The compiled extension's CPU-only ops: the training forward and the max pool.
+    torch.library.register_fake("nin_ext::nin_block_with_hidden")(_nin_block_with_hidden_fake)
     torch.library.register_autograd("nin_ext::nin_block_with_hidden", _nin_block_with_hidden_backward,
                                     setup_context=_setup_nin_block_with_hidden_context)
-    torch.library.register_autograd("nin_ext::nin_block_gap", _nin_block_gap_backward,
-                                    setup_context=_setup_nin_block_context)
-    torch.library.register_autograd("nin_ext::global_avg_pool", _global_avg_pool_backward,
-                                    setup_context=_setup_global_avg_pool_context)
+    torch.library.register_fake("nin_ext::max_pool2d")(_max_pool2d_fake)
+    torch.library.register_fake("nin_ext::max_pool2d_backward")(_max_pool2d_backward_fake)
     torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
                                     setup_context=_setup_max_pool2d_context)

@@ -1,4 +1,5 @@
 """Which implementation runs the ops: selection by name, by the NIN_EXT_BACKEND variable, or `auto`."""
+import functools
 import os
 
 import torch
@@ -7,7 +8,11 @@ from . import _extension
 
 BACKEND_NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 _CONCRETE = BACKEND_NAMES[1:]
-_DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
+# Triton's interpreter (TRITON_INTERPRET=1, read when the kernels are defined) runs CPU tensors.
+_TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+_DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "triton": _TRITON_DEVICE}
+# What `auto` tries per device, before the reference: never the interpreter, which is only for tests.
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 
 _selected = {"name": "auto"}
 
@@ -17,7 +22,7 @@ def unavailable_reason(name):
     if name == "reference":
         return None
     if name == "triton":
-        return "the Triton backend is not implemented in this version of nin_ext"
+        return _triton_unavailable_reason()
     if not _extension.loaded:
         return f"the compiled extension nin_ext._C is not available ({_extension.load_error})"
     if name == "cuda":
@@ -26,6 +31,23 @@ def unavailable_reason(name):
         if not torch.cuda.is_available():
             return "no CUDA GPU is visible"
     return None
+
+
+@functools.cache
+def _triton_unavailable_reason():
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"the triton package cannot be imported ({error}; pip install triton)"
+    if _TRITON_DEVICE == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible (set TRITON_INTERPRET=1 before importing nin_ext to run CPU tensors " \
+               "in Triton's interpreter)"
+    return None
+
+
+def device_of(name):
+    """The device type whose tensors a concrete backend (other than reference) runs."""
+    return _DEVICE_OF[name]
 
 
 def available_backends():
@@ -53,8 +75,8 @@ def resolve(x):
     name = _selected["name"]
     device = x.device.type
     if name == "auto":
-        for candidate in ("cpu", "cuda", "triton"):
-            if _DEVICE_OF[candidate] == device and unavailable_reason(candidate) is None:
+        for candidate in _AUTO_ORDER.get(device, ()):
+            if unavailable_reason(candidate) is None:
                 return candidate
         return "reference"
     if name != "reference" and _DEVICE_OF[name] != device:

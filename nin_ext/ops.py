@@ -12,10 +12,17 @@ from ._nin_block_checks import check_global_avg_pool_args, check_nin_block_args
 
 
 def _run(op_name, check_args, reference_impl, args):
-    """torch.ops.nin_ext.<op_name>(*args), or its reference implementation on the reference backend."""
-    if backends.resolve(args[0]) == "reference":
+    """torch.ops.nin_ext.<op_name>(*args) on the compiled backends, torch.ops.nin_ext_triton.<op_name>
+    on triton, or the reference implementation."""
+    backend = backends.resolve(args[0])
+    if backend == "reference":
         check_args(*args, op_name)
         return reference_impl(*args)
+    if backend == "triton":
+        from .triton import triton_ops  # imports triton: only when the backend is used
+        if op_name != "global_avg_pool":
+            args = triton_ops.autocast_block_args(args)
+        return getattr(triton_ops, op_name)(*args)
     return getattr(torch.ops.nin_ext, op_name)(*args)
 
 

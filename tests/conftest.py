@@ -17,7 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import nin_ext
+# Without a GPU the triton backend's kernels run in Triton's interpreter on CPU tensors; it reads this
+# when the kernels are defined, so it is set before nin_ext is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import nin_ext  # noqa: E402
 
 SEED = 1234
 TINY = 1e-30
@@ -186,10 +191,14 @@ def _set_backend_for(name):
         pytest.skip(NO_CUDA_REASON)
     if name in ("cpu", "cuda"):
         require_extension()
+    if name == "triton":
+        reason = nin_ext.backends.unavailable_reason("triton")
+        if reason is not None:
+            pytest.skip(f"triton backend unavailable: {reason}")
     nin_ext.set_backend(name)
 
 
-BACKENDS = ["cpu", "reference", "cuda"]
+BACKENDS = ["cpu", "reference", "cuda", "triton"]
 NATIVE_BACKENDS = ["cpu", "cuda"]
 
 
@@ -218,7 +227,9 @@ def cpu_backend():
 
 
 def device_for(backend_name):
-    return torch.device("cuda") if backend_name == "cuda" else torch.device("cpu")
+    if backend_name == "reference":
+        return torch.device("cpu")
+    return torch.device(nin_ext.backends.device_of(backend_name))
 
 
 # --------------------------------------------------------------------------------------
@@ -232,6 +243,7 @@ def run_python(args, env_extra=None, cwd=None, timeout=300):
     env = dict(os.environ)
     env["PYTHONPATH"] = PKG_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("NIN_EXT_BACKEND", None)
+    env.pop("TRITON_INTERPRET", None)  # set by this conftest for the in-process triton tests only
     if env_extra:
         env.update(env_extra)
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
