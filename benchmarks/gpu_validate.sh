@@ -10,7 +10,8 @@
 # that it ends within 20 minutes); a failing or timed-out step is recorded and the next one runs;
 # steps that no longer fit the budget are recorded as skipped.
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: this GPU's capability),
-# MAX_JOBS (default: the CPU count), NIN_VALIDATE_SKIP_BUILD=1 (use the installed build).
+# MAX_JOBS (default: the CPU count), NIN_VALIDATE_SKIP_BUILD=1 (use the installed build),
+# NIN_VALIDATE_TESTS (pytest targets, default: tests).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,9 +34,11 @@ printf 'name\trc\tseconds\tlimit_s\tstatus\tcommand\n' > "$STEPS"
 step() {
   local name=$1 limit=$2
   shift 2
+  local cmd
+  cmd=$(printf '%s ' "$@" | tr '\t\n' '  ')
   local left=$(( BUDGET - ($(date +%s) - START) ))
   if (( left < 20 )); then
-    printf '%s\t125\t0\t0\tskipped (out of time budget)\t%s\n' "$name" "$*" >> "$STEPS"
+    printf '%s\t125\t0\t0\tskipped (out of time budget)\t%s\n' "$name" "$cmd" >> "$STEPS"
     echo "== $name: skipped, the time budget is spent"
     return 125
   fi
@@ -47,7 +50,7 @@ step() {
   local dt=$(( $(date +%s) - t0 ))
   local status=ok
   if (( rc == 124 || rc == 137 )); then status="timed out"; elif (( rc != 0 )); then status=failed; fi
-  printf '%s\t%d\t%d\t%d\t%s\t%s\n' "$name" "$rc" "$dt" "$limit" "$status" "$*" >> "$STEPS"
+  printf '%s\t%d\t%d\t%d\t%s\t%s\n' "$name" "$rc" "$dt" "$limit" "$status" "$cmd" >> "$STEPS"
   echo "   $status (rc $rc, ${dt}s)"
   return $rc
 }
@@ -62,11 +65,9 @@ if [ "${NIN_VALIDATE_SKIP_BUILD:-0}" != 1 ]; then
   step build 600 env TORCH_CUDA_ARCH_LIST="${archs:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     $PY -m pip install --no-build-isolation --no-deps -v -e .
 fi
-step import 120 $PY -c 'import torch, nin_ext; i = nin_ext.info(); print(i); \
-assert nin_ext._extension.cuda_built, "nin_ext._C was built without CUDA kernels"; \
-assert "cuda" in nin_ext.available_backends(), "the cuda backend is not available"'
+step import 120 $PY -c 'import nin_ext; print(nin_ext.info()); assert nin_ext._extension.cuda_built, "no CUDA kernels in nin_ext._C"; assert "cuda" in nin_ext.available_backends(), "the cuda backend is not available"'
 
-step pytest 480 $PY -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" tests
+step pytest 480 $PY -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/junit.xml" ${NIN_VALIDATE_TESTS:-tests}
 
 if command -v compute-sanitizer > /dev/null; then
   step memcheck 200 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/gpu_sanitize_cases.py

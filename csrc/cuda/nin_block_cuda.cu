@@ -165,7 +165,7 @@ __device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t
         const int k = e % kReductionChunk;
         const int64_t gn = n0 + n;
         const int64_t gk = k0 + k;
-        b_tile[n * b_ld + k] = (gn < out_channels && gk < K) ? weight[gn * K + gk] : T(0.0f);
+        b_tile[n * b_ld + k] = (gn < out_channels && gk < K) ? weight[gn * K + gk] : from_acc<T>(0);
       }
       int64_t a_ld = 0;
       const T* a = stage_a(k0, a_ld);
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
     for (int e = threadIdx.x; e < P * kReductionChunk; e += kThreads) {
       const int i = e / kReductionChunk;
       const int64_t k = k0 + e % kReductionChunk;
-      T v = T(0.0f);
+      T v = from_acc<T>(0);
       if (i < count && k < K0) {
         const ReductionCoord rc = reduction_coord(k, p.KH, p.KW);
         const int64_t ih = ih0[i] + rc.r;
