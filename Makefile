@@ -75,7 +75,7 @@ cuda-build-check: $(CUDA_DEPS_STAMP)
 	cd $(CUDA_VENV) && ./bin/python -c 'import torch, nin_ext, nin_ext._C; print("nin_ext from", nin_ext.__file__); print("nin_ext._C from", nin_ext._C.__file__)'
 	cd $(CUDA_VENV) && ./bin/python -m nin_ext info
 	@echo "== test suite against the $(CUDA_TORCH) build (CPU tests; CUDA ones skip without a GPU)"
-	cd $(CUDA_VENV) && ./bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(PYTEST_ARGS)
+	cd $(CUDA_VENV) && NIN_EXT_EXPECT_CUDA=1 ./bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -5,6 +5,7 @@ The oracle is the notebook's model, re-typed here (``notebook_nin_block`` /
 being right; ``test_modules.py`` checks that ``nin_ext.reference`` builds the
 same thing.
 """
+import contextlib
 import copy
 import os
 import random
@@ -203,11 +204,26 @@ NATIVE_BACKENDS = ["cpu", "cuda"]
 
 
 def _backend_for_the_test(name):
-    """Sets nin_ext's backend for the test and restores the previous one afterwards."""
+    """Sets nin_ext's backend for the test and restores the previous one afterwards. On CUDA the
+    shared tests hold fp32 to the exact-fp32 tolerance, so TF32 (cuDNN's default, which nin_ext's
+    CUDA kernels follow) is off during them; test_cuda_kernels.py covers TF32 on."""
     before = nin_ext.get_backend()
     _set_backend_for(name)
-    yield name
+    with exact_fp32_on_cuda(name == "cuda"):
+        yield name
     nin_ext.set_backend(before)
+
+
+@contextlib.contextmanager
+def exact_fp32_on_cuda(enabled=True):
+    """torch.backends.cudnn.allow_tf32 off while the block runs (when enabled), restored after."""
+    before = torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,367 @@
+// nin_ext::nin_block and nin_ext::nin_block_gap on CUDA: one kernel template for both.
+//
+// A CTA owns a tile of output pixels and runs the whole block on it: the spatial convolution as an
+// implicit GEMM (im2col chunks gathered into shared memory), bias + ReLU, then both 1x1 layers from
+// the activations it keeps in shared memory (h0, h1), and an epilogue that stores the block output
+// or, for nin_block_gap, sums it per channel over the tile. Every layer is computed in chunks of
+// kChannelChunk output channels and kReductionChunk reduction elements, so any channel count works;
+// only the tile's pixel count shrinks (host plan, nin_block_tile_plan.h) when h0 and h1 are wide.
+//
+// The inner product of a chunk is a policy: WmmaMath (tensor cores through WMMA: TF32, fp16, bf16
+// with fp32 accumulation; sm_80+) or SimtMath (FFMA: exact fp32, and fp64).
+// The per-tile sums of nin_block_gap are reduced per image by gap_mean_kernel in tile order, so the
+// result does not depend on scheduling.
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include "cuda/elem_convert.cuh"
+#include "cuda/nin_block_launch.h"
+
+namespace nin_ext {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = kThreads / 32;
+static_assert(kWarps * 16 == kChannelChunk, "each warp owns 16 output channels of a chunk");
+static_assert(kThreads % kChannelChunk == 0, "SimtMath gives each thread one channel of a chunk");
+
+// FFMA: thread t computes channel t % kChannelChunk of the chunk for pixels t / kChannelChunk + i * kRowGroups.
+template <typename T>
+struct SimtMath {
+  using Elem = T;
+  using Acc = typename AccumulateOf<T>::type;
+  static constexpr int kRowGroups = kThreads / kChannelChunk;
+  static constexpr int kRowsPerThread = kMaxTilePixels / kRowGroups;
+  struct Fragment {
+    Acc v[kRowsPerThread];
+  };
+
+  __device__ static void zero(Fragment& f) {
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) f.v[i] = Acc(0);
+  }
+
+  // f += a[0:P, 0:kReductionChunk] @ b[0:kChannelChunk, 0:kReductionChunk]^T
+  __device__ static void mma(Fragment& f, const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
+    const int col = threadIdx.x % kChannelChunk;
+    const int row0 = threadIdx.x / kChannelChunk;
+    const T* b_row = b + col * b_ld;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int p = row0 + i * kRowGroups;
+      if (p < P) {
+        const T* a_row = a + p * a_ld;
+        Acc s = f.v[i];
+        for (int k = 0; k < kReductionChunk; ++k) s = fma(to_acc(a_row[k]), to_acc(b_row[k]), s);
+        f.v[i] = s;
+      }
+    }
+  }
+
+  __device__ static void store(const Fragment& f, Acc* c, int64_t c_ld, int P) {
+    const int col = threadIdx.x % kChannelChunk;
+    const int row0 = threadIdx.x / kChannelChunk;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int p = row0 + i * kRowGroups;
+      if (p < P) c[p * c_ld + col] = f.v[i];
+    }
+  }
+};
+
+template <typename T>
+struct WmmaInput;
+template <>
+struct WmmaInput<float> {
+  using type = nvcuda::wmma::precision::tf32;
+  static constexpr int k = 8;
+};
+template <>
+struct WmmaInput<__half> {
+  using type = __half;
+  static constexpr int k = 16;
+};
+template <>
+struct WmmaInput<__nv_bfloat16> {
+  using type = __nv_bfloat16;
+  static constexpr int k = 16;
+};
+
+// Tensor cores: warp w computes channels [16 w, 16 w + 16) of the chunk for all P pixels
+// (P / 16 accumulator fragments of 16 x 16).
+template <typename T>
+struct WmmaMath {
+  using Elem = T;
+  using Acc = float;
+  using In = typename WmmaInput<T>::type;
+  static constexpr int kK = WmmaInput<T>::k;
+  static constexpr int kRowFragments = kMaxTilePixels / 16;
+  static_assert(kReductionChunk % kK == 0, "the reduction chunk is a whole number of WMMA steps");
+  struct Fragment {
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, kK, float> v[kRowFragments];
+  };
+
+  __device__ static void zero(Fragment& f) {
+#pragma unroll
+    for (int i = 0; i < kRowFragments; ++i) nvcuda::wmma::fill_fragment(f.v[i], 0.0f);
+  }
+
+  template <typename Frag>
+  __device__ static void round_to_input(Frag& frag) {
+    if constexpr (sizeof(T) == 4) {  // TF32 fragments are loaded as fp32 and must be rounded
+#pragma unroll
+      for (int t = 0; t < frag.num_elements; ++t) frag.x[t] = nvcuda::wmma::__float_to_tf32(frag.x[t]);
+    }
+  }
+
+  __device__ static void mma(Fragment& f, const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x / 32;
+#pragma unroll
+    for (int kk = 0; kk < kReductionChunk; kk += kK) {
+      wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
+      wmma::load_matrix_sync(b_frag, b + warp * 16 * b_ld + kk, static_cast<unsigned>(b_ld));
+      round_to_input(b_frag);
+#pragma unroll
+      for (int i = 0; i < kRowFragments; ++i) {
+        if (i * 16 < P) {
+          wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a_frag;
+          wmma::load_matrix_sync(a_frag, a + i * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
+          round_to_input(a_frag);
+          wmma::mma_sync(f.v[i], a_frag, b_frag, f.v[i]);
+        }
+      }
+    }
+  }
+
+  __device__ static void store(const Fragment& f, float* c, int64_t c_ld, int P) {
+    const int warp = threadIdx.x / 32;
+#pragma unroll
+    for (int i = 0; i < kRowFragments; ++i) {
+      if (i * 16 < P) {
+        nvcuda::wmma::store_matrix_sync(c + i * 16 * c_ld + warp * 16, f.v[i], static_cast<unsigned>(c_ld),
+                                        nvcuda::wmma::mem_row_major);
+      }
+    }
+  }
+};
+
+// One layer of the block for the tile: for each chunk of kChannelChunk output channels,
+// acc = A[0:P, 0:K] @ weight[chunk, 0:K]^T, then epilogue(n0, acc tile) with the accumulators in c.
+// stage_a(k0) makes A's columns [k0, k0 + kReductionChunk) readable and returns (pointer, row stride);
+// A and the weight chunk are zero beyond K.
+template <typename Math, typename StageA, typename Epilogue>
+__device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t out_channels, int P,
+                           typename Math::Elem* b_tile, int64_t b_ld, typename Math::Acc* c_tile, int64_t c_ld,
+                           StageA stage_a, Epilogue epilogue) {
+  using T = typename Math::Elem;
+  for (int64_t n0 = 0; n0 < out_channels; n0 += kChannelChunk) {
+    typename Math::Fragment acc;
+    Math::zero(acc);
+    for (int64_t k0 = 0; k0 < K; k0 += kReductionChunk) {
+      __syncthreads();  // the previous chunk's readers of a and b are done
+      for (int e = threadIdx.x; e < kChannelChunk * kReductionChunk; e += kThreads) {
+        const int n = e / kReductionChunk;
+        const int k = e % kReductionChunk;
+        const int64_t gn = n0 + n;
+        const int64_t gk = k0 + k;
+        b_tile[n * b_ld + k] = (gn < out_channels && gk < K) ? weight[gn * K + gk] : from_acc<T>(0);
+      }
+      int64_t a_ld = 0;
+      const T* a = stage_a(k0, a_ld);
+      __syncthreads();
+      Math::mma(acc, a, a_ld, b_tile, b_ld, P);
+    }
+    __syncthreads();  // the previous epilogue's readers of c are done (also when K == 0)
+    Math::store(acc, c_tile, c_ld, P);
+    __syncthreads();
+    epilogue(n0);
+  }
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc relu(Acc v) {
+  return v > Acc(0) ? v : Acc(0);
+}
+
+template <typename T>
+__device__ __forceinline__ typename AccumulateOf<T>::type bias_at(const T* bias, int64_t c) {
+  return bias != nullptr ? to_acc(bias[c]) : typename AccumulateOf<T>::type(0);
+}
+
+// Epilogue of the first two layers: relu(acc + bias) into h. Channels past out_channels (up to the
+// chunk's end) become zeros, which the next layer's reduction reads.
+template <typename T, typename Acc>
+struct ReluToSmem {
+  T* h;
+  int64_t h_ld;
+  const T* bias;
+  int64_t out_channels;
+  const Acc* c_tile;
+  int64_t c_ld;
+  int P;
+
+  __device__ void operator()(int64_t n0) const {
+    for (int e = threadIdx.x; e < P * kChannelChunk; e += kThreads) {
+      const int i = e / kChannelChunk;
+      const int n = e % kChannelChunk;
+      const int64_t c = n0 + n;
+      const Acc v = c < out_channels ? relu(c_tile[i * c_ld + n] + bias_at(bias, c)) : Acc(0);
+      h[i * h_ld + c] = from_acc<T>(v);
+    }
+  }
+};
+
+template <typename Math>
+__global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunch p) {
+  using T = typename Math::Elem;
+  using Acc = typename Math::Acc;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* h0 = reinterpret_cast<T*>(smem + p.smem.h0_offset);
+  T* h1 = reinterpret_cast<T*>(smem + p.smem.h1_offset);
+  T* a_tile = reinterpret_cast<T*>(smem + p.smem.a_offset);
+  T* b_tile = reinterpret_cast<T*>(smem + p.smem.b_offset);
+  Acc* c_tile = reinterpret_cast<Acc*>(smem + p.smem.c_offset);
+  const int P = static_cast<int>(p.tiling.tile_pixels);
+  int64_t* x_offset = reinterpret_cast<int64_t*>(smem + p.smem.pixels_offset);
+  int64_t* ih0 = x_offset + P;
+  int64_t* iw0 = ih0 + P;
+  int64_t* out_offset = iw0 + P;
+
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* b = static_cast<const T*>(p.b);
+  const T* w1 = static_cast<const T*>(p.w1);
+  const T* b1 = static_cast<const T*>(p.b1);
+  const T* w2 = static_cast<const T*>(p.w2);
+  const T* b2 = static_cast<const T*>(p.b2);
+
+  const int64_t tile = blockIdx.x;
+  const int64_t first = p.tiling.first_pixel(tile);
+  const int count = static_cast<int>(p.tiling.pixel_count(tile));
+  for (int i = threadIdx.x; i < P; i += kThreads) {
+    if (i < count) {
+      const PixelCoord q = pixel_coord(first + i, p.OH, p.OW);
+      x_offset[i] = q.n * p.x_stride[0];
+      ih0[i] = q.oh * p.SH - p.PH;
+      iw0[i] = q.ow * p.SW - p.PW;
+      out_offset[i] = q.n * p.out_stride[0] + q.oh * p.out_stride[2] + q.ow * p.out_stride[3];
+    } else {
+      x_offset[i] = ih0[i] = iw0[i] = out_offset[i] = 0;
+    }
+  }
+  // (tile_layer's first __syncthreads publishes the pixel table)
+
+  const int64_t K0 = p.C0 * p.KH * p.KW;
+  auto gather_im2col = [&](int64_t k0, int64_t& a_ld) -> const T* {
+    a_ld = p.smem.a_ld;
+    for (int e = threadIdx.x; e < P * kReductionChunk; e += kThreads) {
+      const int i = e / kReductionChunk;
+      const int64_t k = k0 + e % kReductionChunk;
+      T v = from_acc<T>(0);
+      if (i < count && k < K0) {
+        const ReductionCoord rc = reduction_coord(k, p.KH, p.KW);
+        const int64_t ih = ih0[i] + rc.r;
+        const int64_t iw = iw0[i] + rc.s;
+        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
+          v = x[x_offset[i] + rc.c * p.x_stride[1] + ih * p.x_stride[2] + iw * p.x_stride[3]];
+        }
+      }
+      a_tile[i * a_ld + (e % kReductionChunk)] = v;
+    }
+    return a_tile;
+  };
+  auto from_h0 = [&](int64_t k0, int64_t& a_ld) -> const T* {
+    a_ld = p.smem.h0_ld;
+    return h0 + k0;
+  };
+  auto from_h1 = [&](int64_t k0, int64_t& a_ld) -> const T* {
+    a_ld = p.smem.h1_ld;
+    return h1 + k0;
+  };
+  const int64_t c_ld = p.smem.c_ld;
+  using ToSmem = ReluToSmem<T, Acc>;
+  tile_layer<Math>(w, K0, p.CC, P, b_tile, p.smem.b_ld, c_tile, c_ld, gather_im2col,
+                   ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
+  tile_layer<Math>(w1, p.CC, p.C1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
+                   ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
+  if (p.gap) {
+    Acc* partial = static_cast<Acc*>(p.gap_partial) + tile * p.C2;
+    tile_layer<Math>(w2, p.C1, p.C2, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+      for (int n = threadIdx.x; n < kChannelChunk; n += kThreads) {
+        const int64_t c = n0 + n;
+        if (c < p.C2) {
+          const Acc bias = bias_at(b2, c);
+          Acc sum = Acc(0);
+          for (int i = 0; i < count; ++i) sum += relu(c_tile[i * c_ld + n] + bias);
+          partial[c] = sum;
+        }
+      }
+    });
+  } else {
+    T* out = static_cast<T*>(p.out);
+    // Consecutive threads take consecutive channels when they are adjacent in memory (channels_last),
+    // else consecutive pixels.
+    const bool channels_fastest = p.out_stride[1] == 1;
+    tile_layer<Math>(w2, p.C1, p.C2, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+      for (int e = threadIdx.x; e < P * kChannelChunk; e += kThreads) {
+        const int i = channels_fastest ? e / kChannelChunk : e % P;
+        const int n = channels_fastest ? e % kChannelChunk : e / P;
+        const int64_t c = n0 + n;
+        if (i < count && c < p.C2) {
+          out[out_offset[i] + c * p.out_stride[1]] = from_acc<T>(relu(c_tile[i * c_ld + n] + bias_at(b2, c)));
+        }
+      }
+    });
+  }
+}
+
+// out[n, c] = (sum over the image's tiles, in tile order, of partial[tile, c]) / pixels.
+template <typename T>
+__global__ void gap_mean_kernel(const typename AccumulateOf<T>::type* partial, T* out, int64_t N, int64_t C,
+                                int64_t tiles_per_image, int64_t pixels) {
+  using Acc = typename AccumulateOf<T>::type;
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= N * C) return;
+  const int64_t n = index / C;
+  const int64_t c = index - n * C;
+  Acc sum = Acc(0);
+  for (int64_t t = 0; t < tiles_per_image; ++t) sum += partial[(n * tiles_per_image + t) * C + c];
+  out[index] = from_acc<T>(sum / static_cast<Acc>(pixels));
+}
+
+template <typename Math>
+cudaError_t launch_with(const NinBlockLaunch& p, cudaStream_t stream) {
+  using T = typename Math::Elem;
+  cudaError_t err = cudaFuncSetAttribute(nin_block_kernel<Math>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(p.smem.bytes));
+  if (err != cudaSuccess) return err;
+  nin_block_kernel<Math><<<static_cast<unsigned>(p.tiling.tiles()), kThreads, p.smem.bytes, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || !p.gap) return err;
+  constexpr int kMeanThreads = 256;
+  const int64_t outputs = p.N * p.C2;
+  gap_mean_kernel<T><<<static_cast<unsigned>(ceil_div(outputs, kMeanThreads)), kMeanThreads, 0, stream>>>(
+      static_cast<const typename AccumulateOf<T>::type*>(p.gap_partial), static_cast<T*>(p.out), p.N, p.C2,
+      p.tiling.tiles_per_segment, p.OH * p.OW);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_nin_block(const NinBlockLaunch& p, cudaStream_t stream) {
+  switch (p.dtype) {
+    case ElemType::f32:
+      return p.tf32 ? launch_with<WmmaMath<float>>(p, stream) : launch_with<SimtMath<float>>(p, stream);
+    case ElemType::f64:
+      return launch_with<SimtMath<double>>(p, stream);
+    case ElemType::f16:
+      return launch_with<WmmaMath<__half>>(p, stream);
+    case ElemType::bf16:
+      return launch_with<WmmaMath<__nv_bfloat16>>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace nin_ext
