@@ -4,8 +4,10 @@
 #   make cuda-build-check - in .venv-cuda with a CUDA build of torch: non-editable install (compiles
 #                  the CUDA sources, if any, with nvcc; nothing runs on a GPU), import it, print info,
 #                  run the test suite against that build
+#   make bench-ops - same setup plus matplotlib, then the per-op benchmarks (benchmarks/bench_<op>.py:
+#                  every backend vs ATen over batch sizes, CSV + PNG into benchmarks/results/ops/)
 #   make clean   - remove build outputs and install stamps (keeps the venvs; `make distclean` drops them)
-# Variables: TORCH, CUDA_TORCH, TRITON, PYTEST_ARGS, BENCH_ARGS, PYTHON, VENV, CUDA_VENV.
+# Variables: TORCH, CUDA_TORCH, TRITON, PYTEST_ARGS, BENCH_ARGS, OPS_ARGS, PYTHON, VENV, CUDA_VENV.
 # The setup is stamp-file based: it is redone when setup.py, pyproject.toml, this Makefile or
 # anything under csrc/ changes, and skipped otherwise.
 
@@ -36,13 +38,21 @@ DEPS_STAMP       := $(VENV)/.stamp-deps-$(call torch_tag,$(TORCH))
 BUILD_STAMP      := $(VENV)/.stamp-build
 CUDA_DEPS_STAMP  := $(CUDA_VENV)/.stamp-deps-$(call torch_tag,$(CUDA_TORCH))
 
-.PHONY: test bench setup cuda-build-check clean distclean
+OP_BENCHES  := nin_block nin_block_gap global_avg_pool max_pool2d
+OPS_ARGS    ?=
+
+.PHONY: test bench bench-ops setup cuda-build-check clean distclean
 
 test: $(BUILD_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BUILD_STAMP)
 	$(VENV)/bin/python -m nin_ext bench $(BENCH_ARGS)
+
+# matplotlib draws the plots; only these benchmarks need it, so only this target installs it.
+bench-ops: $(BUILD_STAMP)
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) matplotlib
+	for op in $(OP_BENCHES); do $(VENV)/bin/python benchmarks/bench_$$op.py $(OPS_ARGS); done
 
 setup: $(BUILD_STAMP)
 
