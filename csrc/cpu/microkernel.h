@@ -4,6 +4,7 @@
 //   c[r * ldc + j] = relu(bias[r] + sum_k a[k * MR + r] * b[k * NR + j])   for r < rows, j < NR
 // `a` is an MR-row panel of the packed weights (k-major), `b` a packed pixel panel (k-major), and
 // bias + ReLU are applied while the block is still in registers. NaN passes the ReLU, as in torch.
+// With bias == nullptr the kernel stores the plain product a b (no bias, no ReLU).
 #pragma once
 
 #include <cstdint>
@@ -21,11 +22,17 @@ template <typename scalar_t>
 using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
                                int64_t ldc, int64_t rows);
 
+// The Winograd transform step for nr tiles side by side (winograd_transform_lanes.h), compiled for
+// the same ISA as the micro-kernel.
+using WinogradTransformFn = void (*)(const float* L, int rows_l, const float* R, int rows_r, int inner,
+                                     const float* in, int64_t in_stride, float* out, int64_t out_stride);
+
 template <typename scalar_t>
 struct MicroKernel {
   int64_t mr, nr;
   MicroKernelFn<scalar_t> fn;
   const char* isa;
+  WinogradTransformFn winograd_transform = nullptr;  // float kernels only
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -44,6 +51,10 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const
   }
   for (int64_t r = 0; r < rows; ++r) {
     for (int j = 0; j < NR; ++j) {
+      if (bias == nullptr) {
+        c[r * ldc + j] = acc[r][j];
+        continue;
+      }
       const scalar_t v = acc[r][j] + bias[r];
       c[r * ldc + j] = v < scalar_t(0) ? scalar_t(0) : v;
     }
@@ -56,6 +67,10 @@ void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const f
                               int64_t rows);
 void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                            int64_t rows);
+void winograd_transform_avx512_32(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
+                                  int64_t in_stride, float* out, int64_t out_stride);
+void winograd_transform_avx2_16(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
+                                int64_t in_stride, float* out, int64_t out_stride);
 #endif
 
 // The best kernel this CPU runs (microkernel_select.cpp). NIN_EXT_CPU_ISA=avx512|avx2|portable

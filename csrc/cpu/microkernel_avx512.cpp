@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include "cpu/microkernel_register_blocked.h"
+#include "cpu/winograd_transform_lanes.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -34,6 +35,11 @@ struct Avx512 {
 void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                               int64_t rows) {
   register_blocked_microkernel<Avx512, 12, 2>(K, a, b, bias, c, ldc, rows);
+}
+
+void winograd_transform_avx512_32(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
+                                  int64_t in_stride, float* out, int64_t out_stride) {
+  winograd_transform_lanes<32>(L, rows_l, R, rows_r, inner, in, in_stride, out, out_stride);
 }
 
 }  // namespace cpu

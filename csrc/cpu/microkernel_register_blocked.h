@@ -38,6 +38,18 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
       }
     }
   }
+  if (bias == nullptr) {  // a linear product (Winograd's per-point products)
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      if (r < rows) {
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          Vec::store(c + r * ldc + v * Vec::lanes, acc[r][v]);
+        }
+      }
+    }
+    return;
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
     if (r < rows) {

@@ -12,10 +12,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/microkernel.h"
+#include "cpu/winograd_cpu.h"
 #include "nin_block_checks.h"
 
 namespace nin_ext {
@@ -49,16 +52,24 @@ struct PackedLayer {
   }
 };
 
-// The block's three layers, packed for one micro-kernel.
+// The block's three layers, packed for one micro-kernel; float 3x3 and 5x5 convolutions also get
+// their Winograd packing (used when a call's geometry allows, see winograd_cpu.h).
 template <typename scalar_t>
 struct NinBlockPacked {
   MicroKernel<scalar_t> kernel;
   PackedLayer<scalar_t> conv, pointwise1, pointwise2;
+  std::unique_ptr<const PackedWinogradConv> winograd;
 
   NinBlockPacked(const MicroKernel<scalar_t>& k, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2)
-      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr), pointwise2(w2, b2, k.mr) {}
+      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr), pointwise2(w2, b2, k.mr) {
+    if (std::is_same_v<scalar_t, float> && winograd_weight(w)) {
+      winograd = std::make_unique<const PackedWinogradConv>(w, k.mr);
+    }
+  }
+
+  bool uses_winograd(const NinBlockGeometry& g) const { return winograd != nullptr && winograd_geometry(g); }
 };
 
 // Pixels per tile: whole panels of nr pixels; the tile's patch and activations take about 1 MiB
@@ -79,11 +90,15 @@ inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_
 template <typename scalar_t>
 class NinBlockTileWorker {
  public:
+  // A Winograd worker's tiles are NR blocks of 2x2 output pixels (4 NR pixels); its patch holds the
+  // transformed input and `products_` the per-point products.
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                     int64_t tile_pixels)
+                     int64_t tile_pixels, bool winograd = false)
       : x_(x), g_(g), packed_(packed), nr_(packed.kernel.nr),
-        patch_(g.K() * tile_pixels), hidden0_(g.CC * tile_pixels), hidden1_(g.C1 * tile_pixels),
-        hidden2_(g.C2 * tile_pixels) {}
+        patch_(winograd ? winograd_points() * g.C0 * nr_ : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
+        hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
+        products_(winograd ? winograd_points() * g.CC * nr_ : 0),
+        transform_scratch_(winograd ? (winograd_points() + 4) * nr_ : 0), lanes_(winograd ? nr_ : 0) {}
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
   // buffers (for_each_row reads them out).
@@ -94,6 +109,97 @@ class NinBlockTileWorker {
     apply_layer(packed_.conv, patch_.data(), hidden0_.data(), panels_);
     apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
     apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+  }
+
+  // Computes the block's three activations for the 2x2 output blocks [b0, b0 + tb) of the batch
+  // (block b is image b / (OH/2 * OW/2), block row and column within it; tb <= NR) with the
+  // Winograd conv. Pixel (dy, dx) of the tile's block t is tile pixel (2 dy + dx) * NR + t: four
+  // panels, one per position in the blocks.
+  void compute_winograd(int64_t b0, int64_t tb) {
+    const PackedWinogradConv& wino = *packed_.winograd;
+    const WinogradTransform& t = wino.transform;
+    const WinogradTransformFn transform = packed_.kernel.winograd_transform;
+    const int alpha = t.alpha, points = alpha * alpha;
+    const NinBlockGeometry& g = g_;
+    const int64_t nr = nr_, bw = g.OW / 2, blocks_per_image = g.OH / 2 * bw;
+    pt_ = 4 * nr;
+    panels_ = 4;
+    // Scratch: the input patches of one channel (zero in lanes past the tile's last block), then
+    // the output block of one channel.
+    float* d = transform_scratch_.data();
+    float* y = d + points * nr;
+    std::fill(d, d + points * nr, 0.f);
+    // Where each block's (alpha x alpha) input patch starts, and whether it lies inside the image.
+    const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
+    for (int64_t lane = 0; lane < tb; ++lane) {
+      const int64_t b = b0 + lane, within = b % blocks_per_image;
+      const int64_t ih0 = 2 * (within / bw) - g.PH, iw0 = 2 * (within % bw) - g.PW;
+      lanes_[lane] = {b / blocks_per_image * sn, ih0, iw0,
+                      ih0 >= 0 && ih0 + alpha <= g.H && iw0 >= 0 && iw0 + alpha <= g.W};
+    }
+    // Input transform, V = BT d B per channel, all the tile's blocks at once.
+    const scalar_t* xd = x_.const_data_ptr<scalar_t>();
+    float* v = reinterpret_cast<float*>(patch_.data());
+    for (int64_t ci = 0; ci < g.C0; ++ci) {
+      for (int64_t lane = 0; lane < tb; ++lane) {
+        const BlockCorner& corner = lanes_[lane];
+        const scalar_t* plane = xd + corner.image_offset + ci * sc;
+        for (int i = 0; i < alpha; ++i) {
+          const int64_t ih = corner.ih0 + i;
+          for (int j = 0; j < alpha; ++j) {
+            const int64_t iw = corner.iw0 + j;
+            const bool inside = corner.inside || (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W);
+            d[(i * alpha + j) * nr + lane] = inside ? static_cast<float>(plane[ih * sh + iw * sw]) : 0.f;
+          }
+        }
+      }
+      transform(t.BT_float.data(), alpha, t.BT_float.data(), alpha, alpha, d, nr, v + ci * nr, g.C0 * nr);
+    }
+    // The products, one GEMM per transform point: M[xi] = U[xi] V[xi].
+    float* products = reinterpret_cast<float*>(products_.data());
+    for (int xi = 0; xi < points; ++xi) {
+      for (int64_t m0 = 0; m0 < g.CC; m0 += wino.mr) {
+        packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(wino.panel(xi, m0)),
+                          reinterpret_cast<const scalar_t*>(v + xi * g.C0 * nr), nullptr,
+                          reinterpret_cast<scalar_t*>(products + (xi * g.CC + m0) * nr), nr,
+                          std::min(wino.mr, g.CC - m0));
+      }
+    }
+    // Output transform, Y = AT M A per channel, then bias + ReLU into the four pixel panels.
+    const scalar_t* bias = packed_.conv.bias.data();
+    for (int64_t c = 0; c < g.CC; ++c) {
+      transform(t.AT_float.data(), 2, t.AT_float.data(), 2, alpha, products + c * nr, g.CC * nr, y, nr);
+      const float shift = static_cast<float>(bias[c]);
+      for (int q = 0; q < 4; ++q) {
+        scalar_t* out = hidden0_.data() + (q * g.CC + c) * nr;
+        for (int64_t lane = 0; lane < nr; ++lane) {
+          const float value = y[q * nr + lane] + shift;
+          out[lane] = static_cast<scalar_t>(value < 0.f ? 0.f : value);  // NaN passes, as in torch.relu
+        }
+      }
+    }
+    apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
+    apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+  }
+
+  // Writes activation `layer` of the last Winograd tile (blocks [b0, b0 + tb)) into t, an
+  // (N, C, OH, OW) tensor of any strides.
+  void write_winograd_rows(int layer, at::Tensor& t, int64_t b0, int64_t tb) const {
+    const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
+    const int64_t channels = t.size(1), bw = g_.OW / 2, blocks_per_image = g_.OH / 2 * bw;
+    scalar_t* data = t.data_ptr<scalar_t>();
+    const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
+    for (int64_t lane = 0; lane < tb; ++lane) {
+      const int64_t b = b0 + lane, n = b / blocks_per_image, within = b % blocks_per_image;
+      scalar_t* corner = data + n * sn + 2 * (within / bw) * sh + 2 * (within % bw) * sw;
+      for (int q = 0; q < 4; ++q) {
+        scalar_t* pixel = corner + (q / 2) * sh + (q % 2) * sw;
+        const scalar_t* src = values.data() + q * channels * nr_ + lane;
+        for (int64_t c = 0; c < channels; ++c) {
+          pixel[c * sc] = src[c * nr_];
+        }
+      }
+    }
   }
 
   // Hands over activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2:
@@ -137,6 +243,10 @@ class NinBlockTileWorker {
                           out + (p * layer.M + m0) * nr_, nr_, std::min(mr, layer.M - m0));
       }
     }
+  }
+
+  int winograd_points() const {
+    return packed_.winograd ? packed_.winograd->transform.alpha * packed_.winograd->transform.alpha : 0;
   }
 
   // A run of tile pixels that share a panel and an output row: tile pixels [j, j + length) of
@@ -201,6 +311,13 @@ class NinBlockTileWorker {
   const NinBlockPacked<scalar_t>& packed_;
   const int64_t nr_;
   std::vector<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
+  std::vector<scalar_t> products_;        // Winograd: the per-point products of a tile
+  std::vector<float> transform_scratch_;  // Winograd: the transforms' inputs and outputs
+  struct BlockCorner {
+    int64_t image_offset, ih0, iw0;
+    bool inside;
+  };
+  std::vector<BlockCorner> lanes_;         // Winograd: where each block of the tile reads its input
   std::vector<RowSegment> segments_;
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
@@ -217,6 +334,21 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
       const int64_t n = tile / tiles_per_image;
       const int64_t p0 = (tile % tiles_per_image) * tile_pixels;
       tile_fn(worker, tile, n, p0, std::min(tile_pixels, g.pixels() - p0));
+    }
+  });
+}
+
+// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch: NR consecutive 2x2 output
+// blocks (the last tile fewer), in parallel over tiles; tiles may span images.
+template <typename scalar_t, typename TileFn>
+void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
+                            const TileFn& tile_fn) {
+  const int64_t nr = packed.kernel.nr, blocks = g.N * (g.OH / 2) * (g.OW / 2);
+  at::parallel_for(0, (blocks + nr - 1) / nr, 1, [&](int64_t begin, int64_t end) {
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, 4 * nr, /*winograd=*/true);
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t b0 = tile * nr;
+      tile_fn(worker, b0, std::min(nr, blocks - b0));
     }
   });
 }

@@ -1,0 +1,87 @@
+"""The CPU backend's Winograd F(2x2, 3x3) / F(2x2, 5x5) path of the block's spatial convolution
+(float32, stride 1, even output size, at least 32 input and 64 output channels), against float64.
+
+Its error is a few times direct convolution's (about 1e-6 of the output's scale): conftest's
+"fwd_winograd" tolerance bounds it elementwise by 1e-5 of the output's largest value plus 1e-5 of
+each value, the block's 1e-5 relative bound for float32."""
+import random
+
+import pytest
+import torch
+
+import nin_ext
+from conftest import assert_close_ref, ref64_fn, ref_block_fn, run_python, runs_winograd
+
+
+def _draw(rng):
+    k = rng.choice([3, 5])
+    h, w = 2 * rng.randint(1, 9), 2 * rng.randint(1, 9)  # even output sizes with 'same' padding
+    return dict(n=rng.randint(1, 3), c0=rng.choice([32, 37, 96]), cc=rng.choice([64, 65, 130]),
+                c1=rng.choice([5, 64]), c2=rng.choice([3, 70]), k=k, h=h, w=w,
+                layout=rng.choice(["contiguous", "channels_last"]))
+
+
+CASES = [_draw(random.Random(31337 + i)) for i in range(10)]
+
+
+def _block_args(c, dtype=torch.float32):
+    x = torch.rand(c["n"], c["c0"], c["h"], c["w"], dtype=dtype)
+    if c["layout"] == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    k = c["k"]
+    w = torch.randn(c["cc"], c["c0"], k, k, dtype=dtype) * (2.0 / (c["c0"] * k * k)) ** 0.5
+    w1 = torch.randn(c["c1"], c["cc"], 1, 1, dtype=dtype) * (2.0 / c["cc"]) ** 0.5
+    w2 = torch.randn(c["c2"], c["c1"], 1, 1, dtype=dtype) * (2.0 / c["c1"]) ** 0.5
+    biases = [torch.randn(m, dtype=dtype) * 0.1 for m in (c["cc"], c["c1"], c["c2"])]
+    return x, w, biases[0], w1, biases[1], w2, biases[2], (1, 1), (k // 2, k // 2)
+
+
+def _check(y, args, what):
+    assert runs_winograd("cpu", args[0], args[1], args[7], args[8]), "the case does not take the Winograd path"
+    assert_close_ref(y, ref64_fn(ref_block_fn, *args), kind="fwd_winograd", what=what)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
+def test_nin_block(cpu_backend, case):
+    args = _block_args(case)
+    _check(nin_ext.ops.nin_block(*args), args, "nin_block")
+
+
+def test_training_forward_and_gradients(cpu_backend):
+    case = dict(n=2, c0=32, cc=64, c1=64, c2=8, k=3, h=6, w=8, layout="contiguous")
+    args = list(_block_args(case))
+    for i in range(7):
+        args[i] = args[i].requires_grad_(True)
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args[:7], [1, 1], [1, 1])
+    _check(out, args, "nin_block_with_hidden output")
+    expected_h0 = torch.relu(torch.nn.functional.conv2d(args[0].double(), args[1].double(), args[2].double(), 1, 1))
+    assert ((h0.double() - expected_h0).abs().max() / expected_h0.abs().max()).item() < 1e-5
+    out.sum().backward()
+    x64 = [a.detach().double().requires_grad_(True) for a in args[:7]]
+    ref_block_fn(*x64, (1, 1), (1, 1)).sum().backward()
+    for a, a64 in zip(args[:7], x64):
+        assert ((a.grad.double() - a64.grad).abs().max() / a64.grad.abs().max()).item() < 1e-4
+
+
+def test_seed_blocks_match_the_direct_path(cpu_backend):
+    """Blocks 2 and 3 of the seed net, Winograd (this process) against direct (NIN_EXT_CPU_WINOGRAD=0)."""
+    code = (
+        "import torch, nin_ext\n"
+        "torch.manual_seed(0)\n"
+        "for cin, cout, k, p, hw in ((96, 256, 5, 2, 26), (256, 384, 3, 1, 12)):\n"
+        "    block = nin_ext.NiNBlock(cin, cout, k, 1, p)\n"
+        "    x = torch.rand(2, cin, hw, hw)\n"
+        "    with torch.no_grad():\n"
+        "        y = block(x).double()\n"
+        "        ref = nin_ext.reference.nin_block(cin, cout, k, 1, p).double()\n"
+        "        ref.load_state_dict(block.state_dict())\n"
+        "        y64 = ref(x.double())\n"
+        "    print(((y - y64).abs().max() / y64.abs().max()).item(), y.sum().item())\n")
+    errors = {}
+    for flag in ("1", "0"):
+        result = run_python(["-c", code], env_extra={"NIN_EXT_CPU_WINOGRAD": flag})
+        assert result.returncode == 0, result.stderr
+        errors[flag] = [[float(v) for v in line.split()] for line in result.stdout.splitlines()]
+    for (winograd, winograd_sum), (direct, direct_sum) in zip(errors["1"], errors["0"]):
+        assert winograd < 1e-5 and direct < 1e-5, errors
+        assert winograd_sum != direct_sum, "the two runs took the same path"
