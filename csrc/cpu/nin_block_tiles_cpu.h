@@ -97,7 +97,7 @@ class NinBlockTileWorker {
       : x_(x), g_(g), packed_(packed), nr_(packed.kernel.nr),
         patch_(winograd ? winograd_points() * g.C0 * nr_ : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
-        products_(winograd ? winograd_points() * g.CC * nr_ : 0),
+        products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
         transform_scratch_(winograd ? (winograd_points() + 4) * nr_ : 0), lanes_(winograd ? nr_ : 0) {}
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
@@ -155,26 +155,31 @@ class NinBlockTileWorker {
       }
       transform(t.BT_float.data(), alpha, t.BT_float.data(), alpha, alpha, d, nr, v + ci * nr, g.C0 * nr);
     }
-    // The products, one GEMM per transform point: M[xi] = U[xi] V[xi].
+    // Per chunk of output channels (the chunk's products stay in L2): the products, one GEMM per
+    // transform point, M[xi] = U[xi] V[xi]; then the output transform, Y = AT M A per channel, and
+    // bias + ReLU into the four pixel panels.
     float* products = reinterpret_cast<float*>(products_.data());
-    for (int xi = 0; xi < points; ++xi) {
-      for (int64_t m0 = 0; m0 < g.CC; m0 += wino.mr) {
-        packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(wino.panel(xi, m0)),
-                          reinterpret_cast<const scalar_t*>(v + xi * g.C0 * nr), nullptr,
-                          reinterpret_cast<scalar_t*>(products + (xi * g.CC + m0) * nr), nr,
-                          std::min(wino.mr, g.CC - m0));
-      }
-    }
-    // Output transform, Y = AT M A per channel, then bias + ReLU into the four pixel panels.
     const scalar_t* bias = packed_.conv.bias.data();
-    for (int64_t c = 0; c < g.CC; ++c) {
-      transform(t.AT_float.data(), 2, t.AT_float.data(), 2, alpha, products + c * nr, g.CC * nr, y, nr);
-      const float shift = static_cast<float>(bias[c]);
-      for (int q = 0; q < 4; ++q) {
-        scalar_t* out = hidden0_.data() + (q * g.CC + c) * nr;
-        for (int64_t lane = 0; lane < nr; ++lane) {
-          const float value = y[q * nr + lane] + shift;
-          out[lane] = static_cast<scalar_t>(value < 0.f ? 0.f : value);  // NaN passes, as in torch.relu
+    const int64_t chunk = products_chunk_channels();
+    for (int64_t c0 = 0; c0 < g.CC; c0 += chunk) {
+      const int64_t channels = std::min(chunk, g.CC - c0);
+      for (int xi = 0; xi < points; ++xi) {
+        for (int64_t m0 = 0; m0 < channels; m0 += wino.mr) {
+          packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(wino.panel(xi, c0 + m0)),
+                            reinterpret_cast<const scalar_t*>(v + xi * g.C0 * nr), nullptr,
+                            reinterpret_cast<scalar_t*>(products + (xi * chunk + m0) * nr), nr,
+                            std::min(wino.mr, channels - m0));
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        transform(t.AT_float.data(), 2, t.AT_float.data(), 2, alpha, products + c * nr, chunk * nr, y, nr);
+        const float shift = static_cast<float>(bias[c0 + c]);
+        for (int q = 0; q < 4; ++q) {
+          scalar_t* out = hidden0_.data() + (q * g.CC + c0 + c) * nr;
+          for (int64_t lane = 0; lane < nr; ++lane) {
+            const float value = y[q * nr + lane] + shift;
+            out[lane] = static_cast<scalar_t>(value < 0.f ? 0.f : value);  // NaN passes, as in torch.relu
+          }
         }
       }
     }
@@ -184,19 +189,24 @@ class NinBlockTileWorker {
 
   // Writes activation `layer` of the last Winograd tile (blocks [b0, b0 + tb)) into t, an
   // (N, C, OH, OW) tensor of any strides.
-  void write_winograd_rows(int layer, at::Tensor& t, int64_t b0, int64_t tb) const {
+  void write_winograd_rows(int layer, at::Tensor& t, int64_t b0, int64_t tb) {
     const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
     const int64_t channels = t.size(1), bw = g_.OW / 2, blocks_per_image = g_.OH / 2 * bw;
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
+    std::vector<int64_t>& corner = corner_offsets_;
+    corner.resize(tb);
     for (int64_t lane = 0; lane < tb; ++lane) {
-      const int64_t b = b0 + lane, n = b / blocks_per_image, within = b % blocks_per_image;
-      scalar_t* corner = data + n * sn + 2 * (within / bw) * sh + 2 * (within % bw) * sw;
+      const int64_t b = b0 + lane, within = b % blocks_per_image;
+      corner[lane] = b / blocks_per_image * sn + 2 * (within / bw) * sh + 2 * (within % bw) * sw;
+    }
+    // Channel by channel, so that consecutive writes land in the same rows of the output.
+    for (int64_t c = 0; c < channels; ++c) {
       for (int q = 0; q < 4; ++q) {
-        scalar_t* pixel = corner + (q / 2) * sh + (q % 2) * sw;
-        const scalar_t* src = values.data() + q * channels * nr_ + lane;
-        for (int64_t c = 0; c < channels; ++c) {
-          pixel[c * sc] = src[c * nr_];
+        scalar_t* dst = data + c * sc + (q / 2) * sh + (q % 2) * sw;
+        const scalar_t* src = values.data() + (q * channels + c) * nr_;
+        for (int64_t lane = 0; lane < tb; ++lane) {
+          dst[corner[lane]] = src[lane];
         }
       }
     }
@@ -243,6 +253,13 @@ class NinBlockTileWorker {
                           out + (p * layer.M + m0) * nr_, nr_, std::min(mr, layer.M - m0));
       }
     }
+  }
+
+  // Output channels whose Winograd products are computed and transformed together: a multiple of
+  // MR, about 256 KiB of products.
+  int64_t products_chunk_channels() const {
+    const int64_t mr = packed_.kernel.mr, per_channel = winograd_points() * nr_ * int64_t(sizeof(float));
+    return std::max<int64_t>(mr, (int64_t{256} << 10) / std::max<int64_t>(per_channel, 1) / mr * mr);
   }
 
   int winograd_points() const {
@@ -318,6 +335,7 @@ class NinBlockTileWorker {
     bool inside;
   };
   std::vector<BlockCorner> lanes_;         // Winograd: where each block of the tile reads its input
+  std::vector<int64_t> corner_offsets_;    // Winograd: where each block of the tile writes its output
   std::vector<RowSegment> segments_;
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
