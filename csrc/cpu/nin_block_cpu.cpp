@@ -19,21 +19,7 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_cpu", [&] {
-    const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
-    const NinBlockPacked<scalar_t>& packed = *packed_ptr;
-    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
-    if (packed.uses_winograd(g)) {
-      for_each_winograd_tile<scalar_t>(x, g, packed, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
-        worker.compute_winograd(b0, tb);
-        worker.write_winograd_rows(2, out, b0, tb);
-      });
-      return;
-    }
-    for_each_nin_block_tile<scalar_t>(
-        x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
-          worker.compute(n, p0, pt);
-          worker.write_rows(2, out, n, p0);
-        });
+    run_nin_block<scalar_t>(x, g, *packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), {{2, &out}});
   });
   return out;
 }

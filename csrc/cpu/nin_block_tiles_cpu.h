@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <memory>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -369,6 +370,31 @@ void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, cons
       tile_fn(worker, b0, std::min(nr, blocks - b0));
     }
   });
+}
+
+// Runs the block over the whole batch and writes the activations asked for, (layer, tensor) pairs
+// (layer 0: the conv's, 1: the first 1x1's, 2: the block's output), into their (N, C, OH, OW)
+// tensors: by Winograd tiles when the packing and the geometry allow, by pixel tiles otherwise.
+template <typename scalar_t>
+void run_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
+                   const std::vector<std::pair<int, at::Tensor*>>& outputs) {
+  if (packed.uses_winograd(g)) {
+    for_each_winograd_tile<scalar_t>(x, g, packed, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
+      worker.compute_winograd(b0, tb);
+      for (const auto& [layer, tensor] : outputs) {
+        worker.write_winograd_rows(layer, *tensor, b0, tb);
+      }
+    });
+    return;
+  }
+  const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
+  for_each_nin_block_tile<scalar_t>(
+      x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
+        worker.compute(n, p0, pt);
+        for (const auto& [layer, tensor] : outputs) {
+          worker.write_rows(layer, *tensor, n, p0);
+        }
+      });
 }
 
 // The float32 computation serves float16 and bfloat16 inputs: `op` runs on float copies, and the

@@ -24,25 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nin_block_with_hidden_cpu(
     return {out, hidden0, hidden1};
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_with_hidden_cpu", [&] {
-    const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
-    const NinBlockPacked<scalar_t>& packed = *packed_ptr;
-    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
-    if (packed.uses_winograd(g)) {
-      for_each_winograd_tile<scalar_t>(x, g, packed, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
-        worker.compute_winograd(b0, tb);
-        worker.write_winograd_rows(0, hidden0, b0, tb);
-        worker.write_winograd_rows(1, hidden1, b0, tb);
-        worker.write_winograd_rows(2, out, b0, tb);
-      });
-      return;
-    }
-    for_each_nin_block_tile<scalar_t>(
-        x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
-          worker.compute(n, p0, pt);
-          worker.write_rows(0, hidden0, n, p0);
-          worker.write_rows(1, hidden1, n, p0);
-          worker.write_rows(2, out, n, p0);
-        });
+    run_nin_block<scalar_t>(x, g, *packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), {{0, &hidden0}, {1, &hidden1}, {2, &out}});
   });
   return {out, hidden0, hidden1};
 }

@@ -58,16 +58,24 @@ NIN_HOST_DEVICE inline PixelTiling make_pixel_tiling(int64_t images, int64_t pix
   return t;
 }
 
+// The three coordinates of a row-major index into dimensions (any, d1, d2).
+struct Unraveled3 {
+  int64_t i, j, k;
+};
+NIN_HOST_DEVICE inline Unraveled3 unravel3(int64_t index, int64_t d1, int64_t d2) {
+  const int64_t i = index / (d1 * d2);
+  const int64_t rest = index - i * (d1 * d2);
+  const int64_t j = rest / d2;
+  return Unraveled3{i, j, rest - j * d2};
+}
+
 // (image, output row, output column) of an output pixel number.
 struct PixelCoord {
   int64_t n, oh, ow;
 };
 NIN_HOST_DEVICE inline PixelCoord pixel_coord(int64_t pixel, int64_t OH, int64_t OW) {
-  const int64_t per_image = OH * OW;
-  const int64_t n = pixel / per_image;
-  const int64_t rest = pixel - n * per_image;
-  const int64_t oh = rest / OW;
-  return PixelCoord{n, oh, rest - oh * OW};
+  const Unraveled3 u = unravel3(pixel, OH, OW);
+  return PixelCoord{u.i, u.j, u.k};
 }
 
 // (input channel, kernel row, kernel column) of a reduction index k of the spatial convolution; k
@@ -76,11 +84,8 @@ struct ReductionCoord {
   int64_t c, r, s;
 };
 NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int64_t k, int64_t KH, int64_t KW) {
-  const int64_t per_channel = KH * KW;
-  const int64_t c = k / per_channel;
-  const int64_t rest = k - c * per_channel;
-  const int64_t r = rest / KW;
-  return ReductionCoord{c, r, rest - r * KW};
+  const Unraveled3 u = unravel3(k, KH, KW);
+  return ReductionCoord{u.i, u.j, u.k};
 }
 
 // Shared memory of one CTA, offsets in bytes from the (128-byte aligned) base:
