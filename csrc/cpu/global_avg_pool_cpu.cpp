@@ -10,6 +10,33 @@
 namespace nin_ext {
 namespace cpu {
 
+namespace {
+
+// The sum of `count` values in 8 interleaved partial sums, added up in a fixed order: the same bits
+// on every run, and independent lanes the compiler vectorises (one running sum is bound by the add
+// latency: 8x slower on the seed's 12x12 maps).
+template <typename acc_t, typename scalar_t>
+acc_t sum_in_lanes(const scalar_t* values, int64_t count) {
+  constexpr int kLanes = 8;
+  acc_t partial[kLanes] = {};
+  int64_t p = 0;
+  for (; p + kLanes <= count; p += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      partial[lane] += static_cast<acc_t>(values[p + lane]);
+    }
+  }
+  for (; p < count; ++p) {
+    partial[0] += static_cast<acc_t>(values[p]);
+  }
+  acc_t total = 0;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    total += partial[lane];
+  }
+  return total;
+}
+
+}  // namespace
+
 at::Tensor global_avg_pool_cpu(const at::Tensor& x) {
   check_global_avg_pool_args(x, "global_avg_pool");
   const int64_t N = x.size(0), C = x.size(1), pixels = x.size(2) * x.size(3);
@@ -45,12 +72,7 @@ at::Tensor global_avg_pool_cpu(const at::Tensor& x) {
       // Each (n, c) plane is contiguous.
       at::parallel_for(0, N * C, 16, [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
-          const scalar_t* values = in + plane * pixels;
-          acc_t s = 0;
-          for (int64_t p = 0; p < pixels; ++p) {
-            s += static_cast<acc_t>(values[p]);
-          }
-          o[plane] = static_cast<scalar_t>(s * inv_pixels);
+          o[plane] = static_cast<scalar_t>(sum_in_lanes<acc_t>(in + plane * pixels, pixels) * inv_pixels);
         }
       });
     }
