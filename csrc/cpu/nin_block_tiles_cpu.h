@@ -99,7 +99,7 @@ class NinBlockTileWorker {
         patch_(winograd ? winograd_points() * g.C0 * nr_ : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
-        transform_scratch_(winograd ? (winograd_points() + 4) * nr_ : 0), lanes_(winograd ? nr_ : 0) {}
+        transform_scratch_(winograd ? (winograd_points() + 4) * nr_ + winograd_band_floats() : 0) {}
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
   // buffers (for_each_row reads them out).
@@ -125,32 +125,51 @@ class NinBlockTileWorker {
     const int64_t nr = nr_, bw = g.OW / 2, blocks_per_image = g.OH / 2 * bw;
     pt_ = 4 * nr;
     panels_ = 4;
-    // Scratch: the input patches of one channel (zero in lanes past the tile's last block), then
-    // the output block of one channel.
+    // Scratch: the input patches of one channel (zero in lanes past the tile's last block), the
+    // output block of one channel, the band of input rows.
     float* d = transform_scratch_.data();
     float* y = d + points * nr;
     std::fill(d, d + points * nr, 0.f);
-    // Where each block's (alpha x alpha) input patch starts, and whether it lies inside the image.
+    // The tile's blocks as runs of consecutive blocks in one block row of one image.
     const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
-    for (int64_t lane = 0; lane < tb; ++lane) {
-      const int64_t b = b0 + lane, within = b % blocks_per_image;
-      const int64_t ih0 = 2 * (within / bw) - g.PH, iw0 = 2 * (within % bw) - g.PW;
-      lanes_[lane] = {b / blocks_per_image * sn, ih0, iw0,
-                      ih0 >= 0 && ih0 + alpha <= g.H && iw0 >= 0 && iw0 + alpha <= g.W};
+    block_runs_.clear();
+    for (int64_t lane = 0; lane < tb;) {
+      const int64_t b = b0 + lane, within = b % blocks_per_image, bx = within % bw;
+      const int64_t length = std::min(tb - lane, bw - bx);
+      block_runs_.push_back({lane, length, b / blocks_per_image * sn, within / bw, bx});
+      lane += length;
     }
-    // Input transform, V = BT d B per channel, all the tile's blocks at once.
+    // Input transform, V = BT d B per channel, all the tile's blocks at once. Per run, the alpha
+    // input rows it reads are first copied into a zero-padded band (band column c is input column
+    // c - PW), from which each patch element of every block is a stride-2 read with no bounds check.
+    const int64_t band_width = g.W + 2 * g.PW;
+    float* band = y + 4 * nr;
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     float* v = reinterpret_cast<float*>(patch_.data());
     for (int64_t ci = 0; ci < g.C0; ++ci) {
-      for (int64_t lane = 0; lane < tb; ++lane) {
-        const BlockCorner& corner = lanes_[lane];
-        const scalar_t* plane = xd + corner.image_offset + ci * sc;
+      for (const BlockRun& run : block_runs_) {
+        const scalar_t* plane = xd + run.image_offset + ci * sc;
         for (int i = 0; i < alpha; ++i) {
-          const int64_t ih = corner.ih0 + i;
+          float* band_row = band + i * band_width;
+          const int64_t ih = 2 * run.by - g.PH + i;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(band_row, band_row + band_width, 0.f);
+            continue;
+          }
+          std::fill(band_row, band_row + g.PW, 0.f);
+          const scalar_t* src = plane + ih * sh;
+          for (int64_t iw = 0; iw < g.W; ++iw) {
+            band_row[g.PW + iw] = static_cast<float>(src[iw * sw]);
+          }
+          std::fill(band_row + g.PW + g.W, band_row + band_width, 0.f);
+        }
+        for (int i = 0; i < alpha; ++i) {
           for (int j = 0; j < alpha; ++j) {
-            const int64_t iw = corner.iw0 + j;
-            const bool inside = corner.inside || (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W);
-            d[(i * alpha + j) * nr + lane] = inside ? static_cast<float>(plane[ih * sh + iw * sw]) : 0.f;
+            const float* src = band + i * band_width + 2 * run.bx + j;
+            float* dst = d + (i * alpha + j) * nr + run.lane;
+            for (int64_t l = 0; l < run.length; ++l) {
+              dst[l] = src[2 * l];
+            }
           }
         }
       }
@@ -263,6 +282,10 @@ class NinBlockTileWorker {
     return std::max<int64_t>(mr, (int64_t{256} << 10) / std::max<int64_t>(per_channel, 1) / mr * mr);
   }
 
+  int64_t winograd_band_floats() const {
+    return packed_.winograd ? packed_.winograd->transform.alpha * (g_.W + 2 * g_.PW) : 0;
+  }
+
   int winograd_points() const {
     return packed_.winograd ? packed_.winograd->transform.alpha * packed_.winograd->transform.alpha : 0;
   }
@@ -331,11 +354,11 @@ class NinBlockTileWorker {
   std::vector<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
   std::vector<scalar_t> products_;        // Winograd: the per-point products of a tile
   std::vector<float> transform_scratch_;  // Winograd: the transforms' inputs and outputs
-  struct BlockCorner {
-    int64_t image_offset, ih0, iw0;
-    bool inside;
+  struct BlockRun {
+    int64_t lane, length;  // tile lanes [lane, lane + length)
+    int64_t image_offset, by, bx;  // the image's offset in x, the block row, the first block's column
   };
-  std::vector<BlockCorner> lanes_;         // Winograd: where each block of the tile reads its input
+  std::vector<BlockRun> block_runs_;       // Winograd: the tile's blocks, by block row
   std::vector<int64_t> corner_offsets_;    // Winograd: where each block of the tile writes its output
   std::vector<RowSegment> segments_;
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
