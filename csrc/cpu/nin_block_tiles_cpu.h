@@ -40,12 +40,16 @@ struct PackedLayer {
     a.assign(panels * K * mr, scalar_t(0));
     bias.assign(panels * mr, scalar_t(0));
     const scalar_t* src = w.const_data_ptr<scalar_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      scalar_t* dst = a.data() + (m / mr) * K * mr + m % mr;
-      for (int64_t k = 0; k < K; ++k) {
-        dst[k * mr] = src[m * K + k];
+    // In parallel: training repacks every step (the weights change), and a single thread would take
+    // several milliseconds for the seed's wider blocks.
+    at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        scalar_t* dst = a.data() + (m / mr) * K * mr + m % mr;
+        for (int64_t k = 0; k < K; ++k) {
+          dst[k * mr] = src[m * K + k];
+        }
       }
-    }
+    });
     if (b.has_value() && b->defined()) {
       const at::Tensor bc = b->detach().contiguous();
       std::copy(bc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>() + M, bias.begin());

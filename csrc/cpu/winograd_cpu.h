@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -109,30 +110,52 @@ struct PackedWinogradConv {
     u.assign(alpha * alpha * panels * K * mr, 0.f);
     const at::Tensor w = weight.detach().to(at::kDouble).contiguous();
     const double* src = w.const_data_ptr<double>();
-    std::vector<double> gg(alpha * r), point(alpha * alpha);
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t k = 0; k < K; ++k) {
-        const double* g = src + (m * K + k) * r * r;
-        for (int i = 0; i < alpha; ++i) {  // gg = G g
-          for (int j = 0; j < r; ++j) {
-            double s = 0;
-            for (int l = 0; l < r; ++l) {
-              s += transform.G[i * r + l] * g[l * r + j];
+    if (r == 3) {
+      transform_weights<3>(src, panels);
+    } else {
+      transform_weights<5>(src, panels);
+    }
+  }
+
+  // U = G g G^T for every (output, input) channel pair, in parallel over output channels (training
+  // repacks every step); R fixed so that the small products unroll.
+  template <int R>
+  void transform_weights(const double* src, int64_t panels) {
+    constexpr int A = R + 1;
+    double G[A][R];
+    for (int i = 0; i < A; ++i) {
+      for (int j = 0; j < R; ++j) {
+        G[i][j] = transform.G[i * R + j];
+      }
+    }
+    at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        for (int64_t k = 0; k < K; ++k) {
+          const double* g = src + (m * K + k) * R * R;
+          double gg[A][R];  // G g
+          for (int i = 0; i < A; ++i) {
+            for (int j = 0; j < R; ++j) {
+              double s = 0;
+              for (int l = 0; l < R; ++l) {
+                s += G[i][l] * g[l * R + j];
+              }
+              gg[i][j] = s;
             }
-            gg[i * r + j] = s;
           }
-        }
-        for (int i = 0; i < alpha; ++i) {  // point = gg G^T
-          for (int j = 0; j < alpha; ++j) {
-            double s = 0;
-            for (int l = 0; l < r; ++l) {
-              s += gg[i * r + l] * transform.G[j * r + l];
+          float* dst = u.data() + ((m / mr) * K + k) * mr + m % mr;
+          const int64_t point_stride = panels * K * mr;
+          for (int i = 0; i < A; ++i) {  // (G g) G^T
+            for (int j = 0; j < A; ++j) {
+              double s = 0;
+              for (int l = 0; l < R; ++l) {
+                s += gg[i][l] * G[j][l];
+              }
+              dst[(i * A + j) * point_stride] = static_cast<float>(s);
             }
-            u[((static_cast<int64_t>(i * alpha + j) * panels + m / mr) * K + k) * mr + m % mr] = static_cast<float>(s);
           }
         }
       }
-    }
+    });
   }
 
   const float* panel(int xi, int64_t m0) const {
