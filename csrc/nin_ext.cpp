@@ -33,10 +33,13 @@ TORCH_LIBRARY(nin_ext, m) {
   m.def("global_avg_pool(Tensor x) -> Tensor");
   // torch's max_pool2d with dilation 1, the pooling between NiN blocks.
   m.def("max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) -> Tensor");
-  // The gradient of max_pool2d with respect to x, from x itself (no saved argmax indices).
+  // max_pool2d that also returns where each window's maximum is: an int32 index into the input's
+  // (H, W) plane, laid out like the output (the forward of training).
   m.def(
-      "max_pool2d_backward(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, "
-      "bool ceil_mode) -> Tensor");
+      "max_pool2d_with_argmax(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) "
+      "-> (Tensor, Tensor)");
+  // The gradient of max_pool2d with respect to its input (of size input_size), from the argmax.
+  m.def("max_pool2d_backward(Tensor grad_out, Tensor argmax, SymInt[4] input_size, bool channels_last) -> Tensor");
 }
 
 static PyObject* clear_weight_cache(PyObject*, PyObject*) {

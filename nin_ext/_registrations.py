@@ -48,14 +48,15 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
 def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=None, grad_h1=None):
     """Gradients of every input (x, w, b, w1, b1, w2, b2 saved on ctx) from the gradient of the
     block's output (before any pooling) and of its hidden activations when they are outputs too
-    (nin_block_with_hidden). `activations` is the list [h0, h1, out]. Each gradient map is released
-    as soon as the next is computed, as eager's autograd frees them."""
+    (nin_block_with_hidden). `activations` is the list [h0, h1, out > 0]: the output's ReLU backward
+    needs only where it is positive. Each gradient map is released as soon as the next is computed,
+    as eager's autograd frees them."""
     x, w, b, w1, b1, w2, b2 = ctx.saved_tensors[:7]
     needs = ctx.needs_input_grad
     need_h1 = any(needs[:5])
     need_h0 = any(needs[:3])
     relu_backward = torch.ops.aten.threshold_backward
-    grad = relu_backward(grad_block_out, activations.pop(), 0)
+    grad = grad_block_out.mul(activations.pop())
     del grad_block_out
     h1 = activations.pop()
     grad, gw2, gb2 = _conv_backward(grad, h1, w2, b2, [1, 1], [0, 0], (need_h1, needs[5], needs[6]))
@@ -78,8 +79,8 @@ def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=
 
 def _nin_block_grads(ctx, grad_block_out):
     """nin_block's backward: the forward kept no activation, so they are recomputed with ATen."""
-    activations = list(nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding))
-    return _nin_block_grads_from_activations(ctx, grad_block_out, activations)
+    h0, h1, out = nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding)
+    return _nin_block_grads_from_activations(ctx, grad_block_out, [h0, h1, out > 0])
 
 
 def _nin_block_with_hidden_fake(x, w, b, w1, b1, w2, b2, stride, padding):
@@ -95,19 +96,18 @@ def _setup_nin_block_with_hidden_context(ctx, inputs, output):
     out, h0, h1 = output
     ctx.set_materialize_grads(False)  # the hidden outputs are seldom used: no zero gradients for them
     ctx.stride, ctx.padding = list(stride), list(padding)
-    # `out` is not saved: saved tensors live until the block's whole backward ends, and eager's
-    # autograd frees its output right after the last ReLU's backward. Recomputing the last 1x1 layer
-    # (a few percent of the block's work) keeps the backward's peak memory at eager's.
-    ctx.save_for_backward(x, w, b, w1, b1, w2, b2, h0, h1)
+    # Of the output, only where it is positive is saved (a quarter of its bytes): saved tensors live
+    # until the block's whole backward ends, where eager's autograd frees its output right after the
+    # last ReLU's backward, so saving `out` would raise the peak memory above eager's.
+    ctx.save_for_backward(x, w, b, w1, b1, w2, b2, h0, h1, out > 0)
 
 
 def _nin_block_with_hidden_backward(ctx, grad_out, grad_h0, grad_h1):
-    x, w, b, w1, b1, w2, b2, h0, h1 = ctx.saved_tensors
-    out = torch.relu(torch.nn.functional.conv2d(h1, w2, b2))
+    x, w, b, w1, b1, w2, b2, h0, h1, out_positive = ctx.saved_tensors
     if grad_out is None:  # only a hidden activation was used
-        grad_out = torch.zeros_like(out)
-    activations = [h0, h1, out]
-    del h0, h1, out
+        grad_out = torch.zeros(out_positive.shape, dtype=h1.dtype, device=h1.device)
+    activations = [h0, h1, out_positive]
+    del h0, h1, out_positive
     return _nin_block_grads_from_activations(ctx, grad_out, activations, grad_h0, grad_h1)
 
 
@@ -138,15 +138,39 @@ def _setup_max_pool2d_context(ctx, inputs, output):
 
 
 def _max_pool2d_backward(ctx, grad_out):
+    """max_pool2d's backward: the argmax is found again from the saved input."""
     (x,) = ctx.saved_tensors
-    grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, x, ctx.kernel_size, ctx.stride, ctx.padding,
-                                                   ctx.ceil_mode)
+    _, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(x, ctx.kernel_size, ctx.stride, ctx.padding,
+                                                          ctx.ceil_mode)
+    grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, list(x.shape),
+                                                   suggest_memory_format(x) == torch.channels_last)
     return grad_x, None, None, None, None
 
 
-def _max_pool2d_backward_fake(grad_out, x, kernel_size, stride, padding, ceil_mode):
-    check_max_pool2d_args(x, kernel_size, stride, padding, ceil_mode, "max_pool2d_backward")
-    return torch.empty_like(x, memory_format=suggest_memory_format(x))
+def _max_pool2d_with_argmax_fake(x, kernel_size, stride, padding, ceil_mode):
+    out = _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode)
+    return out, torch.empty_like(out, dtype=torch.int32)
+
+
+def _setup_max_pool2d_with_argmax_context(ctx, inputs, output):
+    x = inputs[0]
+    ctx.set_materialize_grads(False)
+    ctx.input_size = list(x.shape)
+    ctx.channels_last = suggest_memory_format(x) == torch.channels_last
+    ctx.save_for_backward(output[1])  # the argmax, not the input
+
+
+def _max_pool2d_with_argmax_backward(ctx, grad_out, grad_argmax):
+    (argmax,) = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None
+    grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, ctx.input_size, ctx.channels_last)
+    return grad_x, None, None, None, None
+
+
+def _max_pool2d_backward_fake(grad_out, argmax, input_size, channels_last):
+    return grad_out.new_empty(input_size).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def register_fakes_and_autograd(namespace):
@@ -170,6 +194,9 @@ if _extension.loaded:
     torch.library.register_autograd("nin_ext::nin_block_with_hidden", _nin_block_with_hidden_backward,
                                     setup_context=_setup_nin_block_with_hidden_context)
     torch.library.register_fake("nin_ext::max_pool2d")(_max_pool2d_fake)
+    torch.library.register_fake("nin_ext::max_pool2d_with_argmax")(_max_pool2d_with_argmax_fake)
+    torch.library.register_autograd("nin_ext::max_pool2d_with_argmax", _max_pool2d_with_argmax_backward,
+                                    setup_context=_setup_max_pool2d_with_argmax_context)
     torch.library.register_fake("nin_ext::max_pool2d_backward")(_max_pool2d_backward_fake)
     torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
                                     setup_context=_setup_max_pool2d_context)

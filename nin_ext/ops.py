@@ -58,6 +58,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     kernel_size = _pair(kernel_size)
     args = (x, kernel_size, kernel_size if stride is None else _pair(stride), _pair(padding), bool(ceil_mode))
     if backends.resolve(x) == "cpu":
+        if _needs_grad(args[:1]):  # keep the int32 argmax for the backward, not the input
+            return torch.ops.nin_ext.max_pool2d_with_argmax(*args)[0]
         return torch.ops.nin_ext.max_pool2d(*args)
     check_max_pool2d_args(*args, "max_pool2d")
     return reference.max_pool2d_reference(*args)

@@ -75,18 +75,31 @@ def test_seed_shapes(backend):
         assert torch.equal(ops.max_pool2d(x, 3, 2), F.max_pool2d(x, 3, 2))
 
 
-def test_gradient_matches_torch(native_backend):
-    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, device=device_for(native_backend), requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_gradient_matches_torch(native_backend, layout, dtype):
+    """Training keeps the argmax (max_pool2d_with_argmax); ties go where torch sends them."""
+    x = torch.randn(2, 3, 9, 8, dtype=dtype, device=device_for(native_backend))
+    x[0, 0, :3, :3] = 1.0  # a tied window
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    # The same values give the same argmax; bfloat16 is compared with float64 (ATen sums in bfloat16).
+    ref_dtype = torch.float64 if dtype == torch.bfloat16 else dtype
+    x_ref = x.detach().to(ref_dtype).requires_grad_(True)
     y = ops.max_pool2d(x, 3, 2, 1)
     grad = torch.randn_like(y)
     y.backward(grad)
-    F.max_pool2d(x_ref, 3, 2, 1).backward(grad)
-    assert torch.equal(x.grad, x_ref.grad)
+    F.max_pool2d(x_ref, 3, 2, 1).backward(grad.to(ref_dtype))
+    if dtype == torch.bfloat16:  # summed in float, rounded once
+        assert torch.allclose(x.grad.double(), x_ref.grad, rtol=1e-2, atol=1e-2 * x_ref.grad.abs().max().item())
+    else:
+        assert torch.equal(x.grad, x_ref.grad)
 
 
+@pytest.mark.parametrize("name", ["max_pool2d", "max_pool2d_with_argmax"])
 @pytest.mark.parametrize("idx", range(4))
-def test_opcheck(idx):
+def test_opcheck(name, idx):
     require_extension()
     samples = [
         (torch.randn(2, 3, 7, 9), [3, 3], [2, 2], [0, 0], False),
@@ -95,7 +108,15 @@ def test_opcheck(idx):
          [1, 1], False),
         (torch.randn(0, 2, 5, 5, dtype=torch.float64), [3, 3], [2, 2], [0, 0], False),
     ]
-    torch.library.opcheck(torch.ops.nin_ext.max_pool2d.default, samples[idx])
+    torch.library.opcheck(getattr(torch.ops.nin_ext, name).default, samples[idx])
+
+
+def test_opcheck_backward():
+    require_extension()
+    x = torch.randn(2, 3, 7, 6)
+    out, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(x, [3, 3], [2, 2], [1, 1], False)
+    torch.library.opcheck(torch.ops.nin_ext.max_pool2d_backward.default,
+                          (torch.randn_like(out), argmax, [2, 3, 7, 6], False))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -115,9 +136,10 @@ def test_errors_name_the_argument(backend, args, message):
 def test_fused_sequential_runs_its_max_pools(cpu_backend):
     model = nin_ext.FusedSequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True))
     x = torch.randn(2, 3, 11, 10)
-    with torch.profiler.profile() as prof:
-        y = model(x)
-    assert any(e.name == "nin_ext::max_pool2d" for e in prof.events())
+    for grad_enabled, op in ((False, "nin_ext::max_pool2d"), (True, "nin_ext::max_pool2d_with_argmax")):
+        with torch.set_grad_enabled(grad_enabled), torch.profiler.profile() as prof:
+            y = model(x)
+        assert any(e.name == op for e in prof.events()), op
     assert torch.equal(y, nn.Sequential(*model)(x))
     # Unbatched input, as nn.MaxPool2d takes it.
     assert torch.equal(model(x[0]), nn.Sequential(*model)(x[0]))
