@@ -37,9 +37,14 @@ class TensorSnapshot {
     }
   }
 
-  // Same address and shape: the tensor this snapshot is of, or one in its place.
-  bool same_place(const TensorSnapshot& other) const {
-    return data_ == other.data_ && sizes_ == other.sizes_ && strides_ == other.strides_;
+  // Whether t (or its absence) is at the snapshot's address with its shape: the tensor the snapshot
+  // is of, or one in its place.
+  bool same_place(const c10::optional<at::Tensor>& t) const {
+    if (!(t.has_value() && t->defined())) {
+      return data_ == nullptr;
+    }
+    return t->const_data_ptr() == data_ && t->sizes() == c10::IntArrayRef(sizes_) &&
+           t->strides() == c10::IntArrayRef(strides_);
   }
 
   // Whether t still holds the bytes of the snapshot (t is in the snapshot's place).
@@ -49,17 +54,6 @@ class TensorSnapshot {
     }
     const at::Tensor dense = t->contiguous();
     return dense.nbytes() == bytes_.size() && std::memcmp(dense.const_data_ptr(), bytes_.data(), bytes_.size()) == 0;
-  }
-
-  // The place of t, without copying its contents (for lookups).
-  static TensorSnapshot place_of(const c10::optional<at::Tensor>& t) {
-    TensorSnapshot snapshot(c10::nullopt);
-    if (t.has_value() && t->defined()) {
-      snapshot.data_ = t->const_data_ptr();
-      snapshot.sizes_ = t->sizes().vec();
-      snapshot.strides_ = t->strides().vec();
-    }
-    return snapshot;
   }
 
  private:
@@ -133,7 +127,7 @@ class NinBlockPackedCache {
         return false;
       }
       for (size_t i = 0; i < tensors.size(); ++i) {
-        if (!snapshots[i].same_place(TensorSnapshot::place_of(tensors[i]))) {
+        if (!snapshots[i].same_place(tensors[i])) {
           return false;
         }
       }
