@@ -51,12 +51,47 @@ static PyObject* weight_cache_entries(PyObject*, PyObject*) {
   return PyLong_FromSize_t(nin_ext::cpu::packed_nin_block_cache_entries());
 }
 
+// winograd_tile_size((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)): the output-block size
+// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU, 0 for the direct
+// path (csrc/cpu/nin_block_tiles_cpu.h); tests and benchmarks use it to know which path they check.
+static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
+  nin_ext::NinBlockGeometry g{};
+  int64_t weight_in = 0;
+  if (!PyArg_ParseTuple(args, "(LLLL)(LLLL)LL(LL)(LL)", &g.N, &g.C0, &g.H, &g.W, &g.CC, &weight_in, &g.KH, &g.KW,
+                        &g.C1, &g.C2, &g.SH, &g.SW, &g.PH, &g.PW)) {
+    return nullptr;
+  }
+  g.OH = (g.H + 2 * g.PH - g.KH) / g.SH + 1;
+  g.OW = (g.W + 2 * g.PW - g.KW) / g.SW + 1;
+  const bool weights = nin_ext::cpu::winograd_conv_shape(g.CC, weight_in, g.KH, g.KW);
+  return PyLong_FromLong(
+      nin_ext::cpu::winograd_tile_size(g, weights, nin_ext::cpu::float_microkernel().nr, sizeof(float)));
+}
+
+// set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
+// 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
+static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
+  const long mode = PyLong_AsLong(arg);
+  if (mode == -1 && PyErr_Occurred()) {
+    return nullptr;
+  }
+  if (mode != -1 && mode != 0 && (mode < nin_ext::cpu::kWinogradMinTile || mode > nin_ext::cpu::kWinogradMaxTile)) {
+    PyErr_Format(PyExc_ValueError, "set_winograd_mode: mode must be -1, 0, 2, 3 or 4, got %ld", mode);
+    return nullptr;
+  }
+  return PyLong_FromLong(nin_ext::cpu::winograd_mode().exchange(static_cast<int>(mode)));
+}
+
 // Importing nin_ext._C runs the static registrations above. The module reports how it was built and
 // manages the CPU kernels' packed-weight cache; the ops are reached through torch.ops.nin_ext.
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"clear_weight_cache", clear_weight_cache, METH_NOARGS, "Drops every packed copy of the CPU kernels' weights."},
       {"weight_cache_entries", weight_cache_entries, METH_NOARGS, "The number of packed blocks cached."},
+      {"winograd_tile_size", winograd_tile_size, METH_VARARGS,
+       "The Winograd output-block size a float32 nin_block of these shapes runs on the CPU (0: direct)."},
+      {"set_winograd_mode", set_winograd_mode, METH_O,
+       "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, methods};

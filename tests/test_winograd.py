@@ -1,21 +1,34 @@
-"""The CPU backend's Winograd F(2x2, 3x3) / F(2x2, 5x5) path of the block's spatial convolution
-(float32, stride 1, even output size, at least 32 input and 64 output channels), against float64.
+"""The CPU backend's Winograd path F(m x m, r x r) of the block's spatial convolution (float32, stride 1,
+3x3 or 5x5, at least 32 input and 64 output channels; m = 2, 3 or 4, chosen per call by the least work),
+against float64.
 
-Its error is a few times direct convolution's (about 1e-6 of the output's scale): conftest's
-"fwd_winograd" tolerance bounds it elementwise by 1e-5 of the output's largest value plus 1e-5 of
-each value, the block's 1e-5 relative bound for float32."""
+Its error grows with m and stays within ten times direct convolution's (about 1e-6 of the output's
+scale, 7e-6 at worst for F(4x4, 3x3) here): conftest's "fwd_winograd" tolerance bounds it elementwise
+by 1e-5 of the output's largest value plus 1e-5 of each value, the block's 1e-5 relative bound for
+float32. Every case runs with each m forced (nin_ext._C.set_winograd_mode) and with the choice."""
 import random
 
 import pytest
 import torch
 
 import nin_ext
-from conftest import assert_close_ref, ref64_fn, ref_block_fn, run_python, runs_winograd
+from nin_ext import _C
+from conftest import assert_close_ref, ref64_fn, ref_block_fn, run_python
+
+MODES = [2, 3, 4, -1]  # forced m, then the per-call choice
+
+
+@pytest.fixture(params=MODES, ids=lambda m: f"m{m}" if m > 0 else "chosen")
+def winograd_mode(request):
+    previous = _C.set_winograd_mode(request.param)
+    yield request.param
+    _C.set_winograd_mode(previous)
 
 
 def _draw(rng):
     k = rng.choice([3, 5])
-    h, w = 2 * rng.randint(1, 9), 2 * rng.randint(1, 9)  # even output sizes with 'same' padding
+    # Any output size: blocks past the map's edge run on zero padding and are not written.
+    h, w = rng.randint(1, 17), rng.randint(1, 17)
     return dict(n=rng.randint(1, 3), c0=rng.choice([32, 37, 96]), cc=rng.choice([64, 65, 130]),
                 c1=rng.choice([5, 64]), c2=rng.choice([3, 70]), k=k, h=h, w=w,
                 layout=rng.choice(["contiguous", "channels_last"]))
@@ -36,19 +49,25 @@ def _block_args(c, dtype=torch.float32):
     return x, w, biases[0], w1, biases[1], w2, biases[2], (1, 1), (k // 2, k // 2)
 
 
+def _tile_size(args):
+    x, w, _, w1, _, w2, _, stride, padding = args
+    return _C.winograd_tile_size(tuple(x.shape), tuple(w.shape), w1.shape[0], w2.shape[0], stride, padding)
+
+
 def _check(y, args, what):
-    assert runs_winograd("cpu", args[0], args[1], args[7], args[8]), "the case does not take the Winograd path"
     assert_close_ref(y, ref64_fn(ref_block_fn, *args), kind="fwd_winograd", what=what)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
-def test_nin_block(cpu_backend, case):
+def test_nin_block(cpu_backend, winograd_mode, case):
     args = _block_args(case)
-    _check(nin_ext.ops.nin_block(*args), args, "nin_block")
+    if winograd_mode > 0:
+        assert _tile_size(args) == winograd_mode, "the case does not take the forced Winograd path"
+    _check(nin_ext.ops.nin_block(*args), args, f"nin_block, Winograd mode {winograd_mode}")
 
 
-def test_training_forward_and_gradients(cpu_backend):
-    case = dict(n=2, c0=32, cc=64, c1=64, c2=8, k=3, h=6, w=8, layout="contiguous")
+def test_training_forward_and_gradients(cpu_backend, winograd_mode):
+    case = dict(n=2, c0=32, cc=64, c1=64, c2=8, k=3, h=7, w=8, layout="contiguous")
     args = list(_block_args(case))
     for i in range(7):
         args[i] = args[i].requires_grad_(True)
@@ -85,3 +104,24 @@ def test_seed_blocks_match_the_direct_path(cpu_backend):
     for (winograd, winograd_sum), (direct, direct_sum) in zip(errors["1"], errors["0"]):
         assert winograd < 1e-5 and direct < 1e-5, errors
         assert winograd_sum != direct_sum, "the two runs took the same path"
+
+
+@pytest.mark.parametrize("batch, block2, block3", [(1, 4, 2), (16, 4, 3), (32, 4, 3)])
+def test_choice_for_the_seed_blocks(batch, block2, block3):
+    """The least-work choice of m for the seed's blocks (benchmarks/NOTES.md, v8, has the timings that
+    back it); blocks 1 (11x11, stride 4) and 4 (10 output channels) stay direct."""
+    previous = _C.set_winograd_mode(-1)
+    try:
+        size = _C.winograd_tile_size
+        assert size((batch, 96, 26, 26), (256, 96, 5, 5), 256, 256, (1, 1), (2, 2)) == block2
+        assert size((batch, 256, 12, 12), (384, 256, 3, 3), 384, 384, (1, 1), (1, 1)) == block3
+        assert size((batch, 1, 224, 224), (96, 1, 11, 11), 96, 96, (4, 4), (0, 0)) == 0
+        assert size((batch, 384, 5, 5), (10, 384, 3, 3), 10, 10, (1, 1), (1, 1)) == 0
+    finally:
+        _C.set_winograd_mode(previous)
+
+
+@pytest.mark.parametrize("mode", [1, 5, -2])
+def test_set_winograd_mode_rejects_unknown_modes(mode):
+    with pytest.raises(ValueError, match="mode must be -1, 0, 2, 3 or 4"):
+        _C.set_winograd_mode(mode)

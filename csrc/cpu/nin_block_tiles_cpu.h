@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
 #include <tuple>
 #include <utility>
 #include <type_traits>
@@ -58,23 +59,35 @@ struct PackedLayer {
 };
 
 // The block's three layers, packed for one micro-kernel; float 3x3 and 5x5 convolutions also get
-// their Winograd packing (used when a call's geometry allows, see winograd_cpu.h).
+// Winograd packings, one per output-block size m that a call has used (winograd_cpu.h).
 template <typename scalar_t>
 struct NinBlockPacked {
   MicroKernel<scalar_t> kernel;
   PackedLayer<scalar_t> conv, pointwise1, pointwise2;
-  std::unique_ptr<const PackedWinogradConv> winograd;
+  const bool winograd_weights;  // whether the conv may run as Winograd
 
   NinBlockPacked(const MicroKernel<scalar_t>& k, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2)
-      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr), pointwise2(w2, b2, k.mr) {
-    if (std::is_same_v<scalar_t, float> && winograd_weight(w)) {
-      winograd = std::make_unique<const PackedWinogradConv>(w, k.mr);
+      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr), pointwise2(w2, b2, k.mr),
+        winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)) {}
+
+  // The Winograd packing for F(m x m), built on first use: which m runs depends on the call's shapes,
+  // and training repacks every step, so only the sizes in use are built.
+  const PackedWinogradConv& winograd(int m) const {
+    std::lock_guard<std::mutex> lock(winograd_mutex_);
+    std::unique_ptr<const PackedWinogradConv>& slot = winograd_[m - kWinogradMinTile];
+    if (slot == nullptr) {
+      slot = std::make_unique<const PackedWinogradConv>(reinterpret_cast<const float*>(conv.a.data()), conv.M,
+                                                        conv.K / (conv_taps_ * conv_taps_), conv_taps_, m, kernel.mr);
     }
+    return *slot;
   }
 
-  bool uses_winograd(const NinBlockGeometry& g) const { return winograd != nullptr && winograd_geometry(g); }
+ private:
+  const int conv_taps_;
+  mutable std::mutex winograd_mutex_;
+  mutable std::unique_ptr<const PackedWinogradConv> winograd_[kWinogradMaxTile - kWinogradMinTile + 1];
 };
 
 // Pixels per tile: whole panels of nr pixels; the tile's patch and activations take about 1 MiB
@@ -91,19 +104,65 @@ inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_
   return (pixels + nr - 1) / nr * nr;
 }
 
+// The multiply-adds of running the block over the batch by pixel tiles or by Winograd tiles of
+// m x m blocks, counting what the tiles pad (a tile's lanes past the last pixel or block, block pixels
+// past the map's edge) and an even number of tiles: tiles are the unit of parallel work, and with two
+// cores (the machines we tune on) an odd count idles one for a tile's time. Shapes only, so the
+// choice, and with it the result's bits, does not depend on the thread count.
+inline double direct_work(const NinBlockGeometry& g, int64_t tile_pixels) {
+  const int64_t tiles = g.N * ((g.pixels() + tile_pixels - 1) / tile_pixels);
+  return double((tiles + 1) / 2 * 2) * tile_pixels * (g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
+}
+
+inline double winograd_work(const NinBlockGeometry& g, int m, int64_t nr) {
+  const int64_t alpha = m + g.KH - 1;
+  const int64_t blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m), tiles = (blocks + nr - 1) / nr;
+  const double per_block = double(alpha * alpha * g.C0 * g.CC)             // the per-point products
+                           + 2 * alpha * alpha * alpha * g.C0                 // the input transform
+                           + (m * alpha * alpha + m * m * alpha) * g.CC       // the output transform
+                           + double(m * m) * (g.CC * g.C1 + g.C1 * g.C2);  // the 1x1 layers
+  return double((tiles + 1) / 2 * 2 * nr) * per_block;
+}
+
+// The output-block size m of the Winograd path for this call, 0 for the direct path: the one with
+// the least work, unless NIN_EXT_CPU_WINOGRAD (or winograd_mode()) forces one.
+// `winograd_weights`: whether the conv's weights allow the path (winograd_weight); nr: the
+// micro-kernel's panel width.
+inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, int64_t nr, int64_t element_size) {
+  const int mode = winograd_mode().load();
+  if (!winograd_weights || !winograd_geometry(g) || mode == 0) {
+    return 0;
+  }
+  if (mode > 0) {
+    return mode;
+  }
+  int best = 0;
+  double best_work = direct_work(g, nin_block_tile_pixels(g, element_size, nr));
+  for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
+    const double work = winograd_work(g, m, nr);
+    if (work < best_work) {
+      best = m;
+      best_work = work;
+    }
+  }
+  return best;
+}
+
 // Per-thread workspace and the tile computation.
 template <typename scalar_t>
 class NinBlockTileWorker {
  public:
-  // A Winograd worker's tiles are NR blocks of 2x2 output pixels (4 NR pixels); its patch holds the
-  // transformed input and `products_` the per-point products.
+  // A Winograd worker's (winograd != nullptr) tiles are NR blocks of m x m output pixels (m^2 NR
+  // pixels); its patch holds the transformed input and `products_` the per-point products.
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                     int64_t tile_pixels, bool winograd = false)
-      : x_(x), g_(g), packed_(packed), nr_(packed.kernel.nr),
+                     int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr)
+      : x_(x), g_(g), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
         patch_(winograd ? winograd_points() * g.C0 * nr_ : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
-        transform_scratch_(winograd ? (winograd_points() + 4) * nr_ + winograd_band_floats() : 0) {}
+        transform_scratch_(winograd ? (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_ +
+                                          winograd_band_floats()
+                                    : 0) {}
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
   // buffers (for_each_row reads them out).
@@ -116,19 +175,19 @@ class NinBlockTileWorker {
     apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
   }
 
-  // Computes the block's three activations for the 2x2 output blocks [b0, b0 + tb) of the batch
-  // (block b is image b / (OH/2 * OW/2), block row and column within it; tb <= NR) with the
-  // Winograd conv. Pixel (dy, dx) of the tile's block t is tile pixel (2 dy + dx) * NR + t: four
-  // panels, one per position in the blocks.
+  // Computes the block's three activations for the m x m output blocks [b0, b0 + tb) of the batch
+  // (block b is image b / (bh * bw), block row and column within it, bh = ceil(OH / m) and bw =
+  // ceil(OW / m); tb <= NR) with the Winograd conv. Pixel (dy, dx) of the tile's block t is tile
+  // pixel (m dy + dx) * NR + t: m^2 panels, one per position in the blocks.
   void compute_winograd(int64_t b0, int64_t tb) {
-    const PackedWinogradConv& wino = *packed_.winograd;
+    const PackedWinogradConv& wino = *winograd_;
     const WinogradTransform& t = wino.transform;
     const WinogradTransformFn transform = packed_.kernel.winograd_transform;
-    const int alpha = t.alpha, points = alpha * alpha;
+    const int m = t.m, alpha = t.alpha, points = alpha * alpha;
     const NinBlockGeometry& g = g_;
-    const int64_t nr = nr_, bw = g.OW / 2, blocks_per_image = g.OH / 2 * bw;
-    pt_ = 4 * nr;
-    panels_ = 4;
+    const int64_t nr = nr_, bw = (g.OW + m - 1) / m, blocks_per_image = (g.OH + m - 1) / m * bw;
+    pt_ = m * m * nr;
+    panels_ = m * m;
     // Scratch: the input patches of one channel (zero in lanes past the tile's last block), the
     // output block of one channel, the band of input rows.
     float* d = transform_scratch_.data();
@@ -145,9 +204,9 @@ class NinBlockTileWorker {
     }
     // Input transform, V = BT d B per channel, all the tile's blocks at once. Per run, the alpha
     // input rows it reads are first copied into a zero-padded band (band column c is input column
-    // c - PW), from which each patch element of every block is a stride-2 read with no bounds check.
-    const int64_t band_width = g.W + 2 * g.PW;
-    float* band = y + 4 * nr;
+    // c - PW), from which each patch element of every block is a stride-m read with no bounds check.
+    const int64_t band_width = winograd_band_width();
+    float* band = y + m * m * nr;
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     float* v = reinterpret_cast<float*>(patch_.data());
     for (int64_t ci = 0; ci < g.C0; ++ci) {
@@ -155,7 +214,7 @@ class NinBlockTileWorker {
         const scalar_t* plane = xd + run.image_offset + ci * sc;
         for (int i = 0; i < alpha; ++i) {
           float* band_row = band + i * band_width;
-          const int64_t ih = 2 * run.by - g.PH + i;
+          const int64_t ih = m * run.by - g.PH + i;
           if (ih < 0 || ih >= g.H) {
             std::fill(band_row, band_row + band_width, 0.f);
             continue;
@@ -169,10 +228,10 @@ class NinBlockTileWorker {
         }
         for (int i = 0; i < alpha; ++i) {
           for (int j = 0; j < alpha; ++j) {
-            const float* src = band + i * band_width + 2 * run.bx + j;
+            const float* src = band + i * band_width + m * run.bx + j;
             float* dst = d + (i * alpha + j) * nr + run.lane;
             for (int64_t l = 0; l < run.length; ++l) {
-              dst[l] = src[2 * l];
+              dst[l] = src[m * l];
             }
           }
         }
@@ -181,7 +240,7 @@ class NinBlockTileWorker {
     }
     // Per chunk of output channels (the chunk's products stay in L2): the products, one GEMM per
     // transform point, M[xi] = U[xi] V[xi]; then the output transform, Y = AT M A per channel, and
-    // bias + ReLU into the four pixel panels.
+    // bias + ReLU into the m^2 pixel panels.
     float* products = reinterpret_cast<float*>(products_.data());
     const scalar_t* bias = packed_.conv.bias.data();
     const int64_t chunk = products_chunk_channels();
@@ -196,9 +255,9 @@ class NinBlockTileWorker {
         }
       }
       for (int64_t c = 0; c < channels; ++c) {
-        transform(t.AT_float.data(), 2, t.AT_float.data(), 2, alpha, products + c * nr, chunk * nr, y, nr);
+        transform(t.AT_float.data(), m, t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
         const float shift = static_cast<float>(bias[c0 + c]);
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < m * m; ++q) {
           scalar_t* out = hidden0_.data() + (q * g.CC + c0 + c) * nr;
           for (int64_t lane = 0; lane < nr; ++lane) {
             const float value = y[q * nr + lane] + shift;
@@ -212,25 +271,33 @@ class NinBlockTileWorker {
   }
 
   // Writes activation `layer` of the last Winograd tile (blocks [b0, b0 + tb)) into t, an
-  // (N, C, OH, OW) tensor of any strides.
+  // (N, C, OH, OW) tensor of any strides; block pixels past the map's edge are dropped.
   void write_winograd_rows(int layer, at::Tensor& t, int64_t b0, int64_t tb) {
     const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
-    const int64_t channels = t.size(1), bw = g_.OW / 2, blocks_per_image = g_.OH / 2 * bw;
+    const int m = winograd_->transform.m;
+    const int64_t channels = t.size(1), bw = (g_.OW + m - 1) / m, blocks_per_image = (g_.OH + m - 1) / m * bw;
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
-    std::vector<int64_t>& corner = corner_offsets_;
-    corner.resize(tb);
-    for (int64_t lane = 0; lane < tb; ++lane) {
-      const int64_t b = b0 + lane, within = b % blocks_per_image;
-      corner[lane] = b / blocks_per_image * sn + 2 * (within / bw) * sh + 2 * (within % bw) * sw;
+    // Per block position q, the lanes whose pixel q lies in the map and where it goes.
+    std::vector<std::vector<std::pair<int64_t, int64_t>>>& targets = pixel_targets_;
+    targets.resize(m * m);
+    for (int q = 0; q < m * m; ++q) {
+      targets[q].clear();
+      for (int64_t lane = 0; lane < tb; ++lane) {
+        const int64_t b = b0 + lane, within = b % blocks_per_image;
+        const int64_t oh = m * (within / bw) + q / m, ow = m * (within % bw) + q % m;
+        if (oh < g_.OH && ow < g_.OW) {
+          targets[q].push_back({lane, b / blocks_per_image * sn + oh * sh + ow * sw});
+        }
+      }
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output.
     for (int64_t c = 0; c < channels; ++c) {
-      for (int q = 0; q < 4; ++q) {
-        scalar_t* dst = data + c * sc + (q / 2) * sh + (q % 2) * sw;
+      for (int q = 0; q < m * m; ++q) {
+        scalar_t* dst = data + c * sc;
         const scalar_t* src = values.data() + (q * channels + c) * nr_;
-        for (int64_t lane = 0; lane < tb; ++lane) {
-          dst[corner[lane]] = src[lane];
+        for (const auto& [lane, offset] : targets[q]) {
+          dst[offset] = src[lane];
         }
       }
     }
@@ -286,13 +353,16 @@ class NinBlockTileWorker {
     return std::max<int64_t>(mr, (int64_t{256} << 10) / std::max<int64_t>(per_channel, 1) / mr * mr);
   }
 
-  int64_t winograd_band_floats() const {
-    return packed_.winograd ? packed_.winograd->transform.alpha * (g_.W + 2 * g_.PW) : 0;
+  // The Winograd band's width: the padded input row, plus the zero columns that blocks past the map's
+  // right edge read.
+  int64_t winograd_band_width() const {
+    const int m = winograd_->transform.m;
+    return std::max(g_.W + 2 * g_.PW, (g_.OW + m - 1) / m * m + g_.KW - 1);
   }
 
-  int winograd_points() const {
-    return packed_.winograd ? packed_.winograd->transform.alpha * packed_.winograd->transform.alpha : 0;
-  }
+  int64_t winograd_band_floats() const { return winograd_->transform.alpha * winograd_band_width(); }
+
+  int winograd_points() const { return winograd_->transform.alpha * winograd_->transform.alpha; }
 
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
   // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel,
@@ -367,6 +437,7 @@ class NinBlockTileWorker {
   const at::Tensor& x_;
   const NinBlockGeometry& g_;
   const NinBlockPacked<scalar_t>& packed_;
+  const PackedWinogradConv* const winograd_;  // null for a direct-path worker
   const int64_t nr_;
   std::vector<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
   std::vector<scalar_t> products_;        // Winograd: the per-point products of a tile
@@ -376,7 +447,7 @@ class NinBlockTileWorker {
     int64_t image_offset, by, bx;  // the image's offset in x, the block row, the first block's column
   };
   std::vector<BlockRun> block_runs_;       // Winograd: the tile's blocks, by block row
-  std::vector<int64_t> corner_offsets_;    // Winograd: where each block of the tile writes its output
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> pixel_targets_;  // Winograd: (lane, offset) per block pixel
   std::vector<scalar_t> band_;            // gather: the input rows of one channel that the tile reads
   std::vector<int64_t> pixel_offsets_;    // gather: where each tile pixel's patch starts in the band
   std::vector<char> panel_in_one_row_;    // gather: whether a panel's pixels share an output row
@@ -399,14 +470,15 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
   });
 }
 
-// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch: NR consecutive 2x2 output
+// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch: NR consecutive m x m output
 // blocks (the last tile fewer), in parallel over tiles; tiles may span images.
 template <typename scalar_t, typename TileFn>
 void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                            const TileFn& tile_fn) {
-  const int64_t nr = packed.kernel.nr, blocks = g.N * (g.OH / 2) * (g.OW / 2);
+                            const PackedWinogradConv& winograd, const TileFn& tile_fn) {
+  const int m = winograd.transform.m;
+  const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
   at::parallel_for(0, (blocks + nr - 1) / nr, 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, 4 * nr, /*winograd=*/true);
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd);
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t b0 = tile * nr;
       tile_fn(worker, b0, std::min(nr, blocks - b0));
@@ -420,8 +492,9 @@ void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, cons
 template <typename scalar_t>
 void run_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                    const std::vector<std::pair<int, at::Tensor*>>& outputs) {
-  if (packed.uses_winograd(g)) {
-    for_each_winograd_tile<scalar_t>(x, g, packed, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
+  if (const int m = winograd_tile_size(g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t))) {
+    const PackedWinogradConv& winograd = packed.winograd(m);
+    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
       worker.compute_winograd(b0, tb);
       for (const auto& [layer, tensor] : outputs) {
         worker.write_winograd_rows(layer, *tensor, b0, tb);

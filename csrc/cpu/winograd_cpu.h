@@ -1,18 +1,21 @@
-// Winograd F(2x2, r x r) for the block's spatial convolution (Lavin & Gray, "Fast Algorithms for
-// Convolutional Neural Networks"), r = 3 or 5: each 2x2 block of output pixels takes
-// (r + 1)^2 multiplications per input/output channel pair instead of 4 r^2, 2.25x fewer for 3x3
-// and 2.8x for 5x5 (the seed's blocks 3 and 2). The transforms are built from the interpolation
-// points 0, +-1 (and +-2 for r = 5) and infinity; in float32 their error is a few times direct
-// convolution's, about 1e-6 of the output's scale (tests/test_winograd.py bounds it), so the path
-// can be switched off with NIN_EXT_CPU_WINOGRAD=0.
+// Winograd F(m x m, r x r) for the block's spatial convolution (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks"), r = 3 or 5, m = 2, 3 or 4: each m x m block of output pixels takes
+// (m + r - 1)^2 multiplications per input/output channel pair instead of m^2 r^2 (for the seed's
+// 5x5 block 2, F(4x4) does 4 per output pixel, direct convolution 25). The transforms are built from
+// the interpolation points 0, +-1, +-2, +-1/2 (as many as m + r - 2 takes) and infinity; in float32
+// their error grows with m but stays a few times direct convolution's, about 1e-6 of the block
+// output's scale (tests/test_winograd.py bounds it). NIN_EXT_CPU_WINOGRAD=0 switches the path off,
+// =2, 3 or 4 forces that m wherever the path applies.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "nin_block_checks.h"
@@ -20,31 +23,33 @@
 namespace nin_ext {
 namespace cpu {
 
-// The transform matrices of F(2, r), row-major: AT (2 x alpha), G (alpha x r), BT (alpha x alpha).
+// The transform matrices of F(m, r), row-major: AT (m x alpha), G (alpha x r), BT (alpha x alpha),
+// alpha = m + r - 1.
 struct WinogradTransform {
-  int r = 0, alpha = 0;
+  int m = 0, r = 0, alpha = 0;
   std::vector<double> AT, G, BT;
   std::vector<float> AT_float, BT_float;  // what the tile transforms use
 
-  explicit WinogradTransform(int taps) : r(taps), alpha(taps + 1) {
-    const std::vector<double> points =
-        taps == 3 ? std::vector<double>{0, 1, -1} : std::vector<double>{0, 1, -1, 2, -2};
+  WinogradTransform(int outputs, int taps) : m(outputs), r(taps), alpha(outputs + taps - 1) {
+    const double all_points[] = {0, 1, -1, 2, -2, 0.5, -0.5};
     const int finite = alpha - 1;
-    AT.assign(2 * alpha, 0);
+    const std::vector<double> points(all_points, all_points + finite);
+    AT.assign(m * alpha, 0);
     G.assign(alpha * r, 0);
     BT.assign(alpha * alpha, 0);
     for (int j = 0; j < finite; ++j) {
-      AT[j] = 1;
-      AT[alpha + j] = points[j];
       double scale = 1;
       for (int l = 0; l < finite; ++l) {
         scale *= l == j ? 1 : points[j] - points[l];
+      }
+      for (int i = 0; i < m; ++i) {
+        AT[i * alpha + j] = std::pow(points[j], i);
       }
       for (int k = 0; k < r; ++k) {
         G[j * r + k] = std::pow(points[j], k) / scale;
       }
     }
-    AT[2 * alpha - 1] = 1;
+    AT[m * alpha - 1] = 1;  // the point at infinity reaches the last output only
     G[finite * r + r - 1] = 1;
     // Row j of BT: the coefficients of prod_{l != j} (x - p_l); the last row, of prod_l (x - p_l).
     for (int j = 0; j <= finite; ++j) {
@@ -69,29 +74,39 @@ struct WinogradTransform {
   }
 };
 
-inline const WinogradTransform& winograd_transform(int r) {
-  static const WinogradTransform f2_3(3), f2_5(5);
-  return r == 3 ? f2_3 : f2_5;
+constexpr int kWinogradMinTile = 2, kWinogradMaxTile = 4;
+
+inline const WinogradTransform& winograd_transform(int m, int r) {
+  static const WinogradTransform table[][2] = {
+      {{2, 3}, {2, 5}}, {{3, 3}, {3, 5}}, {{4, 3}, {4, 5}}};
+  return table[m - kWinogradMinTile][r == 3 ? 0 : 1];
 }
 
-inline bool winograd_enabled() {
-  static const bool enabled = [] {
+// -1: choose m per call (winograd_tile_size); 0: off; 2..4: that m. From NIN_EXT_CPU_WINOGRAD
+// ("0", "2", "3", "4"; anything else means choose), changeable at run time for tests and comparisons.
+inline std::atomic<int>& winograd_mode() {
+  static std::atomic<int> mode([] {
     const char* flag = std::getenv("NIN_EXT_CPU_WINOGRAD");
-    return flag == nullptr || std::strcmp(flag, "0") != 0;
-  }();
-  return enabled;
+    const std::string value = flag == nullptr ? "" : flag;
+    return value == "0" ? 0 : value == "2" ? 2 : value == "3" ? 3 : value == "4" ? 4 : -1;
+  }());
+  return mode;
 }
 
 // Whether a conv weight (C_out, C_in, r, r) gets a Winograd packing: r is 3 or 5 and the layer is
 // wide enough for the transforms' cost to pay (narrow layers stay direct).
-inline bool winograd_weight(const at::Tensor& w) {
-  return winograd_enabled() && w.scalar_type() == at::kFloat && w.size(2) == w.size(3) &&
-         (w.size(2) == 3 || w.size(2) == 5) && w.size(0) >= 64 && w.size(1) >= 32;
+inline bool winograd_conv_shape(int64_t out_channels, int64_t in_channels, int64_t kh, int64_t kw) {
+  return kh == kw && (kh == 3 || kh == 5) && out_channels >= 64 && in_channels >= 32;
 }
 
-// Whether a call runs the Winograd path: stride 1 and an even output size (whole 2x2 blocks).
+inline bool winograd_weight(const at::Tensor& w) {
+  return w.scalar_type() == at::kFloat && winograd_conv_shape(w.size(0), w.size(1), w.size(2), w.size(3));
+}
+
+// Whether a call's geometry allows the Winograd path: stride 1 (any output size: blocks past the
+// map's edge are computed on zero padding and not written).
 inline bool winograd_geometry(const NinBlockGeometry& g) {
-  return g.SH == 1 && g.SW == 1 && g.OH % 2 == 0 && g.OW % 2 == 0;
+  return g.SH == 1 && g.SW == 1;
 }
 
 // The conv weight in the Winograd domain, U = G g G^T per (C_out, C_in) pair, packed for the
@@ -102,55 +117,55 @@ struct PackedWinogradConv {
   int64_t M, K, mr;
   std::vector<float> u;
 
-  PackedWinogradConv(const at::Tensor& weight, int64_t mr_)
-      : transform(winograd_transform(static_cast<int>(weight.size(2)))), M(weight.size(0)), K(weight.size(1)),
-        mr(mr_) {
-    const int r = transform.r, alpha = transform.alpha;
+  // From the direct path's packing of the same weight (`conv_panels`, MR-row panels of the
+  // (C_out x C_in r r) matrix, k-major): the float weights, widened to double exactly.
+  PackedWinogradConv(const float* conv_panels, int64_t out_channels, int64_t in_channels, int r, int m, int64_t mr_)
+      : transform(winograd_transform(m, r)), M(out_channels), K(in_channels), mr(mr_) {
+    const int alpha = transform.alpha;
     const int64_t panels = (M + mr - 1) / mr;
     u.assign(alpha * alpha * panels * K * mr, 0.f);
-    const at::Tensor w = weight.detach().to(at::kDouble).contiguous();
-    const double* src = w.const_data_ptr<double>();
     if (r == 3) {
-      transform_weights<3>(src, panels);
+      transform_weights<3>(conv_panels, panels);
     } else {
-      transform_weights<5>(src, panels);
+      transform_weights<5>(conv_panels, panels);
     }
   }
 
   // U = G g G^T for every (output, input) channel pair, in parallel over output channels (training
   // repacks every step); R fixed so that the small products unroll.
   template <int R>
-  void transform_weights(const double* src, int64_t panels) {
-    constexpr int A = R + 1;
-    double G[A][R];
-    for (int i = 0; i < A; ++i) {
-      for (int j = 0; j < R; ++j) {
-        G[i][j] = transform.G[i * R + j];
-      }
-    }
+  void transform_weights(const float* conv_panels, int64_t panels) {
+    const int alpha = transform.alpha;
+    const double* G = transform.G.data();  // alpha x R
+    const int64_t conv_k = K * R * R, point_stride = panels * K * mr;
     at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
+        const float* row = conv_panels + (m / mr) * conv_k * mr + m % mr;  // weight(m, k) = row[k * mr]
         for (int64_t k = 0; k < K; ++k) {
-          const double* g = src + (m * K + k) * R * R;
-          double gg[A][R];  // G g
-          for (int i = 0; i < A; ++i) {
+          double g[R][R];
+          for (int i = 0; i < R; ++i) {
+            for (int j = 0; j < R; ++j) {
+              g[i][j] = row[((k * R + i) * R + j) * mr];
+            }
+          }
+          double gg[8][R];  // G g
+          for (int i = 0; i < alpha; ++i) {
             for (int j = 0; j < R; ++j) {
               double s = 0;
               for (int l = 0; l < R; ++l) {
-                s += G[i][l] * g[l * R + j];
+                s += G[i * R + l] * g[l][j];
               }
               gg[i][j] = s;
             }
           }
           float* dst = u.data() + ((m / mr) * K + k) * mr + m % mr;
-          const int64_t point_stride = panels * K * mr;
-          for (int i = 0; i < A; ++i) {  // (G g) G^T
-            for (int j = 0; j < A; ++j) {
+          for (int i = 0; i < alpha; ++i) {  // (G g) G^T
+            for (int j = 0; j < alpha; ++j) {
               double s = 0;
               for (int l = 0; l < R; ++l) {
-                s += gg[i][l] * G[j][l];
+                s += gg[i][l] * G[j * R + l];
               }
-              dst[(i * A + j) * point_stride] = static_cast<float>(s);
+              dst[(i * alpha + j) * point_stride] = static_cast<float>(s);
             }
           }
         }
