@@ -177,8 +177,10 @@ class NinBlockTileWorker {
 
   // Computes the block's three activations for the m x m output blocks [b0, b0 + tb) of the batch
   // (block b is image b / (bh * bw), block row and column within it, bh = ceil(OH / m) and bw =
-  // ceil(OW / m); tb <= NR) with the Winograd conv. Pixel (dy, dx) of the tile's block t is tile
-  // pixel (m dy + dx) * NR + t: m^2 panels, one per position in the blocks.
+  // ceil(OW / m); tb <= NR) with the Winograd conv. The tile's pixels are its blocks' pixels that lie
+  // in the map, in order of position (dy, dx) in the block, then block: the 1x1 layers run on them
+  // packed densely, so blocks past the map's edge cost the products only (on the seed's 26x26 block
+  // 2, F(4x4) computes 28x28).
   void compute_winograd(int64_t b0, int64_t tb) {
     const PackedWinogradConv& wino = *winograd_;
     const WinogradTransform& t = wino.transform;
@@ -186,8 +188,6 @@ class NinBlockTileWorker {
     const int m = t.m, alpha = t.alpha, points = alpha * alpha;
     const NinBlockGeometry& g = g_;
     const int64_t nr = nr_, bw = (g.OW + m - 1) / m, blocks_per_image = (g.OH + m - 1) / m * bw;
-    pt_ = m * m * nr;
-    panels_ = m * m;
     // Scratch: the input patches of one channel (zero in lanes past the tile's last block), the
     // output block of one channel, the band of input rows.
     float* d = transform_scratch_.data();
@@ -201,6 +201,34 @@ class NinBlockTileWorker {
       const int64_t length = std::min(tb - lane, bw - bx);
       block_runs_.push_back({lane, length, b / blocks_per_image * sn, within / bw, bx});
       lane += length;
+    }
+    // The dense pixel order, as runs of lanes per block position that stay within one panel.
+    tile_pixels_.clear();
+    pixel_runs_.assign(m * m, {});
+    for (int q = 0; q < m * m; ++q) {
+      for (int64_t lane = 0; lane < tb; ++lane) {
+        const int64_t b = b0 + lane, within = b % blocks_per_image;
+        const int64_t oh = m * (within / bw) + q / m, ow = m * (within % bw) + q % m;
+        if (oh >= g.OH || ow >= g.OW) {
+          continue;
+        }
+        const int64_t j = static_cast<int64_t>(tile_pixels_.size());
+        tile_pixels_.push_back({b / blocks_per_image, oh, ow});
+        std::vector<PixelRun>& runs = pixel_runs_[q];
+        if (!runs.empty() && runs.back().lane + runs.back().count == lane && j % nr != 0) {
+          ++runs.back().count;
+        } else {
+          runs.push_back({lane, 1, j});
+        }
+      }
+    }
+    pt_ = static_cast<int64_t>(tile_pixels_.size());
+    panels_ = (pt_ + nr - 1) / nr;
+    if (const int64_t tail = panels_ * nr - pt_) {  // the last panel's unused columns: zero, not stale
+      for (int64_t c = 0; c < g.CC; ++c) {
+        scalar_t* row = hidden0_.data() + ((panels_ - 1) * g.CC + c) * nr;
+        std::fill(row + nr - tail, row + nr, scalar_t(0));
+      }
     }
     // Input transform, V = BT d B per channel, all the tile's blocks at once. Per run, the alpha
     // input rows it reads are first copied into a zero-padded band (band column c is input column
@@ -258,10 +286,13 @@ class NinBlockTileWorker {
         transform(t.AT_float.data(), m, t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
         const float shift = static_cast<float>(bias[c0 + c]);
         for (int q = 0; q < m * m; ++q) {
-          scalar_t* out = hidden0_.data() + (q * g.CC + c0 + c) * nr;
-          for (int64_t lane = 0; lane < nr; ++lane) {
-            const float value = y[q * nr + lane] + shift;
-            out[lane] = static_cast<scalar_t>(value < 0.f ? 0.f : value);  // NaN passes, as in torch.relu
+          for (const PixelRun& run : pixel_runs_[q]) {
+            scalar_t* out = hidden0_.data() + ((run.j / nr) * g.CC + c0 + c) * nr + run.j % nr;
+            const float* in = y + q * nr + run.lane;
+            for (int64_t l = 0; l < run.count; ++l) {
+              const float value = in[l] + shift;
+              out[l] = static_cast<scalar_t>(value < 0.f ? 0.f : value);  // NaN passes, as in torch.relu
+            }
           }
         }
       }
@@ -270,34 +301,26 @@ class NinBlockTileWorker {
     apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
   }
 
-  // Writes activation `layer` of the last Winograd tile (blocks [b0, b0 + tb)) into t, an
-  // (N, C, OH, OW) tensor of any strides; block pixels past the map's edge are dropped.
-  void write_winograd_rows(int layer, at::Tensor& t, int64_t b0, int64_t tb) {
+  // Writes activation `layer` of the last Winograd tile into t, an (N, C, OH, OW) tensor of any
+  // strides.
+  void write_winograd_rows(int layer, at::Tensor& t) {
     const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
-    const int m = winograd_->transform.m;
-    const int64_t channels = t.size(1), bw = (g_.OW + m - 1) / m, blocks_per_image = (g_.OH + m - 1) / m * bw;
+    const int64_t channels = t.size(1);
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
-    // Per block position q, the lanes whose pixel q lies in the map and where it goes.
-    std::vector<std::vector<std::pair<int64_t, int64_t>>>& targets = pixel_targets_;
-    targets.resize(m * m);
-    for (int q = 0; q < m * m; ++q) {
-      targets[q].clear();
-      for (int64_t lane = 0; lane < tb; ++lane) {
-        const int64_t b = b0 + lane, within = b % blocks_per_image;
-        const int64_t oh = m * (within / bw) + q / m, ow = m * (within % bw) + q % m;
-        if (oh < g_.OH && ow < g_.OW) {
-          targets[q].push_back({lane, b / blocks_per_image * sn + oh * sh + ow * sw});
-        }
-      }
+    std::vector<int64_t>& offsets = pixel_offsets_;
+    offsets.resize(pt_);
+    for (int64_t j = 0; j < pt_; ++j) {
+      offsets[j] = tile_pixels_[j].n * sn + tile_pixels_[j].oh * sh + tile_pixels_[j].ow * sw;
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output.
     for (int64_t c = 0; c < channels; ++c) {
-      for (int q = 0; q < m * m; ++q) {
-        scalar_t* dst = data + c * sc;
-        const scalar_t* src = values.data() + (q * channels + c) * nr_;
-        for (const auto& [lane, offset] : targets[q]) {
-          dst[offset] = src[lane];
+      scalar_t* dst = data + c * sc;
+      for (int64_t panel = 0; panel < panels_; ++panel) {
+        const scalar_t* src = values.data() + (panel * channels + c) * nr_;
+        const int64_t j0 = panel * nr_, count = std::min(nr_, pt_ - j0);
+        for (int64_t l = 0; l < count; ++l) {
+          dst[offsets[j0 + l]] = src[l];
         }
       }
     }
@@ -447,9 +470,17 @@ class NinBlockTileWorker {
     int64_t image_offset, by, bx;  // the image's offset in x, the block row, the first block's column
   };
   std::vector<BlockRun> block_runs_;       // Winograd: the tile's blocks, by block row
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> pixel_targets_;  // Winograd: (lane, offset) per block pixel
+  struct TilePixel {
+    int64_t n, oh, ow;
+  };
+  struct PixelRun {
+    int64_t lane, count, j;  // lanes [lane, lane + count) of one block position are tile pixels [j, j + count)
+  };
+  std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
+  std::vector<std::vector<PixelRun>> pixel_runs_;  // Winograd: per block position, where its lanes go
   std::vector<scalar_t> band_;            // gather: the input rows of one channel that the tile reads
-  std::vector<int64_t> pixel_offsets_;    // gather: where each tile pixel's patch starts in the band
+  std::vector<int64_t> pixel_offsets_;    // gather: where each tile pixel's patch starts in the band;
+                                          // Winograd: where each tile pixel goes in an output
   std::vector<char> panel_in_one_row_;    // gather: whether a panel's pixels share an output row
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
@@ -497,7 +528,7 @@ void run_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBloc
     for_each_winograd_tile<scalar_t>(x, g, packed, winograd, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
       worker.compute_winograd(b0, tb);
       for (const auto& [layer, tensor] : outputs) {
-        worker.write_winograd_rows(layer, *tensor, b0, tb);
+        worker.write_winograd_rows(layer, *tensor);
       }
     });
     return;
