@@ -1,4 +1,5 @@
-"""Every CPU micro-kernel this machine can run (NIN_EXT_CPU_ISA), checked against float64.
+"""Every CPU micro-kernel this machine can run (NIN_EXT_CPU_ISA), checked against float64, and the
+max_pool2d plane kernel compiled with it against torch.
 
 The kernel is chosen once per process, so each one runs in its own subprocess.
 """
@@ -50,7 +51,17 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
         for got, want in ((nin_ext.ops.nin_block(xm, *params, s, p), expected),
                           (nin_ext.ops.nin_block_gap(xm, *params, s, p), expected.mean((2, 3)))):
             worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
-print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst}))
+# max_pool2d's NCHW plane kernel is compiled per ISA too: every stride-2 window position, row tails
+# of every vector width, paddings, a NaN that must win; it must equal torch's exactly.
+pool_mismatches = 0
+for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (7, 37, 3, 2, 1), (9, 70, 5, 2, 2),
+                      (5, 33, 2, 2, 0), (6, 17, 3, 1, 1), (8, 19, 3, 3, 0), (1, 3, 3, 2, 1)]:
+    x = torch.randn(2, 3, h, w)
+    x[1, 2, h // 2, w // 2] = float("nan")
+    got = torch.ops.nin_ext.max_pool2d(x, [k, k], [s, s], [p, p], False)
+    want = torch.nn.functional.max_pool2d(x, k, s, p)
+    pool_mismatches += int(not torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)))
+print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches}))
 """
 
 
@@ -61,6 +72,7 @@ def test_microkernel_parity(isa):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["isa"] == isa
     assert report["worst"] < 1e-5
+    assert report["pool_mismatches"] == 0
 
 
 def test_unknown_isa_is_an_import_error_that_falls_back():

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "max_pool2d_checks.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define NIN_EXT_X86_64 1
 #else
@@ -27,12 +29,16 @@ using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, 
 using WinogradTransformFn = void (*)(const float* L, int rows_l, const float* R, int rows_r, int inner,
                                      const float* in, int64_t in_stride, float* out, int64_t out_stride);
 
+// nin_ext::max_pool2d's NCHW plane kernel (max_pool2d_plane.h) for the same ISA.
+using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
+
 template <typename scalar_t>
 struct MicroKernel {
   int64_t mr, nr;
   MicroKernelFn<scalar_t> fn;
   const char* isa;
   WinogradTransformFn winograd_transform = nullptr;  // float kernels only
+  MaxPool2dPlaneFn max_pool2d_plane = nullptr;       // float kernels only
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -71,6 +77,7 @@ void winograd_transform_avx512_32(const float* L, int rows_l, const float* R, in
                                   int64_t in_stride, float* out, int64_t out_stride);
 void winograd_transform_avx2_16(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
                                 int64_t in_stride, float* out, int64_t out_stride);
+void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
 #endif
 
 // The best kernel this CPU runs (microkernel_select.cpp). NIN_EXT_CPU_ISA=avx512|avx2|portable

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu/max_pool2d_plane.h"
 #include "cpu/microkernel.h"
 #include "cpu/winograd_transform_lanes.h"
 
@@ -13,10 +14,13 @@ namespace cpu {
 namespace {
 
 MicroKernel<float> choose_float_microkernel() {
-  const MicroKernel<float> portable{4, 8, &microkernel_portable<float, 4, 8>, "portable", &winograd_transform_lanes<8>};
+  const auto portable_pool = &max_pool2d_plane<float, PortablePoolSteps>;
+  const MicroKernel<float> portable{4, 8, &microkernel_portable<float, 4, 8>, "portable", &winograd_transform_lanes<8>,
+                                    portable_pool};
 #if NIN_EXT_X86_64
-  const MicroKernel<float> avx512{12, 32, &microkernel_avx512_12x32, "avx512", &winograd_transform_avx512_32};
-  const MicroKernel<float> avx2{6, 16, &microkernel_avx2_6x16, "avx2", &winograd_transform_avx2_16};
+  const MicroKernel<float> avx512{12, 32, &microkernel_avx512_12x32, "avx512", &winograd_transform_avx512_32,
+                                  &max_pool2d_plane_avx512};
+  const MicroKernel<float> avx2{6, 16, &microkernel_avx2_6x16, "avx2", &winograd_transform_avx2_16, portable_pool};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

@@ -1,0 +1,72 @@
+// nin_ext::max_pool2d's NCHW plane kernel for AVX-512 (max_pool2d_plane.h with vector steps): 16
+// values per instruction, and stride-2 windows (the NiN pools) read as two vectors whose even
+// lanes one permute gathers. Compiled for AVX-512 by the pragma and called only when the float
+// micro-kernel is the AVX-512 one (microkernel_select.cpp).
+#include "cpu/microkernel.h"
+
+#if NIN_EXT_X86_64
+#pragma GCC target("avx512f")
+// GCC 12's _mm512_max_ps passes _mm512_undefined_ps() as its unused merge source, which
+// -Wmaybe-uninitialized reports as a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "cpu/max_pool2d_plane.h"
+
+namespace nin_ext {
+namespace cpu {
+namespace {
+
+// max(m, v) where NaN wins, as nan_max: MAXPS returns its second operand when either is NaN, so
+// the running max m goes second (a NaN in m stays) and a NaN in v is put back by a blend.
+inline __m512 nan_max16(__m512 m, __m512 v) {
+  return _mm512_mask_mov_ps(_mm512_max_ps(v, m), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+}
+
+inline __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
+struct Avx512PoolSteps {
+  static void max_into(float* acc, const float* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 k = tail_mask(n - i);
+      _mm512_mask_storeu_ps(acc + i, k, nan_max16(_mm512_maskz_loadu_ps(k, acc + i), _mm512_maskz_loadu_ps(k, src + i)));
+    }
+  }
+
+  static void windows(const float* first, float* out, int64_t count, int64_t sw, int64_t kw) {
+    if (sw != 2) {
+      PortablePoolSteps::windows(first, out, count, sw, kw);
+      return;
+    }
+    // Window i reads first[2i .. 2i + kw); the last one ends at first[2 count + kw - 3].
+    const int64_t available = 2 * count + kw - 2;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    // first[start + 2 l] for the 16 lanes l, reading no further than the last window needs.
+    auto even_lanes = [&](int64_t start) {
+      const int64_t left = available - start;
+      const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), first + start);
+      const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), first + start + 16);
+      return _mm512_permutex2var_ps(lo, even, hi);
+    };
+    for (int64_t i = 0; i < count; i += 16) {
+      __m512 m = even_lanes(2 * i);
+      for (int64_t kx = 1; kx < kw; ++kx) {
+        m = nan_max16(m, even_lanes(2 * i + kx));
+      }
+      _mm512_mask_storeu_ps(out + i, tail_mask(count - i), m);
+    }
+  }
+};
+
+}  // namespace
+
+void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row) {
+  max_pool2d_plane<float, Avx512PoolSteps>(in, out, g, row);
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
+
+#endif  // NIN_EXT_X86_64

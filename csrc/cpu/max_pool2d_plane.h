@@ -1,0 +1,84 @@
+// The NCHW plane kernel of nin_ext::max_pool2d, shared by the portable build and the per-ISA
+// translation units (like the micro-kernel body). A plane is pooled a row of windows at a time:
+// first the element-wise max of the window's input rows, then the max along that row for each
+// window. Windows that lie inside the row go through the `Steps` policy (vectorised per ISA); the
+// few clipped by the padding are pooled one by one. NaN wins every comparison, as in torch.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "max_pool2d_checks.h"
+
+namespace nin_ext {
+namespace cpu {
+
+template <typename scalar_t>
+inline scalar_t nan_max(scalar_t m, scalar_t v) {
+  return (v > m || v != v) ? v : m;
+}
+
+// The two steps, in plain C++ (the compiler vectorises the contiguous one).
+struct PortablePoolSteps {
+  // acc[i] = max(acc[i], src[i]) for i < n.
+  template <typename scalar_t>
+  static void max_into(scalar_t* acc, const scalar_t* src, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      acc[i] = nan_max(acc[i], src[i]);
+    }
+  }
+
+  // out[i] = max over kx < kw of first[i * sw + kx], for i < count.
+  template <typename scalar_t>
+  static void windows(const scalar_t* first, scalar_t* out, int64_t count, int64_t sw, int64_t kw) {
+    for (int64_t i = 0; i < count; ++i) {
+      out[i] = first[i * sw];
+    }
+    for (int64_t kx = 1; kx < kw; ++kx) {
+      for (int64_t i = 0; i < count; ++i) {
+        out[i] = nan_max(out[i], first[i * sw + kx]);
+      }
+    }
+  }
+};
+
+// The max of each window along one row of W values into OW outputs.
+template <typename scalar_t, typename Steps>
+void pool_row(const scalar_t* row, scalar_t* dst, const MaxPool2dGeometry& g) {
+  const int64_t inner_begin = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
+  const int64_t last_start = g.W + g.PW - g.KW;  // windows starting at ow * SW <= this end inside the row
+  const int64_t inner_end = last_start < 0 ? inner_begin : std::max(inner_begin, std::min(g.OW, last_start / g.SW + 1));
+  auto pool_clipped = [&](int64_t ow) {
+    const int64_t iw0 = ow * g.SW - g.PW;
+    const int64_t iw_begin = std::max<int64_t>(iw0, 0), iw_end = std::min(iw0 + g.KW, g.W);
+    scalar_t m = row[iw_begin];
+    for (int64_t iw = iw_begin + 1; iw < iw_end; ++iw) {
+      m = nan_max(m, row[iw]);
+    }
+    dst[ow] = m;
+  };
+  for (int64_t ow = 0; ow < inner_begin; ++ow) {
+    pool_clipped(ow);
+  }
+  Steps::windows(row + inner_begin * g.SW - g.PW, dst + inner_begin, inner_end - inner_begin, g.SW, g.KW);
+  for (int64_t ow = inner_end; ow < g.OW; ++ow) {
+    pool_clipped(ow);
+  }
+}
+
+// One (H, W) plane into one (OH, OW) plane; `row` holds W values.
+template <typename scalar_t, typename Steps>
+void max_pool2d_plane(const scalar_t* in, scalar_t* out, const MaxPool2dGeometry& g, scalar_t* row) {
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const int64_t ih0 = oh * g.SH - g.PH;
+    const int64_t ih_begin = std::max<int64_t>(ih0, 0), ih_end = std::min(ih0 + g.KH, g.H);
+    std::copy(in + ih_begin * g.W, in + (ih_begin + 1) * g.W, row);
+    for (int64_t ih = ih_begin + 1; ih < ih_end; ++ih) {
+      Steps::max_into(row, in + ih * g.W, g.W);
+    }
+    pool_row<scalar_t, Steps>(row, out + oh * g.OW, g);
+  }
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
