@@ -390,25 +390,31 @@ class NinBlockTileWorker {
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
   // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel,
   // the input rows the tile reads are first copied into a zero-padded band (band column c is input
-  // column c - PW); every patch element is then one read from the band at an offset that depends on
-  // the pixel (a table built once per tile) plus one that depends on (ky, kx): no bounds checks and
-  // no per-row bookkeeping, which dominated small maps (the seed's 5x5 block 4).
+  // column c - PW), split into SW phases by column (phase c % SW, column c / SW); every patch element
+  // is then one read from the band at an offset that depends on the pixel (a table built once per
+  // tile) plus one that depends on (ky, kx): no bounds checks and no per-row bookkeeping, which
+  // dominated small maps (the seed's 5x5 block 4). With the phases, the pixels of a panel that share
+  // an output row read consecutive values even when the conv is strided (the seed's block 1: stride
+  // 4), so a panel is a few contiguous copies, one per output row it touches.
   void gather_patch(int64_t n, int64_t p0, int64_t pt, int64_t panels) {
     const NinBlockGeometry& g = g_;
     const int64_t oh_first = p0 / g.OW, oh_last = (p0 + pt - 1) / g.OW;
     const int64_t ih_first = oh_first * g.SH - g.PH;
     const int64_t band_rows = (oh_last - oh_first) * g.SH + g.KH, band_width = g.W + 2 * g.PW;
-    band_.resize(band_rows * band_width);
-    pixel_offsets_.resize(pt);
-    for (int64_t j = 0; j < pt; ++j) {
-      const int64_t p = p0 + j, oh = p / g.OW, ow = p % g.OW;
-      pixel_offsets_[j] = (oh - oh_first) * g.SH * band_width + ow * g.SW;
-    }
-    // A panel whose pixels lie in one output row reads the band at evenly spaced offsets.
-    panel_in_one_row_.resize(panels);
+    const int64_t phase_width = (band_width + g.SW - 1) / g.SW;
+    band_.resize(g.SW * band_rows * phase_width);
+    // The tile's pixels as row segments within panels: lanes [lane, lane + count) of the panel read
+    // band offsets [offset, offset + count) (plus the (ky, kx) offset).
+    row_segments_.clear();
+    segments_of_panel_.assign(panels + 1, 0);
     for (int64_t panel = 0; panel < panels; ++panel) {
-      const int64_t first = p0 + panel * nr_, last = p0 + std::min(pt, (panel + 1) * nr_) - 1;
-      panel_in_one_row_[panel] = first / g.OW == last / g.OW;
+      for (int64_t lane = 0, count = std::min(nr_, pt - panel * nr_); lane < count;) {
+        const int64_t p = p0 + panel * nr_ + lane, oh = p / g.OW, ow = p % g.OW;
+        const int64_t length = std::min(count - lane, g.OW - ow);
+        row_segments_.push_back({lane, length, (oh - oh_first) * g.SH * phase_width + ow});
+        lane += length;
+      }
+      segments_of_panel_[panel + 1] = static_cast<int64_t>(row_segments_.size());
     }
     const int64_t sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
     const scalar_t* image = x_.const_data_ptr<scalar_t>() + n * x_.stride(0);
@@ -416,36 +422,25 @@ class NinBlockTileWorker {
     for (int64_t ci = 0; ci < g.C0; ++ci) {
       const scalar_t* plane = image + ci * sc;
       for (int64_t r = 0; r < band_rows; ++r) {
-        scalar_t* row = band_.data() + r * band_width;
         const int64_t ih = ih_first + r;
-        if (ih < 0 || ih >= g.H) {
-          std::fill(row, row + band_width, scalar_t(0));
-          continue;
-        }
-        std::fill(row, row + g.PW, scalar_t(0));
         const scalar_t* src = plane + ih * sh;
-        for (int64_t iw = 0; iw < g.W; ++iw) {
-          row[g.PW + iw] = src[iw * sw];
+        for (int64_t phase = 0; phase < g.SW; ++phase) {
+          scalar_t* row = band_.data() + (phase * band_rows + r) * phase_width;
+          for (int64_t col = 0, c = phase; c < band_width; ++col, c += g.SW) {
+            const int64_t iw = c - g.PW;
+            row[col] = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W ? scalar_t(0) : src[iw * sw];
+          }
         }
-        std::fill(row + g.PW + g.W, row + band_width, scalar_t(0));
       }
       for (int64_t ky = 0; ky < g.KH; ++ky) {
         for (int64_t kx = 0; kx < g.KW; ++kx) {
           const int64_t k = (ci * g.KH + ky) * g.KW + kx;
-          const scalar_t* base = band_.data() + ky * band_width + kx;
+          const scalar_t* base = band_.data() + ((kx % g.SW) * band_rows + ky) * phase_width + kx / g.SW;
           for (int64_t panel = 0; panel < panels; ++panel) {
             scalar_t* dst = patch_.data() + (panel * g.K() + k) * nr_;
-            const int64_t* offsets = pixel_offsets_.data() + panel * nr_;
-            const int64_t count = std::min(nr_, pt - panel * nr_);
-            if (panel_in_one_row_[panel]) {
-              const scalar_t* src = base + offsets[0];
-              for (int64_t lane = 0; lane < count; ++lane) {
-                dst[lane] = src[lane * g.SW];
-              }
-            } else {
-              for (int64_t lane = 0; lane < count; ++lane) {
-                dst[lane] = base[offsets[lane]];
-              }
+            for (int64_t i = segments_of_panel_[panel]; i < segments_of_panel_[panel + 1]; ++i) {
+              const GatherSegment& segment = row_segments_[i];
+              std::copy(base + segment.offset, base + segment.offset + segment.count, dst + segment.lane);
             }
           }
           if (tail > 0) {
@@ -478,10 +473,13 @@ class NinBlockTileWorker {
   };
   std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
   std::vector<std::vector<PixelRun>> pixel_runs_;  // Winograd: per block position, where its lanes go
-  std::vector<scalar_t> band_;            // gather: the input rows of one channel that the tile reads
-  std::vector<int64_t> pixel_offsets_;    // gather: where each tile pixel's patch starts in the band;
-                                          // Winograd: where each tile pixel goes in an output
-  std::vector<char> panel_in_one_row_;    // gather: whether a panel's pixels share an output row
+  std::vector<int64_t> pixel_offsets_;    // Winograd: where each tile pixel goes in an output
+  struct GatherSegment {
+    int64_t lane, count, offset;
+  };
+  std::vector<scalar_t> band_;                // gather: the input rows of one channel that the tile reads
+  std::vector<GatherSegment> row_segments_;   // gather: the tile's pixels by panel and output row
+  std::vector<int64_t> segments_of_panel_;    // gather: panel p's segments are [s[p], s[p + 1])
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
 
