@@ -395,7 +395,8 @@ class NinBlockTileWorker {
   // tile) plus one that depends on (ky, kx): no bounds checks and no per-row bookkeeping, which
   // dominated small maps (the seed's 5x5 block 4). With the phases, the pixels of a panel that share
   // an output row read consecutive values even when the conv is strided (the seed's block 1: stride
-  // 4), so a panel is a few contiguous copies, one per output row it touches.
+  // 4), so a panel that touches one or two output rows is one or two contiguous copies; on narrower
+  // maps the pixels are read one by one (short copies would cost a call each).
   void gather_patch(int64_t n, int64_t p0, int64_t pt, int64_t panels) {
     const NinBlockGeometry& g = g_;
     const int64_t oh_first = p0 / g.OW, oh_last = (p0 + pt - 1) / g.OW;
@@ -403,6 +404,11 @@ class NinBlockTileWorker {
     const int64_t band_rows = (oh_last - oh_first) * g.SH + g.KH, band_width = g.W + 2 * g.PW;
     const int64_t phase_width = (band_width + g.SW - 1) / g.SW;
     band_.resize(g.SW * band_rows * phase_width);
+    pixel_offsets_.resize(pt);
+    for (int64_t j = 0; j < pt; ++j) {
+      const int64_t p = p0 + j, oh = p / g.OW, ow = p % g.OW;
+      pixel_offsets_[j] = (oh - oh_first) * g.SH * phase_width + ow;
+    }
     // The tile's pixels as row segments within panels: lanes [lane, lane + count) of the panel read
     // band offsets [offset, offset + count) (plus the (ky, kx) offset).
     row_segments_.clear();
@@ -438,9 +444,17 @@ class NinBlockTileWorker {
           const scalar_t* base = band_.data() + ((kx % g.SW) * band_rows + ky) * phase_width + kx / g.SW;
           for (int64_t panel = 0; panel < panels; ++panel) {
             scalar_t* dst = patch_.data() + (panel * g.K() + k) * nr_;
-            for (int64_t i = segments_of_panel_[panel]; i < segments_of_panel_[panel + 1]; ++i) {
-              const GatherSegment& segment = row_segments_[i];
-              std::copy(base + segment.offset, base + segment.offset + segment.count, dst + segment.lane);
+            const int64_t first = segments_of_panel_[panel], last = segments_of_panel_[panel + 1];
+            if (last - first <= 2) {
+              for (int64_t i = first; i < last; ++i) {
+                const GatherSegment& segment = row_segments_[i];
+                std::copy(base + segment.offset, base + segment.offset + segment.count, dst + segment.lane);
+              }
+            } else {
+              const int64_t* offsets = pixel_offsets_.data() + panel * nr_;
+              for (int64_t lane = 0, count = std::min(nr_, pt - panel * nr_); lane < count; ++lane) {
+                dst[lane] = base[offsets[lane]];
+              }
             }
           }
           if (tail > 0) {
@@ -473,7 +487,8 @@ class NinBlockTileWorker {
   };
   std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
   std::vector<std::vector<PixelRun>> pixel_runs_;  // Winograd: per block position, where its lanes go
-  std::vector<int64_t> pixel_offsets_;    // Winograd: where each tile pixel goes in an output
+  std::vector<int64_t> pixel_offsets_;    // gather: where each tile pixel reads a band phase;
+                                          // Winograd: where each tile pixel goes in an output
   struct GatherSegment {
     int64_t lane, count, offset;
   };
