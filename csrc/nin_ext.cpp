@@ -29,6 +29,12 @@ TORCH_LIBRARY(nin_ext, m) {
   m.def(
       "nin_block_gap(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "int[2] stride, int[2] padding) -> Tensor");
+  // max_pool2d(nin_block(...), pool_kernel, pool_stride, pool_padding, ceil_mode): a NiN block and the
+  // pool after it (inference; CPU only, the other backends run the two ops).
+  m.def(
+      "nin_block_max_pool(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "int[2] stride, int[2] padding, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding, bool ceil_mode) "
+      "-> Tensor");
   // Mean over the spatial dimensions of an (N, C, H, W) tensor: (N, C).
   m.def("global_avg_pool(Tensor x) -> Tensor");
   // torch's max_pool2d with dilation 1, the pooling between NiN blocks.

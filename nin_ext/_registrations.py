@@ -173,6 +173,31 @@ def _max_pool2d_backward_fake(grad_out, argmax, input_size, channels_last):
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _nin_block_max_pool_fake(x, w, b, w1, b1, w2, b2, stride, padding, pool_kernel, pool_stride, pool_padding,
+                              ceil_mode):
+    """max_pool2d of nin_block's output: its shape and memory format."""
+    block = nin_block_fake(x, w, b, w1, b1, w2, b2, stride, padding)
+    output_size = check_max_pool2d_args(block, pool_kernel, pool_stride, pool_padding, ceil_mode,
+                                        "nin_block_max_pool")
+    return torch.empty((x.shape[0], w2.shape[0], *output_size), dtype=x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(block))
+
+
+def _setup_nin_block_max_pool_context(ctx, inputs, output):
+    _setup_nin_block_context(ctx, inputs[:9], output)
+    ctx.pool = [list(inputs[9]), list(inputs[10]), list(inputs[11]), inputs[12]]
+
+
+def _nin_block_max_pool_backward(ctx, grad_out):
+    """Recomputes the block's activations with ATen (the forward kept none), then the pool's argmax."""
+    h0, h1, out = nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding)
+    _, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(out, *ctx.pool)
+    grad_block_out = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, list(out.shape),
+                                                           suggest_memory_format(out) == torch.channels_last)
+    grads = _nin_block_grads_from_activations(ctx, grad_block_out, [h0, h1, out > 0])
+    return (*grads, None, None, None, None)
+
+
 def register_fakes_and_autograd(namespace):
     """Registers the fake kernels and autograd above for namespace::{nin_block, nin_block_gap,
     global_avg_pool}."""
@@ -189,7 +214,7 @@ def register_fakes_and_autograd(namespace):
 
 if _extension.loaded:
     register_fakes_and_autograd("nin_ext")
-    # The compiled extension's CPU-only ops: the training forward and the max pool.
+    # The compiled extension's CPU-only ops: the training forward, the max pool, the block fused with it.
     torch.library.register_fake("nin_ext::nin_block_with_hidden")(_nin_block_with_hidden_fake)
     torch.library.register_autograd("nin_ext::nin_block_with_hidden", _nin_block_with_hidden_backward,
                                     setup_context=_setup_nin_block_with_hidden_context)
@@ -200,3 +225,6 @@ if _extension.loaded:
     torch.library.register_fake("nin_ext::max_pool2d_backward")(_max_pool2d_backward_fake)
     torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
                                     setup_context=_setup_max_pool2d_context)
+    torch.library.register_fake("nin_ext::nin_block_max_pool")(_nin_block_max_pool_fake)
+    torch.library.register_autograd("nin_ext::nin_block_max_pool", _nin_block_max_pool_backward,
+                                    setup_context=_setup_nin_block_max_pool_context)

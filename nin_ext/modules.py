@@ -68,8 +68,8 @@ def has_fusable_layers(layers):
 
 class FusedSequential(nn.Sequential):
     """nn.Sequential whose block runs (and NiNBlocks) run fused, and fused with a global average pool
-    that follows them; its max pools run nin_ext's max_pool2d. Children, their names and the
-    state_dict keys are those of the Sequential."""
+    or a max pool that follows them; its other max pools run nin_ext's max_pool2d. Children, their
+    names and the state_dict keys are those of the Sequential."""
 
     def forward(self, x):
         layers = list(self)
@@ -89,6 +89,10 @@ class FusedSequential(nn.Sequential):
                 # The pool's own output shape, (N, C, 1, 1) or (C, 1, 1): a Flatten after it runs as usual.
                 x = _run_batched(x, "nin_block_gap",
                                  lambda x4: ops.nin_block_gap(x4, *block.op_args())[:, :, None, None])
+                i = end + 1
+            elif end < len(layers) and max_pool_args(layers[end]) is not None:
+                pool = max_pool_args(layers[end])
+                x = _run_batched(x, "NiNBlock", lambda x4: ops.nin_block_max_pool(x4, *block.op_args(), *pool))
                 i = end + 1
             else:
                 x = _run_batched(x, "NiNBlock", lambda x4: ops.nin_block(x4, *block.op_args()))

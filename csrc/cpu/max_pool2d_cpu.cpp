@@ -12,23 +12,11 @@
 #include <vector>
 
 #include "cpu/max_pool2d_plane.h"
-#include "cpu/microkernel.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
 namespace cpu {
 namespace {
-
-// The NCHW plane kernel: for float, the one compiled for this CPU's ISA (MicroKernel).
-template <typename scalar_t>
-auto plane_kernel() {
-  return &max_pool2d_plane<scalar_t, PortablePoolSteps>;
-}
-
-template <>
-auto plane_kernel<float>() {
-  return float_microkernel().max_pool2d_plane;
-}
 
 // One output row of a channels_last tensor: every pixel's C values at once.
 template <typename scalar_t>
@@ -74,7 +62,7 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size, c10
       });
     } else {
       // Planes of a few thousand elements: a grain of 16 keeps the task overhead small.
-      const auto pool_plane = plane_kernel<scalar_t>();
+      const auto pool_plane = max_pool2d_plane_kernel<scalar_t>();
       at::parallel_for(0, g.N * g.C, 16, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> row(g.W);
         for (int64_t plane = begin; plane < end; ++plane) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/microkernel.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
@@ -78,6 +79,17 @@ void max_pool2d_plane(const scalar_t* in, scalar_t* out, const MaxPool2dGeometry
     }
     pool_row<scalar_t, Steps>(row, out + oh * g.OW, g);
   }
+}
+
+// The plane kernel to run: for float, the one compiled for this CPU's ISA (MicroKernel).
+template <typename scalar_t>
+inline auto max_pool2d_plane_kernel() {
+  return &max_pool2d_plane<scalar_t, PortablePoolSteps>;
+}
+
+template <>
+inline auto max_pool2d_plane_kernel<float>() {
+  return float_microkernel().max_pool2d_plane;
 }
 
 }  // namespace cpu

@@ -1,0 +1,122 @@
+// nin_ext::nin_block_max_pool on the CPU: nin_block followed by max_pool2d (a NiN block and the pool
+// after it) without the block's output ever going to memory at full size.
+//
+// A task is a band of the pool's output rows of one image. It computes the block's output rows that
+// those windows read, a few whole rows at a time (the fused block's pixel tiles), into a per-thread
+// buffer that stays in cache, and pools them from there. A row that two bands' windows share is
+// computed by both, one row per band boundary; every value is computed as nin_block computes it, so
+// the result equals max_pool2d(nin_block(...)) to the bit. Where the block runs by Winograd tiles or
+// its output would be channels_last, the two ops run one after the other.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/max_pool2d_plane.h"
+#include "cpu/nin_block_packed_cache_cpu.h"
+#include "max_pool2d_checks.h"
+
+namespace nin_ext {
+namespace cpu {
+
+at::Tensor max_pool2d_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                          c10::IntArrayRef padding, bool ceil_mode);
+
+namespace {
+
+// Pools the block's output (geometry g) into `out` (N, C2, pool.OH, pool.OW), contiguous, band by band.
+template <typename scalar_t>
+void pool_block_by_bands(const at::Tensor& x, const NinBlockGeometry& g, const MaxPool2dGeometry& pool,
+                         const NinBlockPacked<scalar_t>& packed, at::Tensor& out) {
+  const int64_t nr = packed.kernel.nr;
+  const int64_t rows_per_step = std::max<int64_t>(1, nin_block_tile_pixels(g, sizeof(scalar_t), nr) / g.OW);
+  const int64_t step_pixels = (rows_per_step * g.OW + nr - 1) / nr * nr;
+  // Bands per image: the count that gives the busiest thread the fewest block rows to compute (each
+  // band boundary costs a row computed twice; too few bands leave threads idle).
+  const int64_t threads = at::get_num_threads();
+  int64_t band_height = pool.OH, best_rows = -1;
+  for (int64_t wanted = 1; wanted <= std::min<int64_t>(pool.OH, 16); ++wanted) {
+    const int64_t height = (pool.OH + wanted - 1) / wanted, count = (pool.OH + height - 1) / height;
+    const int64_t rows = (g.N * count + threads - 1) / threads * std::min(g.OH, (height - 1) * pool.SH + pool.KH);
+    if (best_rows < 0 || rows < best_rows) {
+      best_rows = rows;
+      band_height = height;
+    }
+  }
+  const int64_t bands = (pool.OH + band_height - 1) / band_height;
+  const int64_t max_rows = std::min(g.OH, (band_height - 1) * pool.SH + pool.KH);
+  const auto pool_plane = max_pool2d_plane_kernel<scalar_t>();
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  at::parallel_for(0, g.N * bands, 1, [&](int64_t begin, int64_t end) {
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, step_pixels);
+    at::Tensor rows = at::empty({1, g.C2, max_rows, g.OW}, x.options());  // the band's block output
+    std::vector<scalar_t> row_scratch(g.OW);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / bands, q0 = task % bands * band_height, q1 = std::min(pool.OH, q0 + band_height);
+      const int64_t r_begin = std::max<int64_t>(0, q0 * pool.SH - pool.PH);
+      const int64_t r_end = std::min(g.OH, (q1 - 1) * pool.SH - pool.PH + pool.KH);
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += rows_per_step) {
+        worker.compute(n, r0 * g.OW, std::min(rows_per_step, r_end - r0) * g.OW);
+        worker.write_rows(2, rows, 0, (r0 - r_begin) * g.OW);
+      }
+      // The band's windows over its rows: local row 0 is block row r_begin.
+      MaxPool2dGeometry local = pool;
+      local.H = r_end - r_begin;
+      local.OH = q1 - q0;
+      local.PH = r_begin - (q0 * pool.SH - pool.PH);
+      const scalar_t* rows_data = rows.const_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < g.C2; ++c) {
+        pool_plane(rows_data + c * max_rows * g.OW, out_data + ((n * g.C2 + c) * pool.OH + q0) * pool.OW, local,
+                   row_scratch.data());
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                  const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride,
+                                  c10::IntArrayRef padding, c10::IntArrayRef pool_kernel,
+                                  c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding, bool ceil_mode) {
+  const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, "nin_block_max_pool");
+  const MaxPool2dGeometry pool =
+      check_max_pool2d_args(at::empty({g.N, g.C2, g.OH, g.OW}, x.options().device(at::kMeta)), pool_kernel,
+                            pool_stride, pool_padding, ceil_mode, "nin_block_max_pool");
+  if (computes_in_float(x)) {
+    auto op = [&](const at::Tensor& x_, const at::Tensor& w_, const c10::optional<at::Tensor>& b_,
+                  const at::Tensor& w1_, const c10::optional<at::Tensor>& b1_, const at::Tensor& w2_,
+                  const c10::optional<at::Tensor>& b2_, c10::IntArrayRef stride_, c10::IntArrayRef padding_) {
+      return nin_block_max_pool_cpu(x_, w_, b_, w1_, b1_, w2_, b2_, stride_, padding_, pool_kernel, pool_stride,
+                                    pool_padding, ceil_mode);
+    };
+    return run_in_float(op, x, w, b, w1, b1, w2, b2, stride, padding);
+  }
+  const at::MemoryFormat format = nin_block_output_memory_format(x, w, w1, w2, g);
+  at::Tensor out = at::empty({g.N, g.C2, pool.OH, pool.OW}, x.options().memory_format(format));
+  if (out.numel() == 0) {
+    return out;
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_max_pool_cpu", [&] {
+    const auto packed = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
+    const bool winograd = winograd_tile_size(g, packed->winograd_weights, packed->kernel.nr, sizeof(scalar_t)) > 0;
+    if (format == at::MemoryFormat::Contiguous && !winograd) {
+      pool_block_by_bands<scalar_t>(x, g, pool, *packed, out);
+      return;
+    }
+    at::Tensor block = at::empty({g.N, g.C2, g.OH, g.OW}, x.options().memory_format(format));
+    run_nin_block<scalar_t>(x, g, *packed, {{2, &block}});
+    out = max_pool2d_cpu(block, pool_kernel, pool_stride, pool_padding, ceil_mode);
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
+
+TORCH_LIBRARY_IMPL(nin_ext, CPU, m) {
+  m.impl("nin_block_max_pool", &nin_ext::cpu::nin_block_max_pool_cpu);
+}
