@@ -2,8 +2,8 @@
 
 On the CPU it equals max_pool2d(nin_block(...)) to the bit (the same values, pooled from a buffer
 instead of the block's full-size output): checked on random shapes, pool settings, layouts and thread
-counts, including the cases that run the two ops one after the other (Winograd geometry,
-channels_last output). Against float64 with the block's tolerances on every backend."""
+counts, on both of the block's paths (direct, Winograd), and where the two ops run one after the
+other (channels_last output). Against float64 with the block's tolerances on every backend."""
 import random
 
 import pytest
@@ -29,10 +29,12 @@ def _draw(rng, i):
 
 
 CASES = [_draw(random.Random(4242 + i), i) for i in range(16)]
-# The seed net's block 1 and its pool, and a Winograd-sized block (which runs the two ops in turn).
+# The seed net's block 1 and its pool, and blocks that take the Winograd path (tiles span images).
 CASES += [dict(n=2, c0=1, c1=96, c2=96, k=11, s=4, p=0, h=99, w=103, pool=((3, 3), (2, 2), (0, 0), False),
                layout="contiguous"),
           dict(n=2, c0=32, c1=64, c2=8, k=3, s=1, p=1, h=10, w=9, pool=((3, 3), (2, 2), (0, 0), False),
+               layout="contiguous"),
+          dict(n=9, c0=32, c1=64, c2=5, k=5, s=1, p=2, h=7, w=6, pool=((2, 2), (2, 2), (1, 0), True),
                layout="contiguous")]
 
 
@@ -63,11 +65,13 @@ def _valid(case):
 def test_equals_the_two_ops_on_cpu(cpu_backend, case):
     x, params = _args(case)
     s, p = (case["s"],) * 2, (case["p"],) * 2
+    if case in CASES[-2:]:
+        assert runs_winograd("cpu", x, params[0], s, p, case["c1"], case["c2"])
     with torch.no_grad():
         expected = torch.ops.nin_ext.max_pool2d(torch.ops.nin_ext.nin_block(x, *params, s, p), *case["pool"])
         threads = torch.get_num_threads()
         try:
-            for n_threads in (1, 2, 3):
+            for n_threads in (1, 2, 3, 5):  # Winograd tiles shared by threads: images pooled at the end
                 torch.set_num_threads(n_threads)
                 got = torch.ops.nin_ext.nin_block_max_pool(x, *params, s, p, *case["pool"])
                 assert torch.equal(got, expected), f"{n_threads} threads"
@@ -77,7 +81,7 @@ def test_equals_the_two_ops_on_cpu(cpu_backend, case):
             torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES[:6] + CASES[-2:] if _valid(c)], ids=_ids)
+@pytest.mark.parametrize("case", [c for c in CASES[:6] + CASES[-3:] if _valid(c)], ids=_ids)
 def test_matches_float64(backend, case):
     x, params = _args(case, device_for(backend))
     s, p = case["s"], case["p"]
@@ -91,7 +95,7 @@ def test_matches_float64(backend, case):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_dtypes(cpu_backend, dtype):
-    case = CASES[-2]
+    case = CASES[-3]
     x, params = _args(case, dtype=dtype)
     with torch.no_grad():
         got = torch.ops.nin_ext.nin_block_max_pool(x, *params, [4, 4], [0, 0], *case["pool"])
@@ -102,7 +106,7 @@ def test_other_dtypes(cpu_backend, dtype):
 
 
 def test_empty_batch(cpu_backend):
-    x, params = _args(dict(CASES[-2], n=0))
+    x, params = _args(dict(CASES[-3], n=0))
     y = torch.ops.nin_ext.nin_block_max_pool(x, *params, [4, 4], [0, 0], [3, 3], [2, 2], [0, 0], False)
     assert y.shape == (0, 96, 11, 11)
 
@@ -124,7 +128,7 @@ def test_opcheck():
 
 
 def test_errors_name_the_argument(cpu_backend):
-    x, params = _args(CASES[-2])
+    x, params = _args(CASES[-3])
     with pytest.raises(RuntimeError, match="nin_block_max_pool: expected stride"):
         torch.ops.nin_ext.nin_block_max_pool(x, *params, [4, 0], [0, 0], [3, 3], [2, 2], [0, 0], False)
     with pytest.raises(RuntimeError, match="nin_block_max_pool: .*padding"):

@@ -1,12 +1,16 @@
 // nin_ext::nin_block_max_pool on the CPU: nin_block followed by max_pool2d (a NiN block and the pool
 // after it) without the block's output ever going to memory at full size.
 //
-// A task is a band of the pool's output rows of one image. It computes the block's output rows that
-// those windows read, a few whole rows at a time (the fused block's pixel tiles), into a per-thread
-// buffer that stays in cache, and pools them from there. A row that two bands' windows share is
-// computed by both, one row per band boundary; every value is computed as nin_block computes it, so
-// the result equals max_pool2d(nin_block(...)) to the bit. Where the block runs by Winograd tiles or
-// its output would be channels_last, the two ops run one after the other.
+// Direct path: a task is a band of the pool's output rows of one image. It computes the block's
+// output rows that those windows read, a few whole rows at a time (the fused block's pixel tiles),
+// into a per-thread buffer that stays in cache, and pools them from there. A row that two bands'
+// windows share is computed by both, one row per band boundary.
+// Winograd path: each thread runs a contiguous range of the block's Winograd tiles (which span
+// images), writing each image's output into a per-thread image buffer, and pools the image as soon
+// as its last tile is done; the few images whose tiles two threads share are written to a full-size
+// buffer and pooled at the end.
+// Every value is computed as nin_block computes it, so the result equals
+// max_pool2d(nin_block(...)) to the bit. A channels_last output runs the two ops one after the other.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -75,6 +79,76 @@ void pool_block_by_bands(const at::Tensor& x, const NinBlockGeometry& g, const M
   });
 }
 
+template <typename scalar_t>
+void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const MaxPool2dGeometry& pool,
+                          const NinBlockPacked<scalar_t>& packed, const PackedWinogradConv& winograd,
+                          at::Tensor& out) {
+  const int m = winograd.transform.m;
+  const int64_t nr = packed.kernel.nr;
+  const int64_t blocks_per_image = ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m), blocks = g.N * blocks_per_image;
+  const int64_t tiles = (blocks + nr - 1) / nr, ranges = std::min<int64_t>(tiles, at::get_num_threads());
+  auto range_of_tile = [&](int64_t tile) { return tile * ranges / tiles; };  // ranges of near-equal size
+  auto first_tile = [&](int64_t range) { return (range * tiles + ranges - 1) / ranges; };
+  auto range_of_block = [&](int64_t block) { return range_of_tile(block / nr); };
+  // Images whose blocks two ranges share, and where they go in `shared`.
+  std::vector<int64_t> shared_index(g.N, -1);
+  int64_t shared_count = 0;
+  for (int64_t n = 0; n < g.N; ++n) {
+    if (range_of_block(n * blocks_per_image) != range_of_block((n + 1) * blocks_per_image - 1)) {
+      shared_index[n] = shared_count++;
+    }
+  }
+  at::Tensor shared = at::empty({shared_count, g.C2, g.OH, g.OW}, x.options());
+  const auto pool_plane = max_pool2d_plane_kernel<scalar_t>();
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  auto pool_image = [&](const scalar_t* image, int64_t n, scalar_t* row_scratch) {
+    for (int64_t c = 0; c < g.C2; ++c) {
+      pool_plane(image + c * g.OH * g.OW, out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch);
+    }
+  };
+  at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd);
+    std::vector<scalar_t> row_scratch(g.OW);
+    std::vector<std::pair<int64_t, at::Tensor>> open_images;  // images of the range not pooled yet
+    std::vector<at::Tensor> free_buffers;
+    for (int64_t range = begin; range < end; ++range) {
+      for (int64_t tile = first_tile(range); tile < first_tile(range + 1); ++tile) {
+        const int64_t b0 = tile * nr, tb = std::min(nr, blocks - b0);
+        worker.compute_winograd(b0, tb);
+        for (int64_t n = b0 / blocks_per_image; n <= (b0 + tb - 1) / blocks_per_image; ++n) {
+          if (shared_index[n] >= 0) {
+            at::Tensor image = shared.narrow(0, shared_index[n], 1);
+            worker.write_winograd_rows(2, image, n);
+            continue;
+          }
+          auto it = std::find_if(open_images.begin(), open_images.end(), [&](const auto& e) { return e.first == n; });
+          if (it == open_images.end()) {
+            at::Tensor buffer = free_buffers.empty() ? at::empty({1, g.C2, g.OH, g.OW}, x.options()) : free_buffers.back();
+            if (!free_buffers.empty()) {
+              free_buffers.pop_back();
+            }
+            open_images.push_back({n, buffer});
+            it = open_images.end() - 1;
+          }
+          worker.write_winograd_rows(2, it->second, n);
+          if ((n + 1) * blocks_per_image <= b0 + tb) {  // the image's last block is in this tile
+            pool_image(it->second.template const_data_ptr<scalar_t>(), n, row_scratch.data());
+            free_buffers.push_back(it->second);
+            open_images.erase(it);
+          }
+        }
+      }
+    }
+  });
+  std::vector<scalar_t> row_scratch(g.OW);
+  for (int64_t n = 0; n < g.N; ++n) {
+    if (shared_index[n] >= 0) {
+      pool_image(shared.template const_data_ptr<scalar_t>() + shared_index[n] * g.C2 * g.OH * g.OW, n,
+                 row_scratch.data());
+    }
+  }
+}
+
 }  // namespace
 
 at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
@@ -102,8 +176,12 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_max_pool_cpu", [&] {
     const auto packed = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
-    const bool winograd = winograd_tile_size(g, packed->winograd_weights, packed->kernel.nr, sizeof(scalar_t)) > 0;
-    if (format == at::MemoryFormat::Contiguous && !winograd) {
+    const int winograd = winograd_tile_size(g, packed->winograd_weights, packed->kernel.nr, sizeof(scalar_t));
+    if (format == at::MemoryFormat::Contiguous && winograd > 0) {
+      pool_block_by_images<scalar_t>(x, g, pool, *packed, packed->winograd(winograd), out);
+      return;
+    }
+    if (format == at::MemoryFormat::Contiguous) {
       pool_block_by_bands<scalar_t>(x, g, pool, *packed, out);
       return;
     }

@@ -301,17 +301,21 @@ class NinBlockTileWorker {
     apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
   }
 
-  // Writes activation `layer` of the last Winograd tile into t, an (N, C, OH, OW) tensor of any
-  // strides.
-  void write_winograd_rows(int layer, at::Tensor& t) {
+  // Writes activation `layer` of the last Winograd tile into t, an (N', C, OH, OW) tensor of any
+  // strides holding images [first_image, first_image + N'): the tile's pixels of other images are
+  // skipped.
+  void write_winograd_rows(int layer, at::Tensor& t, int64_t first_image = 0) {
     const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
-    const int64_t channels = t.size(1);
+    const int64_t channels = t.size(1), images = t.size(0);
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
     std::vector<int64_t>& offsets = pixel_offsets_;
     offsets.resize(pt_);
+    bool every_pixel = true;
     for (int64_t j = 0; j < pt_; ++j) {
-      offsets[j] = tile_pixels_[j].n * sn + tile_pixels_[j].oh * sh + tile_pixels_[j].ow * sw;
+      const int64_t n = tile_pixels_[j].n - first_image;
+      every_pixel = every_pixel && n >= 0 && n < images;
+      offsets[j] = n < 0 || n >= images ? -1 : n * sn + tile_pixels_[j].oh * sh + tile_pixels_[j].ow * sw;
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output.
     for (int64_t c = 0; c < channels; ++c) {
@@ -320,7 +324,9 @@ class NinBlockTileWorker {
         const scalar_t* src = values.data() + (panel * channels + c) * nr_;
         const int64_t j0 = panel * nr_, count = std::min(nr_, pt_ - j0);
         for (int64_t l = 0; l < count; ++l) {
-          dst[offsets[j0 + l]] = src[l];
+          if (every_pixel || offsets[j0 + l] >= 0) {
+            dst[offsets[j0 + l]] = src[l];
+          }
         }
       }
     }
