@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -25,6 +26,30 @@
 
 namespace nin_ext {
 namespace cpu {
+
+// dst[0, n) = src[0, n) for the short runs of a gather, where a call to memmove per run would cost
+// more than the copy: runs under 64 bytes are two overlapping fixed-size copies (inlined moves).
+template <typename T>
+inline void copy_run(const T* src, int64_t n, T* dst) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+  auto two_copies = [&](auto size) {
+    std::memcpy(dst, src, size);
+    std::memcpy(reinterpret_cast<char*>(dst) + bytes - size, reinterpret_cast<const char*>(src) + bytes - size, size);
+  };
+  if (bytes >= 64) {
+    std::copy(src, src + n, dst);
+  } else if (bytes >= 32) {
+    two_copies(std::integral_constant<size_t, 32>{});
+  } else if (bytes >= 16) {
+    two_copies(std::integral_constant<size_t, 16>{});
+  } else if (bytes >= 8) {
+    two_copies(std::integral_constant<size_t, 8>{});
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = src[i];
+    }
+  }
+}
 
 // One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
 // rows past M zero; the bias padded the same way (zero when the layer has none).
@@ -401,8 +426,7 @@ class NinBlockTileWorker {
   // tile) plus one that depends on (ky, kx): no bounds checks and no per-row bookkeeping, which
   // dominated small maps (the seed's 5x5 block 4). With the phases, the pixels of a panel that share
   // an output row read consecutive values even when the conv is strided (the seed's block 1: stride
-  // 4), so a panel that touches one or two output rows is one or two contiguous copies; on narrower
-  // maps the pixels are read one by one (short copies would cost a call each).
+  // 4), so a panel is one contiguous copy per output row it touches.
   void gather_patch(int64_t n, int64_t p0, int64_t pt, int64_t panels) {
     const NinBlockGeometry& g = g_;
     const int64_t oh_first = p0 / g.OW, oh_last = (p0 + pt - 1) / g.OW;
@@ -410,11 +434,6 @@ class NinBlockTileWorker {
     const int64_t band_rows = (oh_last - oh_first) * g.SH + g.KH, band_width = g.W + 2 * g.PW;
     const int64_t phase_width = (band_width + g.SW - 1) / g.SW;
     band_.resize(g.SW * band_rows * phase_width);
-    pixel_offsets_.resize(pt);
-    for (int64_t j = 0; j < pt; ++j) {
-      const int64_t p = p0 + j, oh = p / g.OW, ow = p % g.OW;
-      pixel_offsets_[j] = (oh - oh_first) * g.SH * phase_width + ow;
-    }
     // The tile's pixels as row segments within panels: lanes [lane, lane + count) of the panel read
     // band offsets [offset, offset + count) (plus the (ky, kx) offset).
     row_segments_.clear();
@@ -450,17 +469,9 @@ class NinBlockTileWorker {
           const scalar_t* base = band_.data() + ((kx % g.SW) * band_rows + ky) * phase_width + kx / g.SW;
           for (int64_t panel = 0; panel < panels; ++panel) {
             scalar_t* dst = patch_.data() + (panel * g.K() + k) * nr_;
-            const int64_t first = segments_of_panel_[panel], last = segments_of_panel_[panel + 1];
-            if (last - first <= 2) {
-              for (int64_t i = first; i < last; ++i) {
-                const GatherSegment& segment = row_segments_[i];
-                std::copy(base + segment.offset, base + segment.offset + segment.count, dst + segment.lane);
-              }
-            } else {
-              const int64_t* offsets = pixel_offsets_.data() + panel * nr_;
-              for (int64_t lane = 0, count = std::min(nr_, pt - panel * nr_); lane < count; ++lane) {
-                dst[lane] = base[offsets[lane]];
-              }
+            for (int64_t i = segments_of_panel_[panel]; i < segments_of_panel_[panel + 1]; ++i) {
+              const GatherSegment& segment = row_segments_[i];
+              copy_run(base + segment.offset, segment.count, dst + segment.lane);
             }
           }
           if (tail > 0) {
@@ -493,8 +504,7 @@ class NinBlockTileWorker {
   };
   std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
   std::vector<std::vector<PixelRun>> pixel_runs_;  // Winograd: per block position, where its lanes go
-  std::vector<int64_t> pixel_offsets_;    // gather: where each tile pixel reads a band phase;
-                                          // Winograd: where each tile pixel goes in an output
+  std::vector<int64_t> pixel_offsets_;    // Winograd: where each tile pixel goes in an output
   struct GatherSegment {
     int64_t lane, count, offset;
   };
