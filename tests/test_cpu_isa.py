@@ -1,5 +1,5 @@
 """Every CPU micro-kernel this machine can run (NIN_EXT_CPU_ISA), checked against float64, and the
-max_pool2d plane kernel compiled with it against torch.
+max_pool2d plane kernels compiled with it against torch.
 
 The kernel is chosen once per process, so each one runs in its own subprocess.
 """
@@ -51,8 +51,9 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
         for got, want in ((nin_ext.ops.nin_block(xm, *params, s, p), expected),
                           (nin_ext.ops.nin_block_gap(xm, *params, s, p), expected.mean((2, 3)))):
             worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
-# max_pool2d's NCHW plane kernel is compiled per ISA too: every stride-2 window position, row tails
-# of every vector width, paddings, a NaN that must win; it must equal torch's exactly.
+# max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels are compiled per ISA too: every
+# stride-2 window position, row tails of every vector width, paddings, a NaN that must win; values
+# and indices must equal torch's exactly.
 pool_mismatches = 0
 for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (7, 37, 3, 2, 1), (9, 70, 5, 2, 2),
                       (5, 33, 2, 2, 0), (6, 17, 3, 1, 1), (8, 19, 3, 3, 0), (1, 3, 3, 2, 1)]:
@@ -61,6 +62,10 @@ for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (
     got = torch.ops.nin_ext.max_pool2d(x, [k, k], [s, s], [p, p], False)
     want = torch.nn.functional.max_pool2d(x, k, s, p)
     pool_mismatches += int(not torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)))
+    got, got_index = torch.ops.nin_ext.max_pool2d_with_argmax(x, [k, k], [s, s], [p, p], False)
+    want, want_index = torch.nn.functional.max_pool2d(x, k, s, p, return_indices=True)
+    pool_mismatches += int(not torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)))
+    pool_mismatches += int(not torch.equal(got_index.long(), want_index))
 print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches}))
 """
 

@@ -14,35 +14,11 @@
 #include <tuple>
 #include <type_traits>
 
+#include "cpu/max_pool2d_plane.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
 namespace cpu {
-namespace {
-
-// The maximum of window (oh, ow) and its index ih * W + iw; element (ih, iw) of the plane sits at
-// (ih * W + iw) * pixel_stride of `in`.
-template <typename scalar_t>
-inline std::pair<scalar_t, int32_t> window_argmax(const scalar_t* in, const MaxPool2dGeometry& g,
-                                                  int64_t pixel_stride, int64_t oh, int64_t ow) {
-  const int64_t ih0 = oh * g.SH - g.PH, iw0 = ow * g.SW - g.PW;
-  const int64_t ih_begin = std::max<int64_t>(ih0, 0), ih_end = std::min(ih0 + g.KH, g.H);
-  const int64_t iw_begin = std::max<int64_t>(iw0, 0), iw_end = std::min(iw0 + g.KW, g.W);
-  int64_t best = ih_begin * g.W + iw_begin;
-  scalar_t best_value = in[best * pixel_stride];
-  for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
-    for (int64_t iw = iw_begin; iw < iw_end; ++iw) {
-      const scalar_t value = in[(ih * g.W + iw) * pixel_stride];
-      if (value > best_value || value != value) {
-        best_value = value;
-        best = ih * g.W + iw;
-      }
-    }
-  }
-  return {best_value, static_cast<int32_t>(best)};
-}
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_argmax_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size,
                                                               c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -63,6 +39,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_argmax_cpu(const at::Tensor& 
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     int32_t* a = argmax.data_ptr<int32_t>();
+    const auto pool_plane = max_pool2d_argmax_plane_kernel<scalar_t>();
     // Task: one (n, c) plane in NCHW; one image's output row in channels_last.
     const int64_t tasks = channels_last ? g.N * g.OH : g.N * g.C;
     at::parallel_for(0, tasks, channels_last ? 1 : 16, [&](int64_t begin, int64_t end) {
@@ -76,10 +53,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_argmax_cpu(const at::Tensor& 
             }
           }
         } else {
-          for (int64_t p = 0; p < g.OH * g.OW; ++p) {
-            std::tie(o[task * g.OH * g.OW + p], a[task * g.OH * g.OW + p]) =
-                window_argmax(in + task * g.H * g.W, g, 1, p / g.OW, p % g.OW);
-          }
+          pool_plane(in + task * g.H * g.W, o + task * g.OH * g.OW, a + task * g.OH * g.OW, g);
         }
       }
     });

@@ -1,6 +1,6 @@
-// nin_ext::max_pool2d's NCHW plane kernel for AVX-512 (max_pool2d_plane.h with vector steps): 16
-// values per instruction, and stride-2 windows (the NiN pools) read as two vectors whose even
-// lanes one permute gathers. Compiled for AVX-512 by the pragma and called only when the float
+// nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels for AVX-512
+// (max_pool2d_plane.h with vector steps): 16 values per instruction, and stride-2 windows (the NiN
+// pools) read as two vectors whose even lanes one permute gathers. Compiled for AVX-512 by the pragma and called only when the float
 // micro-kernel is the AVX-512 one (microkernel_select.cpp).
 #include "cpu/microkernel.h"
 
@@ -58,12 +58,50 @@ struct Avx512PoolSteps {
       _mm512_mask_storeu_ps(out + i, tail_mask(count - i), m);
     }
   }
+
+  static void windows_argmax(const float* in, int64_t w, int64_t ih_begin, int64_t ih_end, int64_t first_col,
+                             int64_t count, int64_t sw, int64_t kw, float* out, int32_t* arg) {
+    if (sw != 2) {
+      PortablePoolSteps::windows_argmax(in, w, ih_begin, ih_end, first_col, count, sw, kw, out, arg);
+      return;
+    }
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const int64_t row_end = first_col + 2 * count + kw - 2;  // one past the last column any window reads
+    for (int64_t i = 0; i < count; i += 16) {
+      __m512 best = _mm512_setzero_ps();
+      __m512i best_index = _mm512_setzero_si512();
+      for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const int64_t start = first_col + 2 * i + kx, left = row_end - start;
+          const float* p = in + ih * w + start;
+          const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), p);
+          const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), p + 16);
+          const __m512 v = _mm512_permutex2var_ps(lo, even, hi);
+          const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih * w + start)), even);
+          // Row-major order: the first candidate, then any greater value or NaN.
+          const __mmask16 take = ih == ih_begin && kx == 0
+                                     ? __mmask16(0xFFFF)
+                                     : __mmask16(_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
+                                                 _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+          best = _mm512_mask_mov_ps(best, take, v);
+          best_index = _mm512_mask_mov_epi32(best_index, take, index);
+        }
+      }
+      const __mmask16 k = tail_mask(count - i);
+      _mm512_mask_storeu_ps(out + i, k, best);
+      _mm512_mask_storeu_epi32(arg + i, k, best_index);
+    }
+  }
 };
 
 }  // namespace
 
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row) {
   max_pool2d_plane<float, Avx512PoolSteps>(in, out, g, row);
+}
+
+void max_pool2d_argmax_plane_avx512(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g) {
+  max_pool2d_argmax_plane<float, Avx512PoolSteps>(in, out, arg, g);
 }
 
 }  // namespace cpu

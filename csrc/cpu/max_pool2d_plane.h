@@ -1,12 +1,16 @@
-// The NCHW plane kernel of nin_ext::max_pool2d, shared by the portable build and the per-ISA
-// translation units (like the micro-kernel body). A plane is pooled a row of windows at a time:
-// first the element-wise max of the window's input rows, then the max along that row for each
-// window. Windows that lie inside the row go through the `Steps` policy (vectorised per ISA); the
-// few clipped by the padding are pooled one by one. NaN wins every comparison, as in torch.
+// The NCHW plane kernels of nin_ext::max_pool2d and max_pool2d_with_argmax, shared by the portable
+// build and the per-ISA translation units (like the micro-kernel body). A plane is pooled a row of
+// windows at a time; windows that lie inside the row go through the `Steps` policy (vectorised per
+// ISA), the few clipped by the padding are pooled one by one. The max: first the element-wise max
+// of the window's input rows, then the max along that row for each window; NaN wins every
+// comparison, as in torch. The argmax: the window's values in row-major order, the first maximum
+// and the last NaN win, as in ATen's CPU kernel.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
+#include <utility>
 
 #include "cpu/microkernel.h"
 #include "max_pool2d_checks.h"
@@ -19,7 +23,37 @@ inline scalar_t nan_max(scalar_t m, scalar_t v) {
   return (v > m || v != v) ? v : m;
 }
 
-// The two steps, in plain C++ (the compiler vectorises the contiguous one).
+// The maximum of window (oh, ow) and its index ih * W + iw; element (ih, iw) of the plane sits at
+// (ih * W + iw) * pixel_stride of `in`.
+template <typename scalar_t>
+inline std::pair<scalar_t, int32_t> window_argmax(const scalar_t* in, const MaxPool2dGeometry& g,
+                                                  int64_t pixel_stride, int64_t oh, int64_t ow) {
+  const int64_t ih0 = oh * g.SH - g.PH, iw0 = ow * g.SW - g.PW;
+  const int64_t ih_begin = std::max<int64_t>(ih0, 0), ih_end = std::min(ih0 + g.KH, g.H);
+  const int64_t iw_begin = std::max<int64_t>(iw0, 0), iw_end = std::min(iw0 + g.KW, g.W);
+  int64_t best = ih_begin * g.W + iw_begin;
+  scalar_t best_value = in[best * pixel_stride];
+  for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
+    for (int64_t iw = iw_begin; iw < iw_end; ++iw) {
+      const scalar_t value = in[(ih * g.W + iw) * pixel_stride];
+      if (value > best_value || value != value) {
+        best_value = value;
+        best = ih * g.W + iw;
+      }
+    }
+  }
+  return {best_value, static_cast<int32_t>(best)};
+}
+
+// Windows [inner_begin, inner_end) of a row lie inside it (no padding read).
+inline std::pair<int64_t, int64_t> inner_windows(const MaxPool2dGeometry& g) {
+  const int64_t inner_begin = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
+  const int64_t last_start = g.W + g.PW - g.KW;  // windows starting at ow * SW <= this end inside the row
+  const int64_t inner_end = last_start < 0 ? inner_begin : std::max(inner_begin, std::min(g.OW, last_start / g.SW + 1));
+  return {inner_begin, inner_end};
+}
+
+// The steps, in plain C++ (the compiler vectorises the contiguous one).
 struct PortablePoolSteps {
   // acc[i] = max(acc[i], src[i]) for i < n.
   template <typename scalar_t>
@@ -41,14 +75,34 @@ struct PortablePoolSteps {
       }
     }
   }
+
+  // For windows i < count reading columns first_col + i * sw + [0, kw) (inside the row) of rows
+  // [ih_begin, ih_end) of a plane of width w: out[i] = the max, arg[i] = its index ih * w + iw.
+  template <typename scalar_t>
+  static void windows_argmax(const scalar_t* in, int64_t w, int64_t ih_begin, int64_t ih_end, int64_t first_col,
+                             int64_t count, int64_t sw, int64_t kw, scalar_t* out, int32_t* arg) {
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t best = ih_begin * w + first_col + i * sw;
+      scalar_t best_value = in[best];
+      for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const int64_t at = ih * w + first_col + i * sw + kx;
+          if (in[at] > best_value || in[at] != in[at]) {
+            best_value = in[at];
+            best = at;
+          }
+        }
+      }
+      out[i] = best_value;
+      arg[i] = static_cast<int32_t>(best);
+    }
+  }
 };
 
 // The max of each window along one row of W values into OW outputs.
 template <typename scalar_t, typename Steps>
 void pool_row(const scalar_t* row, scalar_t* dst, const MaxPool2dGeometry& g) {
-  const int64_t inner_begin = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
-  const int64_t last_start = g.W + g.PW - g.KW;  // windows starting at ow * SW <= this end inside the row
-  const int64_t inner_end = last_start < 0 ? inner_begin : std::max(inner_begin, std::min(g.OW, last_start / g.SW + 1));
+  const auto [inner_begin, inner_end] = inner_windows(g);
   auto pool_clipped = [&](int64_t ow) {
     const int64_t iw0 = ow * g.SW - g.PW;
     const int64_t iw_begin = std::max<int64_t>(iw0, 0), iw_end = std::min(iw0 + g.KW, g.W);
@@ -81,6 +135,24 @@ void max_pool2d_plane(const scalar_t* in, scalar_t* out, const MaxPool2dGeometry
   }
 }
 
+// One (H, W) plane into one (OH, OW) plane of maxima and one of their indices.
+template <typename scalar_t, typename Steps>
+void max_pool2d_argmax_plane(const scalar_t* in, scalar_t* out, int32_t* arg, const MaxPool2dGeometry& g) {
+  const auto [inner_begin, inner_end] = inner_windows(g);
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < inner_begin; ++ow) {
+      std::tie(out[oh * g.OW + ow], arg[oh * g.OW + ow]) = window_argmax(in, g, 1, oh, ow);
+    }
+    for (int64_t ow = inner_end; ow < g.OW; ++ow) {
+      std::tie(out[oh * g.OW + ow], arg[oh * g.OW + ow]) = window_argmax(in, g, 1, oh, ow);
+    }
+    const int64_t ih0 = oh * g.SH - g.PH;
+    Steps::windows_argmax(in, g.W, std::max<int64_t>(ih0, 0), std::min(ih0 + g.KH, g.H),
+                          inner_begin * g.SW - g.PW, inner_end - inner_begin, g.SW, g.KW,
+                          out + oh * g.OW + inner_begin, arg + oh * g.OW + inner_begin);
+  }
+}
+
 // The plane kernel to run: for float, the one compiled for this CPU's ISA (MicroKernel).
 template <typename scalar_t>
 inline auto max_pool2d_plane_kernel() {
@@ -90,6 +162,16 @@ inline auto max_pool2d_plane_kernel() {
 template <>
 inline auto max_pool2d_plane_kernel<float>() {
   return float_microkernel().max_pool2d_plane;
+}
+
+template <typename scalar_t>
+inline auto max_pool2d_argmax_plane_kernel() {
+  return &max_pool2d_argmax_plane<scalar_t, PortablePoolSteps>;
+}
+
+template <>
+inline auto max_pool2d_argmax_plane_kernel<float>() {
+  return float_microkernel().max_pool2d_argmax_plane;
 }
 
 }  // namespace cpu

@@ -29,8 +29,10 @@ using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, 
 using WinogradTransformFn = void (*)(const float* L, int rows_l, const float* R, int rows_r, int inner,
                                      const float* in, int64_t in_stride, float* out, int64_t out_stride);
 
-// nin_ext::max_pool2d's NCHW plane kernel (max_pool2d_plane.h) for the same ISA.
+// nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
+// same ISA.
 using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
+using MaxPool2dArgmaxPlaneFn = void (*)(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
 
 template <typename scalar_t>
 struct MicroKernel {
@@ -39,6 +41,7 @@ struct MicroKernel {
   const char* isa;
   WinogradTransformFn winograd_transform = nullptr;  // float kernels only
   MaxPool2dPlaneFn max_pool2d_plane = nullptr;       // float kernels only
+  MaxPool2dArgmaxPlaneFn max_pool2d_argmax_plane = nullptr;
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -78,6 +81,7 @@ void winograd_transform_avx512_32(const float* L, int rows_l, const float* R, in
 void winograd_transform_avx2_16(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
                                 int64_t in_stride, float* out, int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
+void max_pool2d_argmax_plane_avx512(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
 #endif
 
 // The best kernel this CPU runs (microkernel_select.cpp). NIN_EXT_CPU_ISA=avx512|avx2|portable
