@@ -125,3 +125,19 @@ def test_choice_for_the_seed_blocks(batch, block2, block3):
 def test_set_winograd_mode_rejects_unknown_modes(mode):
     with pytest.raises(ValueError, match="mode must be -1, 0, 2, 3 or 4"):
         _C.set_winograd_mode(mode)
+
+
+def test_same_bits_for_any_thread_count(cpu_backend):
+    """The Winograd tiles hold fewer blocks so that they divide evenly among the threads; every block
+    is computed the same way in any tile, so the output has the same bits for any thread count."""
+    args = _block_args(dict(n=3, c0=32, cc=64, c1=64, c2=8, k=5, h=13, w=11, layout="contiguous"))
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for n_threads in (1, 2, 3, 4):
+            torch.set_num_threads(n_threads)
+            outputs.append(nin_ext.ops.nin_block(*args))
+    finally:
+        torch.set_num_threads(threads)
+    assert _tile_size(args) > 0
+    assert all(torch.equal(outputs[0], y) for y in outputs[1:])

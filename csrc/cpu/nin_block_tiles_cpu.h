@@ -530,18 +530,31 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
   });
 }
 
-// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch: NR consecutive m x m output
-// blocks (the last tile fewer), in parallel over tiles; tiles may span images.
+// The m x m blocks per Winograd tile: NR, or fewer so that the tiles divide evenly among the threads.
+// A tile's products cost the same whatever its count of blocks, but its transforms and 1x1 layers
+// shrink with it: 25 tiles of 32 blocks on two threads leave one idle for a tile's time, 26 tiles of
+// 31 keep both busy. Each block is computed the same way in any tile, so the result does not change.
+inline int64_t winograd_tile_blocks(int64_t blocks, int64_t nr) {
+  const int64_t threads = at::get_num_threads(), full_tiles = (blocks + nr - 1) / nr;
+  const int64_t tiles =
+      full_tiles < threads ? std::min(threads, blocks) : (full_tiles + threads - 1) / threads * threads;
+  return (blocks + tiles - 1) / tiles;
+}
+
+// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch: winograd_tile_blocks
+// consecutive m x m output blocks (the last tile fewer), in parallel over tiles; tiles may span
+// images.
 template <typename scalar_t, typename TileFn>
 void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                             const PackedWinogradConv& winograd, const TileFn& tile_fn) {
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
-  at::parallel_for(0, (blocks + nr - 1) / nr, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tile_blocks = winograd_tile_blocks(blocks, nr);
+  at::parallel_for(0, (blocks + tile_blocks - 1) / tile_blocks, 1, [&](int64_t begin, int64_t end) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd);
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t b0 = tile * nr;
-      tile_fn(worker, b0, std::min(nr, blocks - b0));
+      const int64_t b0 = tile * tile_blocks;
+      tile_fn(worker, b0, std::min(tile_blocks, blocks - b0));
     }
   });
 }
