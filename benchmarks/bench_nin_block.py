@@ -4,7 +4,7 @@ each of the seed NiN's four block shapes, over a range of batch sizes.
     python benchmarks/bench_nin_block.py [--blocks 1,2,3,4] [--device cpu] [--batches 1,2,4,8,16,32]
 """
 import op_bench
-from seed_shapes import seed_block
+from seed_shapes import block_op_args, seed_block
 
 from nin_ext import ops
 
@@ -14,9 +14,7 @@ def main():
     for index in (int(b) for b in args.blocks.split(",")):
         def make_case(batch, dtype, device, index=index):
             block, x = seed_block(index, batch, dtype, device)
-            conv, conv1, conv2 = block[0], block[2], block[4]
-            weights = (conv.weight, conv.bias, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
-            return (lambda: block(x)), (lambda: ops.nin_block(x, *weights, conv.stride, conv.padding))
+            return (lambda: block(x)), (lambda: ops.nin_block(x, *block_op_args(block)))
 
         op_bench.run("nin_block", f"block{index}", make_case, args)
 

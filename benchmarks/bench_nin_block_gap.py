@@ -6,17 +6,15 @@ NiN's last block (384 -> 10 channels, 3x3, 5x5 maps), over a range of batch size
 import torch.nn.functional as F
 
 import op_bench
-from seed_shapes import seed_block
+from seed_shapes import block_op_args, seed_block
 
 from nin_ext import ops
 
 
 def make_case(batch, dtype, device):
     block, x = seed_block(4, batch, dtype, device)
-    conv, conv1, conv2 = block[0], block[2], block[4]
-    weights = (conv.weight, conv.bias, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
     return ((lambda: F.adaptive_avg_pool2d(block(x), 1).flatten(1)),
-            (lambda: ops.nin_block_gap(x, *weights, conv.stride, conv.padding)))
+            (lambda: ops.nin_block_gap(x, *block_op_args(block))))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ batch sizes.
 import torch.nn.functional as F
 
 import op_bench
-from seed_shapes import seed_block
+from seed_shapes import block_op_args, seed_block
 
 from nin_ext import ops
 
@@ -17,10 +17,8 @@ def main():
     for index in (int(b) for b in args.blocks.split(",")):
         def make_case(batch, dtype, device, index=index):
             block, x = seed_block(index, batch, dtype, device)
-            conv, conv1, conv2 = block[0], block[2], block[4]
-            weights = (conv.weight, conv.bias, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
             return ((lambda: F.max_pool2d(block(x), 3, 2)),
-                    (lambda: ops.nin_block_max_pool(x, *weights, conv.stride, conv.padding, 3, 2)))
+                    (lambda: ops.nin_block_max_pool(x, *block_op_args(block), 3, 2)))
 
         op_bench.run("nin_block_max_pool", f"block{index}+pool", make_case, args)
 

@@ -17,3 +17,9 @@ def seed_block(index, batch, dtype, device):
     c_in, c_out, k, s, p, hw = SEED_BLOCKS[index]
     block = nin_ext.reference.nin_block(c_in, c_out, k, s, p).to(device=device, dtype=dtype).eval()
     return block, torch.randn(batch, c_in, hw, hw, device=device, dtype=dtype)
+
+
+def block_op_args(block):
+    """The weights, stride and padding of a reference block in the order of the nin_block ops."""
+    conv, conv1, conv2 = block[0], block[2], block[4]
+    return conv.weight, conv.bias, conv1.weight, conv1.bias, conv2.weight, conv2.bias, conv.stride, conv.padding
