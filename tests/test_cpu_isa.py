@@ -30,7 +30,7 @@ ISAS = [
 
 # Odd channel counts (row tails of every MR), pixel counts (panel tails of every NR), strides,
 # paddings, both memory formats, both ops; the last two cases take the Winograd path (3x3 and 5x5,
-# stride 1, even outputs, wide enough), whose tile transforms are compiled per ISA too.
+# stride 1, wide enough), whose tile transforms are compiled per ISA too.
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference

@@ -177,8 +177,8 @@ inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, 
 template <typename scalar_t>
 class NinBlockTileWorker {
  public:
-  // A Winograd worker's (winograd != nullptr) tiles are NR blocks of m x m output pixels (m^2 NR
-  // pixels); its patch holds the transformed input and `products_` the per-point products.
+  // A Winograd worker's (winograd != nullptr) tiles are up to NR blocks of m x m output pixels (up to
+  // m^2 NR pixels); its patch holds the transformed input and `products_` the per-point products.
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                      int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr)
       : x_(x), g_(g), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
