@@ -10,6 +10,7 @@
 
 #include "cpu/microkernel.h"
 #include "cpu/nin_block_packed_cache_cpu.h"
+#include "cpu/nin_block_shifted_cpu.h"
 
 #ifndef NIN_EXT_CUDA_ARCHS
 #define NIN_EXT_CUDA_ARCHS ""
@@ -57,21 +58,41 @@ static PyObject* weight_cache_entries(PyObject*, PyObject*) {
   return PyLong_FromSize_t(nin_ext::cpu::packed_nin_block_cache_entries());
 }
 
-// winograd_tile_size((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)): the output-block size
-// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU, 0 for the direct
-// path (csrc/cpu/nin_block_tiles_cpu.h); tests and benchmarks use it to know which path they check.
-static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
-  nin_ext::NinBlockGeometry g{};
-  int64_t weight_in = 0;
+// The geometry of a nin_block call from ((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)),
+// and the conv weight's input channels; false (with the Python error set) on bad arguments.
+static bool parse_nin_block_shapes(PyObject* args, nin_ext::NinBlockGeometry& g, int64_t& weight_in) {
   if (!PyArg_ParseTuple(args, "(LLLL)(LLLL)LL(LL)(LL)", &g.N, &g.C0, &g.H, &g.W, &g.CC, &weight_in, &g.KH, &g.KW,
                         &g.C1, &g.C2, &g.SH, &g.SW, &g.PH, &g.PW)) {
-    return nullptr;
+    return false;
   }
   g.OH = (g.H + 2 * g.PH - g.KH) / g.SH + 1;
   g.OW = (g.W + 2 * g.PW - g.KW) / g.SW + 1;
+  return true;
+}
+
+// winograd_tile_size((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)): the output-block size
+// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU, 0 for the other
+// paths (csrc/cpu/nin_block_tiles_cpu.h); tests and benchmarks use it to know which path they check.
+static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
+  nin_ext::NinBlockGeometry g{};
+  int64_t weight_in = 0;
+  if (!parse_nin_block_shapes(args, g, weight_in)) {
+    return nullptr;
+  }
   const bool weights = nin_ext::cpu::winograd_conv_shape(g.CC, weight_in, g.KH, g.KW);
   return PyLong_FromLong(
       nin_ext::cpu::winograd_tile_size(g, weights, nin_ext::cpu::float_microkernel().nr, sizeof(float)));
+}
+
+// shifted_conv(same arguments): whether a nin_block of these shapes that does not run Winograd runs its
+// conv by shifted products on the CPU (csrc/cpu/nin_block_shifted_cpu.h), for the tests.
+static PyObject* shifted_conv(PyObject*, PyObject* args) {
+  nin_ext::NinBlockGeometry g{};
+  int64_t weight_in = 0;
+  if (!parse_nin_block_shapes(args, g, weight_in)) {
+    return nullptr;
+  }
+  return PyBool_FromLong(nin_ext::cpu::shifted_conv_pays(g));
 }
 
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
@@ -96,6 +117,8 @@ extern "C" PyObject* PyInit__C(void) {
       {"weight_cache_entries", weight_cache_entries, METH_NOARGS, "The number of packed blocks cached."},
       {"winograd_tile_size", winograd_tile_size, METH_VARARGS,
        "The Winograd output-block size a float32 nin_block of these shapes runs on the CPU (0: direct)."},
+      {"shifted_conv", shifted_conv, METH_VARARGS,
+       "Whether a nin_block of these shapes (off the Winograd path) runs its conv by shifted products on the CPU."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {nullptr, nullptr, 0, nullptr}};

@@ -29,8 +29,10 @@ ISAS = [
 ]
 
 # Odd channel counts (row tails of every MR), pixel counts (panel tails of every NR), strides,
-# paddings, both memory formats, both ops; the last two cases take the Winograd path (3x3 and 5x5,
-# stride 1, wide enough), whose tile transforms are compiled per ISA too.
+# paddings, both memory formats, both ops; the 1x1 case and the 200-channel 3x3 one take the shifted
+# products (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the last two
+# take the Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per
+# ISA too.
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference
@@ -39,6 +41,7 @@ torch.manual_seed(0)
 worst = 0.0
 for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 5, 2, 2, 23, 19, 1),
                                      (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2),
+                                     (200, 13, 5, 3, 1, 1, 5, 6, 3),
                                      (33, 65, 9, 3, 1, 1, 6, 10, 2), (32, 70, 11, 5, 1, 2, 8, 4, 1)]:
     x = torch.randn(n, c0, h, w)
     w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1

@@ -5,6 +5,10 @@
 // `a` is an MR-row panel of the packed weights (k-major), `b` a packed pixel panel (k-major), and
 // bias + ReLU are applied while the block is still in registers. NaN passes the ReLU, as in torch.
 // With bias == nullptr the kernel stores the plain product a b (no bias, no ReLU).
+//
+// The shifted kernel reads the pixels unpacked, from rows of an input at distance ldb, each index k
+// through `shifts` offsets (a stride-1 convolution as a sum of shifted products, with no im2col):
+//   c[r * ldc + j] = relu(bias[r] + sum_{k, s} a[(k * shifts + s) * MR + r] * b[k * ldb + offsets[s] + j])
 #pragma once
 
 #include <cstdint>
@@ -24,6 +28,11 @@ template <typename scalar_t>
 using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
                                int64_t ldc, int64_t rows);
 
+template <typename scalar_t>
+using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
+                                      const scalar_t* b, int64_t ldb, const scalar_t* bias, scalar_t* c, int64_t ldc,
+                                      int64_t rows);
+
 // The Winograd transform step for nr tiles side by side (winograd_transform_lanes.h), compiled for
 // the same ISA as the micro-kernel.
 using WinogradTransformFn = void (*)(const float* L, int rows_l, const float* R, int rows_r, int inner,
@@ -38,6 +47,7 @@ template <typename scalar_t>
 struct MicroKernel {
   int64_t mr, nr;
   MicroKernelFn<scalar_t> fn;
+  ShiftedMicroKernelFn<scalar_t> shifted_fn;
   const char* isa;
   WinogradTransformFn winograd_transform = nullptr;  // float kernels only
   MaxPool2dPlaneFn max_pool2d_plane = nullptr;       // float kernels only
@@ -45,19 +55,18 @@ struct MicroKernel {
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
-// without AVX2.
-template <typename scalar_t, int MR, int NR>
-void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
-                          int64_t ldc, int64_t rows) {
+// without AVX2. `for_each_k(step)` calls step(a_k, b_k) per reduction index, as in
+// microkernel_register_blocked.h.
+template <typename scalar_t, int MR, int NR, typename ForEachK>
+void portable_product(const ForEachK& for_each_k, const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t rows) {
   scalar_t acc[MR][NR] = {};
-  for (int64_t k = 0; k < K; ++k) {
+  for_each_k([&](const scalar_t* a_k, const scalar_t* b_k) {
     for (int r = 0; r < MR; ++r) {
-      const scalar_t a_r = a[k * MR + r];
       for (int j = 0; j < NR; ++j) {
-        acc[r][j] += a_r * b[k * NR + j];
+        acc[r][j] += a_k[r] * b_k[j];
       }
     }
-  }
+  });
   for (int64_t r = 0; r < rows; ++r) {
     for (int j = 0; j < NR; ++j) {
       if (bias == nullptr) {
@@ -70,12 +79,44 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const
   }
 }
 
+template <typename scalar_t, int MR, int NR>
+void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+                          int64_t ldc, int64_t rows) {
+  portable_product<scalar_t, MR, NR>(
+      [&](const auto& step) {
+        for (int64_t k = 0; k < K; ++k) {
+          step(a + k * MR, b + k * NR);
+        }
+      },
+      bias, c, ldc, rows);
+}
+
+template <typename scalar_t, int MR, int NR>
+void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
+                                  const scalar_t* b, int64_t ldb, const scalar_t* bias, scalar_t* c, int64_t ldc,
+                                  int64_t rows) {
+  portable_product<scalar_t, MR, NR>(
+      [&](const auto& step) {
+        for (int64_t k = 0; k < K; ++k) {
+          for (int64_t s = 0; s < shifts; ++s) {
+            step(a + (k * shifts + s) * MR, b + k * ldb + offsets[s]);
+          }
+        }
+      },
+      bias, c, ldc, rows);
+}
+
 #if NIN_EXT_X86_64
 // AVX-512 and AVX2 + FMA kernels for float (microkernel_avx512.cpp, microkernel_avx2.cpp).
 void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                               int64_t rows);
 void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                            int64_t rows);
+void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
+                                      const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc,
+                                      int64_t rows);
+void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a, const float* b,
+                                   int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows);
 void winograd_transform_avx512_32(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
                                   int64_t in_stride, float* out, int64_t out_stride);
 void winograd_transform_avx2_16(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
@@ -98,7 +139,7 @@ inline MicroKernel<float> microkernel_for<float>() {
 
 template <>
 inline MicroKernel<double> microkernel_for<double>() {
-  return {4, 8, &microkernel_portable<double, 4, 8>, "portable"};
+  return {4, 8, &microkernel_portable<double, 4, 8>, &shifted_microkernel_portable<double, 4, 8>, "portable"};
 }
 
 }  // namespace cpu

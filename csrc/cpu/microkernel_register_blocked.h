@@ -1,5 +1,5 @@
-// The register-blocked micro-kernel body shared by the SIMD kernels (see microkernel.h for what it
-// computes). Each ISA's translation unit includes it after `#pragma GCC target(...)`, so that it is
+// The register-blocked micro-kernel bodies shared by the SIMD kernels (see microkernel.h for what they
+// compute). Each ISA's translation unit includes this after `#pragma GCC target(...)`, so that it is
 // compiled for that ISA only, and instantiates it with a vector type providing:
 //   reg, lanes, zero(), load(const float*), broadcast(const float*), fmadd(a, b, acc),
 //   store(float*, reg), relu(reg) (NaN passes), add(reg, reg)
@@ -10,11 +10,12 @@
 namespace nin_ext {
 namespace cpu {
 
-// MR rows x (NV * Vec::lanes) pixels, MR * NV accumulators held in registers.
-template <typename Vec, int MR, int NV>
-inline void register_blocked_microkernel(int64_t K, const float* a, const float* b, const float* bias, float* c,
-                                         int64_t ldc, int64_t rows) {
-  constexpr int NR = NV * Vec::lanes;
+// MR rows x (NV * Vec::lanes) pixels, MR * NV accumulators held in registers. `for_each_k(step)`
+// calls step(a_k, b_k) once per reduction index: a_k the MR weights of that index, b_k its NR pixels.
+// Always inlined, with the steps, so that the accumulators never leave the registers.
+template <typename Vec, int MR, int NV, typename ForEachK>
+__attribute__((always_inline)) inline void register_blocked_product(const ForEachK& for_each_k, const float* bias,
+                                                                    float* c, int64_t ldc, int64_t rows) {
   typename Vec::reg acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -23,21 +24,21 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
       acc[r][v] = Vec::zero();
     }
   }
-  for (int64_t k = 0; k < K; ++k) {
-    typename Vec::reg b_k[NV];
+  for_each_k([&](const float* a_k, const float* b_k) __attribute__((always_inline)) {
+    typename Vec::reg b_v[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      b_k[v] = Vec::load(b + k * NR + v * Vec::lanes);
+      b_v[v] = Vec::load(b_k + v * Vec::lanes);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const typename Vec::reg a_r = Vec::broadcast(a + k * MR + r);
+      const typename Vec::reg a_r = Vec::broadcast(a_k + r);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        acc[r][v] = Vec::fmadd(a_r, b_k[v], acc[r][v]);
+        acc[r][v] = Vec::fmadd(a_r, b_v[v], acc[r][v]);
       }
     }
-  }
+  });
   if (bias == nullptr) {  // a linear product (Winograd's per-point products)
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
@@ -60,6 +61,36 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
       }
     }
   }
+}
+
+// The kernel on a packed pixel panel: b_k = b + k * NR.
+template <typename Vec, int MR, int NV>
+inline void register_blocked_microkernel(int64_t K, const float* a, const float* b, const float* bias, float* c,
+                                         int64_t ldc, int64_t rows) {
+  constexpr int NR = NV * Vec::lanes;
+  register_blocked_product<Vec, MR, NV>(
+      [&](const auto& step) __attribute__((always_inline)) {
+        for (int64_t k = 0; k < K; ++k) {
+          step(a + k * MR, b + k * NR);
+        }
+      },
+      bias, c, ldc, rows);
+}
+
+// The kernel on shifted rows of an unpacked input (microkernel.h, ShiftedMicroKernelFn).
+template <typename Vec, int MR, int NV>
+inline void register_blocked_shifted_microkernel(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
+                                                 const float* b, int64_t ldb, const float* bias, float* c,
+                                                 int64_t ldc, int64_t rows) {
+  register_blocked_product<Vec, MR, NV>(
+      [&](const auto& step) __attribute__((always_inline)) {
+        for (int64_t k = 0; k < K; ++k) {
+          for (int64_t s = 0; s < shifts; ++s) {
+            step(a + (k * shifts + s) * MR, b + k * ldb + offsets[s]);
+          }
+        }
+      },
+      bias, c, ldc, rows);
 }
 
 }  // namespace cpu

@@ -1,10 +1,13 @@
 // nin_ext::nin_block_gap on the CPU: the fused block with the global average pool folded in.
 // Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
-// sums are then added in tile order, so the result has the same bits on every run.
+// sums are then added in tile order, so the result has the same bits on every run. Where the block
+// runs by shifted products (nin_block_shifted_cpu.h), its output over all positions goes to one
+// buffer, summed per image and channel in pixel order.
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
 #include "cpu/nin_block_packed_cache_cpu.h"
+#include "cpu/nin_block_shifted_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -25,6 +28,36 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
     const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
     const NinBlockPacked<scalar_t>& packed = *packed_ptr;
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+    const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
+    if (shifted_conv_pays(g)) {
+      const ShiftedConvInput<scalar_t> input(x, g, packed.kernel.nr);
+      const int64_t nr = packed.kernel.nr, stride = (input.positions + nr - 1) / nr * nr;
+      std::vector<scalar_t> block_out(g.C2 * stride);
+      for_each_shifted_tile<scalar_t>(input, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t q0,
+                                                            int64_t panels) {
+        for (int64_t p = 0; p < panels; ++p) {
+          for (int64_t c = 0; c < g.C2; ++c) {
+            const scalar_t* src = worker.activation(2) + (p * g.C2 + c) * nr;
+            std::copy(src, src + nr, block_out.data() + c * stride + q0 + p * nr);
+          }
+        }
+      });
+      at::parallel_for(0, g.N * g.C2, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / g.C2, c = i % g.C2;
+          const scalar_t* plane = block_out.data() + c * stride + n * input.Hs * input.Ws;
+          acc_t sum = 0;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            for (int64_t ow = 0; ow < g.OW; ++ow) {
+              sum += static_cast<acc_t>(plane[oh * input.Ws + ow]);
+            }
+          }
+          out_data[i] = static_cast<scalar_t>(sum * inv_pixels);
+        }
+      });
+      return;
+    }
     const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
     const int64_t tiles_per_image = (g.pixels() + tile_pixels - 1) / tile_pixels;
     std::vector<acc_t> tile_sums(g.N * tiles_per_image * g.C2);
@@ -40,8 +73,6 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
             }
           });
         });
-    scalar_t* out_data = out.data_ptr<scalar_t>();
-    const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
     for (int64_t n = 0; n < g.N; ++n) {
       for (int64_t c = 0; c < g.C2; ++c) {
         acc_t s = 0;

@@ -20,6 +20,7 @@
 
 #include "cpu/max_pool2d_plane.h"
 #include "cpu/nin_block_packed_cache_cpu.h"
+#include "cpu/nin_block_run_cpu.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
@@ -182,7 +183,7 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
       pool_block_by_images<scalar_t>(x, g, pool, *packed, packed->winograd(winograd), out);
       return;
     }
-    if (format == at::MemoryFormat::Contiguous) {
+    if (format == at::MemoryFormat::Contiguous && !shifted_conv_pays(g)) {
       pool_block_by_bands<scalar_t>(x, g, pool, *packed, out);
       return;
     }

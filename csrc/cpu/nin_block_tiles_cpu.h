@@ -173,6 +173,20 @@ inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, 
   return best;
 }
 
+// out[panel][m][nr] = relu(W in[panel] + b) for every panel of a tile, one (MR x NR) block at a
+// time; the weight panel stays in cache while it meets every pixel panel of the tile.
+template <typename scalar_t>
+void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
+                        scalar_t* out, int64_t panels) {
+  for (int64_t m0 = 0; m0 < layer.M; m0 += kernel.mr) {
+    const scalar_t* a = layer.a.data() + m0 * layer.K;
+    for (int64_t p = 0; p < panels; ++p) {
+      kernel.fn(layer.K, a, in + p * layer.K * kernel.nr, layer.bias.data() + m0, out + (p * layer.M + m0) * kernel.nr,
+                kernel.nr, std::min(kernel.mr, layer.M - m0));
+    }
+  }
+}
+
 // Per-thread workspace and the tile computation.
 template <typename scalar_t>
 class NinBlockTileWorker {
@@ -195,9 +209,9 @@ class NinBlockTileWorker {
     pt_ = pt;
     panels_ = (pt + nr_ - 1) / nr_;
     gather_patch(n, p0, pt, panels_);
-    apply_layer(packed_.conv, patch_.data(), hidden0_.data(), panels_);
-    apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
-    apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.conv, patch_.data(), hidden0_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
   }
 
   // Computes the block's three activations for the m x m output blocks [b0, b0 + tb) of the batch
@@ -322,8 +336,8 @@ class NinBlockTileWorker {
         }
       }
     }
-    apply_layer(packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
-    apply_layer(packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
   }
 
   // Writes activation `layer` of the last Winograd tile into t, an (N', C, OH, OW) tensor of any
@@ -387,19 +401,6 @@ class NinBlockTileWorker {
   }
 
  private:
-  // out[panel][m][nr] = relu(W in[panel] + b) for every panel, one (MR x NR) block at a time; the
-  // weight panel stays in cache while it meets every pixel panel of the tile.
-  void apply_layer(const PackedLayer<scalar_t>& layer, const scalar_t* in, scalar_t* out, int64_t panels) {
-    const int64_t mr = packed_.kernel.mr;
-    for (int64_t m0 = 0; m0 < layer.M; m0 += mr) {
-      const scalar_t* a = layer.a.data() + m0 * layer.K;
-      for (int64_t p = 0; p < panels; ++p) {
-        packed_.kernel.fn(layer.K, a, in + p * layer.K * nr_, layer.bias.data() + m0,
-                          out + (p * layer.M + m0) * nr_, nr_, std::min(mr, layer.M - m0));
-      }
-    }
-  }
-
   // Output channels whose Winograd products are computed and transformed together: a multiple of
   // MR, about 256 KiB of products.
   int64_t products_chunk_channels() const {
@@ -557,32 +558,6 @@ void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, cons
       tile_fn(worker, b0, std::min(tile_blocks, blocks - b0));
     }
   });
-}
-
-// Runs the block over the whole batch and writes the activations asked for, (layer, tensor) pairs
-// (layer 0: the conv's, 1: the first 1x1's, 2: the block's output), into their (N, C, OH, OW)
-// tensors: by Winograd tiles when the packing and the geometry allow, by pixel tiles otherwise.
-template <typename scalar_t>
-void run_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                   const std::vector<std::pair<int, at::Tensor*>>& outputs) {
-  if (const int m = winograd_tile_size(g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t))) {
-    const PackedWinogradConv& winograd = packed.winograd(m);
-    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
-      worker.compute_winograd(b0, tb);
-      for (const auto& [layer, tensor] : outputs) {
-        worker.write_winograd_rows(layer, *tensor);
-      }
-    });
-    return;
-  }
-  const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
-  for_each_nin_block_tile<scalar_t>(
-      x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
-        worker.compute(n, p0, pt);
-        for (const auto& [layer, tensor] : outputs) {
-          worker.write_rows(layer, *tensor, n, p0);
-        }
-      });
 }
 
 // The float32 computation serves float16 and bfloat16 inputs: `op` runs on float copies, and the

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/nin_block_packed_cache_cpu.h"
+#include "cpu/nin_block_run_cpu.h"
 
 namespace nin_ext {
 namespace cpu {

@@ -1,0 +1,115 @@
+"""The CPU backend's shifted-products path (csrc/cpu/nin_block_shifted_cpu.h): stride-1 blocks whose
+conv reduces many input values into few channels (the seed's block 4: 384 -> 10 channels, 3x3, 5x5
+maps) run their conv on a padded copy of the input, with no im2col gather. Every op that runs a block
+on the CPU takes it; each case is checked against the float64 reference, in float32 and float64."""
+import random
+
+import pytest
+import torch
+
+import nin_ext
+from nin_ext import _C
+from conftest import assert_close_ref, ref64_fn, ref_block_fn, ref_block_gap_fn
+
+
+def _draw(rng):
+    kh, kw = rng.choice([(1, 1), (3, 3), (2, 3), (3, 5)])
+    ph, pw = rng.randint(0, kh - 1), rng.randint(0, kw - 1)
+    return dict(n=rng.randint(1, 3), c0=rng.choice([64, 97, 200]), cc=rng.choice([3, 10, 13]),
+                c1=rng.choice([1, 10, 17]), c2=rng.choice([2, 10]), k=(kh, kw), p=(ph, pw),
+                h=rng.randint(max(1, kh - 2 * ph), 9), w=rng.randint(max(1, kw - 2 * pw), 9),
+                layout=rng.choice(["contiguous", "channels_last", "sliced"]))
+
+
+CASES = [_draw(random.Random(4242 + i)) for i in range(12)]
+
+
+def _block_args(c, dtype):
+    n, c0 = c["n"], c["c0"]
+    if c["layout"] == "sliced":  # every other column of a wider map: a non-contiguous input
+        x = torch.randn(n, c0, c["h"], 2 * c["w"], dtype=dtype)[..., ::2]
+    else:
+        x = torch.randn(n, c0, c["h"], c["w"], dtype=dtype)
+        if c["layout"] == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(c["cc"], c0, *c["k"], dtype=dtype) * (2.0 / (c0 * c["k"][0] * c["k"][1])) ** 0.5
+    w1 = torch.randn(c["c1"], c["cc"], 1, 1, dtype=dtype) * (2.0 / c["cc"]) ** 0.5
+    w2 = torch.randn(c["c2"], c["c1"], 1, 1, dtype=dtype) * (2.0 / c["c1"]) ** 0.5
+    biases = [torch.randn(m, dtype=dtype) * 0.1 for m in (c["cc"], c["c1"], c["c2"])]
+    return x, w, biases[0], w1, biases[1], w2, biases[2], (1, 1), c["p"]
+
+
+def _shifted(args):
+    x, w, _, w1, _, w2, _, stride, padding = args
+    shapes = (tuple(x.shape), tuple(w.shape), w1.shape[0], w2.shape[0], stride, padding)
+    return _C.shifted_conv(*shapes) and _C.winograd_tile_size(*shapes) == 0
+
+
+def _case_id(c):
+    return "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k[0]}x{k[1]}_p{p[0]}{p[1]}_{h}x{w}_{layout}".format(**c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_block_ops(cpu_backend, case, dtype):
+    args = _block_args(case, dtype)
+    assert _shifted(args), "the case does not take the shifted path"
+    assert_close_ref(nin_ext.ops.nin_block(*args), ref64_fn(ref_block_fn, *args), what="nin_block")
+    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
+    pooled = nin_ext.ops.nin_block_max_pool(*args, 2, 1, 1)
+    assert torch.equal(pooled, torch.nn.functional.max_pool2d(nin_ext.ops.nin_block(*args), 2, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_training_forward_and_gradients(cpu_backend, dtype):
+    args = list(_block_args(dict(n=2, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=5, w=6,
+                                 layout="contiguous"), dtype))
+    assert _shifted(args)
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args)
+    x64 = [a.double() for a in args[:7]]
+    expected_h0 = torch.relu(torch.nn.functional.conv2d(x64[0], x64[1], x64[2], 1, 1))
+    expected_h1 = torch.relu(torch.nn.functional.conv2d(expected_h0, x64[3], x64[4]))
+    assert_close_ref(h0, expected_h0, what="hidden0")
+    assert_close_ref(h1, expected_h1, what="hidden1")
+    assert_close_ref(out, ref64_fn(ref_block_fn, *args), what="output")
+    for i in range(7):
+        args[i] = args[i].detach().requires_grad_(True)
+    nin_ext.ops.nin_block_gap(*args).sum().backward()
+    x64 = [a.detach().double().requires_grad_(True) for a in args[:7]]
+    ref_block_gap_fn(*x64, *args[7:]).sum().backward()
+    for a, a64 in zip(args[:7], x64):
+        assert_close_ref(a.grad, a64.grad, kind="grad", what="gradient")
+
+
+def test_choice_for_the_seed_blocks():
+    """Block 4 (384 -> 10 channels) takes the shifted products at any batch; blocks 2 and 3 (wide
+    convs: the gather is a few percent of their work) and block 1 (stride 4) do not."""
+    for batch in (1, 16, 32):
+        assert _C.shifted_conv((batch, 384, 5, 5), (10, 384, 3, 3), 10, 10, (1, 1), (1, 1))
+        assert not _C.shifted_conv((batch, 256, 12, 12), (384, 256, 3, 3), 384, 384, (1, 1), (1, 1))
+        assert not _C.shifted_conv((batch, 96, 26, 26), (256, 96, 5, 5), 256, 256, (1, 1), (2, 2))
+        assert not _C.shifted_conv((batch, 1, 224, 224), (96, 1, 11, 11), 96, 96, (4, 4), (0, 0))
+
+
+def test_padding_of_the_kernel_size_stays_on_the_gather_path(cpu_backend):
+    """The shifted layout stores only the top and left padding (the bottom and right are the next
+    plane's and row's), so padding as large as the kernel takes the gather path, and stays right."""
+    args = _block_args(dict(n=2, c0=200, cc=4, c1=3, c2=2, k=(1, 3), p=(1, 3), h=4, w=5, layout="contiguous"),
+                       torch.float32)
+    assert not _C.shifted_conv(tuple(args[0].shape), tuple(args[1].shape), 3, 2, (1, 1), (1, 3))
+    assert_close_ref(nin_ext.ops.nin_block(*args), ref64_fn(ref_block_fn, *args), what="nin_block")
+
+
+def test_same_bits_for_any_thread_count(cpu_backend):
+    """The threads split the positions differently; each position is computed the same way."""
+    args = _block_args(dict(n=3, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=5, w=5, layout="contiguous"),
+                       torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            outputs.append((nin_ext.ops.nin_block(*args), nin_ext.ops.nin_block_gap(*args)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outputs[0][0], y) and torch.equal(outputs[0][1], g) for y, g in outputs[1:])
