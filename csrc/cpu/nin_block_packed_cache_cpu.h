@@ -26,6 +26,29 @@
 namespace nin_ext {
 namespace cpu {
 
+// Two byte ranges of equal length to compare.
+struct ByteComparison {
+  const char* a;
+  const char* b;
+  size_t length;
+};
+
+// Whether every comparison finds equal bytes: all of a block's weights in one parallel loop (the
+// seed's wider blocks hold several MB, read on every call; one loop per tensor cost a thread
+// start-up each, 24 per forward).
+inline bool same_bytes(const std::vector<ByteComparison>& comparisons) {
+  std::atomic<bool> same{true};
+  at::parallel_for(0, static_cast<int64_t>(comparisons.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end && same.load(std::memory_order_relaxed); ++i) {
+      const ByteComparison& c = comparisons[i];
+      if (std::memcmp(c.a, c.b, c.length) != 0) {
+        same.store(false, std::memory_order_relaxed);
+      }
+    }
+  });
+  return same.load();
+}
+
 // Where one weight or bias tensor lives and what it held when its entry was packed; an undefined
 // bias is a snapshot of nothing.
 class TensorSnapshot {
@@ -51,33 +74,27 @@ class TensorSnapshot {
            t->strides() == c10::IntArrayRef(strides_);
   }
 
-  // Whether t still holds the bytes of the snapshot (t is in the snapshot's place).
-  bool unchanged(const c10::optional<at::Tensor>& t) const {
+  // The byte ranges to compare to tell whether t still holds the snapshot's bytes (t is in the
+  // snapshot's place), in chunks that the threads share; false when they differ in size already.
+  // `dense` keeps t's contiguous copy alive for the comparison.
+  bool add_comparisons(const c10::optional<at::Tensor>& t, at::Tensor& dense,
+                       std::vector<ByteComparison>& comparisons) const {
     if (!(t.has_value() && t->defined())) {
       return data_ == nullptr;
     }
-    const at::Tensor dense = t->contiguous();
-    return dense.nbytes() == bytes_.size() && same_bytes(static_cast<const char*>(dense.const_data_ptr()));
+    dense = t->contiguous();
+    if (dense.nbytes() != bytes_.size()) {
+      return false;
+    }
+    constexpr size_t kChunk = size_t{256} << 10;
+    const char* data = static_cast<const char*>(dense.const_data_ptr());
+    for (size_t offset = 0; offset < bytes_.size(); offset += kChunk) {
+      comparisons.push_back({data + offset, bytes_.data() + offset, std::min(kChunk, bytes_.size() - offset)});
+    }
+    return true;
   }
 
  private:
-  // Compared in chunks, in parallel: the seed's wider blocks hold several MB of weights, read on every
-  // call, which at batch 1 took about a tenth of the forward on one thread.
-  bool same_bytes(const char* data) const {
-    constexpr size_t kChunk = size_t{256} << 10;
-    const int64_t chunks = static_cast<int64_t>((bytes_.size() + kChunk - 1) / kChunk);
-    std::atomic<bool> same{true};
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end && same.load(std::memory_order_relaxed); ++i) {
-        const size_t offset = static_cast<size_t>(i) * kChunk, length = std::min(kChunk, bytes_.size() - offset);
-        if (std::memcmp(data + offset, bytes_.data() + offset, length) != 0) {
-          same.store(false, std::memory_order_relaxed);
-        }
-      }
-    });
-    return same.load();
-  }
-
   const void* data_ = nullptr;
   std::vector<int64_t> sizes_, strides_;
   std::vector<char> bytes_;
@@ -156,12 +173,14 @@ class NinBlockPackedCache {
     }
 
     bool unchanged(const std::array<c10::optional<at::Tensor>, 6>& tensors) const {
+      std::array<at::Tensor, 6> dense;
+      std::vector<ByteComparison> comparisons;
       for (size_t i = 0; i < tensors.size(); ++i) {
-        if (!snapshots[i].unchanged(tensors[i])) {
+        if (!snapshots[i].add_comparisons(tensors[i], dense[i], comparisons)) {
           return false;
         }
       }
-      return true;
+      return same_bytes(comparisons);
     }
   };
 
