@@ -348,25 +348,22 @@ class NinBlockTileWorker {
     const int64_t channels = t.size(1), images = t.size(0);
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
-    std::vector<int64_t>& offsets = pixel_offsets_;
-    offsets.resize(pt_);
-    bool every_pixel = true;
+    // The tile's pixels of these images only (a tile spans up to a few images, written one at a time
+    // by nin_block_max_pool): where each is in `values` (channel 0) and in t.
+    std::vector<PixelCopy>& copies = pixel_copies_;
+    copies.clear();
     for (int64_t j = 0; j < pt_; ++j) {
       const int64_t n = tile_pixels_[j].n - first_image;
-      every_pixel = every_pixel && n >= 0 && n < images;
-      offsets[j] = n < 0 || n >= images ? -1 : n * sn + tile_pixels_[j].oh * sh + tile_pixels_[j].ow * sw;
+      if (n >= 0 && n < images) {
+        copies.push_back({j / nr_ * channels * nr_ + j % nr_, n * sn + tile_pixels_[j].oh * sh + tile_pixels_[j].ow * sw});
+      }
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output.
     for (int64_t c = 0; c < channels; ++c) {
       scalar_t* dst = data + c * sc;
-      for (int64_t panel = 0; panel < panels_; ++panel) {
-        const scalar_t* src = values.data() + (panel * channels + c) * nr_;
-        const int64_t j0 = panel * nr_, count = std::min(nr_, pt_ - j0);
-        for (int64_t l = 0; l < count; ++l) {
-          if (every_pixel || offsets[j0 + l] >= 0) {
-            dst[offsets[j0 + l]] = src[l];
-          }
-        }
+      const scalar_t* src = values.data() + c * nr_;
+      for (const PixelCopy& copy : copies) {
+        dst[copy.dst] = src[copy.src];
       }
     }
   }
@@ -505,7 +502,10 @@ class NinBlockTileWorker {
   };
   std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
   std::vector<std::vector<PixelRun>> pixel_runs_;  // Winograd: per block position, where its lanes go
-  std::vector<int64_t> pixel_offsets_;    // Winograd: where each tile pixel goes in an output
+  struct PixelCopy {
+    int64_t src, dst;
+  };
+  std::vector<PixelCopy> pixel_copies_;  // Winograd: where the tile's pixels go in an output
   struct GatherSegment {
     int64_t lane, count, offset;
   };
