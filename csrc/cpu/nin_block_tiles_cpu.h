@@ -288,8 +288,12 @@ class NinBlockTileWorker {
           }
           std::fill(band_row, band_row + g.PW, 0.f);
           const scalar_t* src = plane + ih * sh;
-          for (int64_t iw = 0; iw < g.W; ++iw) {
-            band_row[g.PW + iw] = static_cast<float>(src[iw * sw]);
+          if (sw == 1) {  // NCHW: one contiguous copy
+            std::copy(src, src + g.W, band_row + g.PW);
+          } else {
+            for (int64_t iw = 0; iw < g.W; ++iw) {
+              band_row[g.PW + iw] = static_cast<float>(src[iw * sw]);
+            }
           }
           std::fill(band_row + g.PW + g.W, band_row + band_width, 0.f);
         }
@@ -324,14 +328,14 @@ class NinBlockTileWorker {
       for (int64_t c = 0; c < channels; ++c) {
         transform(t.AT_float.data(), m, t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
         const float shift = static_cast<float>(bias[c0 + c]);
+        for (int64_t l = 0; l < m * m * nr; ++l) {  // all lanes at once (vectorized), then the runs copy
+          const float value = y[l] + shift;
+          y[l] = value < 0.f ? 0.f : value;  // NaN passes, as in torch.relu
+        }
+        float* hidden0 = reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr;
         for (int q = 0; q < m * m; ++q) {
           for (const PixelRun& run : pixel_runs_[q]) {
-            scalar_t* out = hidden0_.data() + ((run.j / nr) * g.CC + c0 + c) * nr + run.j % nr;
-            const float* in = y + q * nr + run.lane;
-            for (int64_t l = 0; l < run.count; ++l) {
-              const float value = in[l] + shift;
-              out[l] = static_cast<scalar_t>(value < 0.f ? 0.f : value);  // NaN passes, as in torch.relu
-            }
+            copy_run(y + q * nr + run.lane, run.count, hidden0 + (run.j / nr) * g.CC * nr + run.j % nr);
           }
         }
       }
