@@ -35,8 +35,8 @@ using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* 
 
 // The Winograd transform step for nr tiles side by side (winograd_transform_lanes.h), compiled for
 // the same ISA as the micro-kernel.
-using WinogradTransformFn = void (*)(const float* L, int rows_l, const float* R, int rows_r, int inner,
-                                     const float* in, int64_t in_stride, float* out, int64_t out_stride);
+using WinogradTransformFn = void (*)(const float* M, int rows, int inner, const float* in, int64_t in_stride,
+                                     float* out, int64_t out_stride);
 
 // nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
 // same ISA.
@@ -117,10 +117,10 @@ void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* 
                                       int64_t rows);
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a, const float* b,
                                    int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows);
-void winograd_transform_avx512_32(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
-                                  int64_t in_stride, float* out, int64_t out_stride);
-void winograd_transform_avx2_16(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
-                                int64_t in_stride, float* out, int64_t out_stride);
+void winograd_transform_avx512_32(const float* M, int rows, int inner, const float* in, int64_t in_stride,
+                                  float* out, int64_t out_stride);
+void winograd_transform_avx2_16(const float* M, int rows, int inner, const float* in, int64_t in_stride,
+                                float* out, int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
 void max_pool2d_argmax_plane_avx512(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
 #endif

@@ -39,9 +39,9 @@ void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* off
   register_blocked_shifted_microkernel<Avx2, 6, 2>(K, shifts, offsets, a, b, ldb, bias, c, ldc, rows);
 }
 
-void winograd_transform_avx2_16(const float* L, int rows_l, const float* R, int rows_r, int inner, const float* in,
-                                  int64_t in_stride, float* out, int64_t out_stride) {
-  winograd_transform_lanes<16>(L, rows_l, R, rows_r, inner, in, in_stride, out, out_stride);
+void winograd_transform_avx2_16(const float* M, int rows, int inner, const float* in, int64_t in_stride,
+                                float* out, int64_t out_stride) {
+  winograd_transform_lanes<Avx2, 16>(M, rows, inner, in, in_stride, out, out_stride);
 }
 
 }  // namespace cpu

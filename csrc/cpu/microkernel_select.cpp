@@ -21,7 +21,7 @@ MicroKernel<float> choose_float_microkernel() {
                                     &microkernel_portable<float, 4, 8>,
                                     &shifted_microkernel_portable<float, 4, 8>,
                                     "portable",
-                                    &winograd_transform_lanes<8>,
+                                    &winograd_transform_lanes<ScalarVec, 8>,
                                     portable_pool,
                                     portable_argmax};
 #if NIN_EXT_X86_64

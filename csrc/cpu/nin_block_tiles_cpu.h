@@ -307,7 +307,7 @@ class NinBlockTileWorker {
           }
         }
       }
-      transform(t.BT_float.data(), alpha, t.BT_float.data(), alpha, alpha, d, nr, v + ci * nr, g.C0 * nr);
+      transform(t.BT_float.data(), alpha, alpha, d, nr, v + ci * nr, g.C0 * nr);
     }
     // Per chunk of output channels (the chunk's products stay in L2): the products, one GEMM per
     // transform point, M[xi] = U[xi] V[xi]; then the output transform, Y = AT M A per channel, and
@@ -326,7 +326,7 @@ class NinBlockTileWorker {
         }
       }
       for (int64_t c = 0; c < channels; ++c) {
-        transform(t.AT_float.data(), m, t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
+        transform(t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
         const float shift = static_cast<float>(bias[c0 + c]);
         for (int64_t l = 0; l < m * m * nr; ++l) {  // all lanes at once (vectorized), then the runs copy
           const float value = y[l] + shift;
