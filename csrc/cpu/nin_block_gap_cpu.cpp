@@ -1,8 +1,8 @@
 // nin_ext::nin_block_gap on the CPU: the fused block with the global average pool folded in.
 // Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
 // sums are then added in tile order, so the result has the same bits on every run. Where the block
-// runs by shifted products (nin_block_shifted_cpu.h), its output over all positions goes to one
-// buffer, summed per image and channel in pixel order.
+// runs by shifted products (nin_block_shifted_cpu.h), whose tiles hold whole images, each image's
+// pixels are summed in pixel order within its tile.
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
@@ -31,29 +31,21 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
     if (shifted_conv_pays(g)) {
-      const ShiftedConvInput<scalar_t> input(x, g, packed.kernel.nr);
-      const int64_t nr = packed.kernel.nr, stride = (input.positions + nr - 1) / nr * nr;
-      std::vector<scalar_t> block_out(g.C2 * stride);
-      for_each_shifted_tile<scalar_t>(input, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t q0,
-                                                            int64_t panels) {
-        for (int64_t p = 0; p < panels; ++p) {
+      // Per image and channel, the sum of its pixels in pixel order: the same bits for any tiling.
+      for_each_shifted_tile<scalar_t>(x, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t n0,
+                                                        int64_t n1) {
+        std::vector<acc_t> sums((n1 - n0) * g.C2, acc_t(0));
+        const scalar_t* values = worker.activation(2);
+        const int64_t nr = packed.kernel.nr;
+        worker.for_each_pixel(n0, n1, [&](int64_t j, int64_t n, int64_t, int64_t) {
+          const scalar_t* src = values + (j / nr * g.C2) * nr + j % nr;
+          acc_t* image_sums = sums.data() + (n - n0) * g.C2;
           for (int64_t c = 0; c < g.C2; ++c) {
-            const scalar_t* src = worker.activation(2) + (p * g.C2 + c) * nr;
-            std::copy(src, src + nr, block_out.data() + c * stride + q0 + p * nr);
+            image_sums[c] += static_cast<acc_t>(src[c * nr]);
           }
-        }
-      });
-      at::parallel_for(0, g.N * g.C2, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t n = i / g.C2, c = i % g.C2;
-          const scalar_t* plane = block_out.data() + c * stride + n * input.Hs * input.Ws;
-          acc_t sum = 0;
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            for (int64_t ow = 0; ow < g.OW; ++ow) {
-              sum += static_cast<acc_t>(plane[oh * input.Ws + ow]);
-            }
-          }
-          out_data[i] = static_cast<scalar_t>(sum * inv_pixels);
+        });
+        for (int64_t i = 0; i < (n1 - n0) * g.C2; ++i) {
+          out_data[n0 * g.C2 + i] = static_cast<scalar_t>(sums[i] * inv_pixels);
         }
       });
       return;

@@ -42,65 +42,58 @@ inline bool shifted_conv_pays(const NinBlockGeometry& g) {
   return padded * per_pixel < double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
 }
 
-// The padded, channel-major copy of the input (above). Each row ends with zeros for the last panel's
-// lanes past the positions and for the largest shift (which covers the last plane's bottom padding),
-// so that every read stays in the row.
-template <typename scalar_t>
-struct ShiftedConvInput {
-  int64_t Hs, Ws, positions, row_stride;
-  std::vector<int64_t> offsets;  // per (ky, kx), in the conv weight's order: ky Ws + kx
-  std::unique_ptr<scalar_t[]> rows;
-
-  ShiftedConvInput(const at::Tensor& x, const NinBlockGeometry& g, int64_t nr)
-      : Hs(g.H + g.PH), Ws(g.W + g.PW), positions(g.N * Hs * Ws) {
-    const int64_t largest_shift = (g.KH - 1) * Ws + g.KW - 1;
-    row_stride = (positions + nr - 1) / nr * nr + largest_shift;
-    for (int64_t ky = 0; ky < g.KH; ++ky) {
-      for (int64_t kx = 0; kx < g.KW; ++kx) {
-        offsets.push_back(ky * Ws + kx);
-      }
-    }
-    rows.reset(new scalar_t[g.C0 * row_stride]);
-    const scalar_t* xd = x.const_data_ptr<scalar_t>();
-    const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
-    at::parallel_for(0, g.C0, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t ci = begin; ci < end; ++ci) {
-        scalar_t* row = rows.get() + ci * row_stride;
-        std::fill(row, row + row_stride, scalar_t(0));
-        for (int64_t n = 0; n < g.N; ++n) {
-          for (int64_t ih = 0; ih < g.H; ++ih) {
-            const scalar_t* src = xd + n * sn + ci * sc + ih * sh;
-            scalar_t* dst = row + (n * Hs + ih + g.PH) * Ws + g.PW;
-            for (int64_t iw = 0; iw < g.W; ++iw) {
-              dst[iw] = src[iw * sw];
-            }
-          }
-        }
-      }
-    });
-  }
-};
-
-// Per-thread workspace: the block's three activations for a tile of panels of positions, in the
-// panel layout of the pixel-tile path ([panel][channel][NR]).
+// Per-thread workspace: the padded, channel-major copy of a tile of whole images (above) and the
+// block's three activations at its positions, in the panel layout of the pixel-tile path
+// ([panel][channel][NR]). Each thread copies the images it computes, so the copy is read from its
+// own cache. Each row ends with zeros for the last panel's lanes past the positions and for the
+// largest shift (which covers the last plane's bottom padding), so that every read stays in the row.
 template <typename scalar_t>
 class ShiftedTileWorker {
  public:
-  ShiftedTileWorker(const ShiftedConvInput<scalar_t>& input, const NinBlockGeometry& g,
-                    const NinBlockPacked<scalar_t>& packed, int64_t max_panels)
-      : input_(input), g_(g), packed_(packed), hidden0_(g.CC * max_panels * packed.kernel.nr),
-        hidden1_(g.C1 * max_panels * packed.kernel.nr), hidden2_(g.C2 * max_panels * packed.kernel.nr) {}
+  ShiftedTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
+                    int64_t max_images)
+      : x_(x), g_(g), packed_(packed), plane_((g.H + g.PH) * (g.W + g.PW)),
+        row_stride_(panels_for(max_images) * packed.kernel.nr + (g.KH - 1) * (g.W + g.PW) + g.KW - 1),
+        rows_(g.C0 * row_stride_), hidden0_(g.CC * panels_for(max_images) * packed.kernel.nr),
+        hidden1_(g.C1 * panels_for(max_images) * packed.kernel.nr),
+        hidden2_(g.C2 * panels_for(max_images) * packed.kernel.nr) {
+    for (int64_t ky = 0; ky < g.KH; ++ky) {
+      for (int64_t kx = 0; kx < g.KW; ++kx) {
+        offsets_.push_back(ky * (g.W + g.PW) + kx);  // in the conv weight's order
+      }
+    }
+  }
 
-  // The activations of positions [q0, q0 + panels NR).
-  void compute(int64_t q0, int64_t panels) {
+  // The panels of NR positions that `images` images take.
+  int64_t panels_for(int64_t images) const { return (images * plane_ + packed_.kernel.nr - 1) / packed_.kernel.nr; }
+
+  // Copies images [n0, n1) and computes the block's activations at their positions.
+  void compute(int64_t n0, int64_t n1) {
+    const NinBlockGeometry& g = g_;
+    const int64_t Ws = g.W + g.PW, panels = panels_for(n1 - n0);
+    const scalar_t* xd = x_.const_data_ptr<scalar_t>();
+    const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
+    for (int64_t ci = 0; ci < g.C0; ++ci) {
+      scalar_t* row = rows_.data() + ci * row_stride_;
+      std::fill(row, row + row_stride_, scalar_t(0));
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t ih = 0; ih < g.H; ++ih) {
+          const scalar_t* src = xd + n * sn + ci * sc + ih * sh;
+          scalar_t* dst = row + (n - n0) * plane_ + (ih + g.PH) * Ws + g.PW;
+          for (int64_t iw = 0; iw < g.W; ++iw) {
+            dst[iw] = src[iw * sw];
+          }
+        }
+      }
+    }
     const MicroKernel<scalar_t>& kernel = packed_.kernel;
     const PackedLayer<scalar_t>& conv = packed_.conv;
-    const int64_t shifts = static_cast<int64_t>(input_.offsets.size()), nr = kernel.nr;
+    const int64_t shifts = static_cast<int64_t>(offsets_.size()), nr = kernel.nr;
     for (int64_t m0 = 0; m0 < conv.M; m0 += kernel.mr) {
       for (int64_t p = 0; p < panels; ++p) {
-        kernel.shifted_fn(g_.C0, shifts, input_.offsets.data(), conv.a.data() + m0 * conv.K,
-                          input_.rows.get() + q0 + p * nr, input_.row_stride, conv.bias.data() + m0,
-                          hidden0_.data() + (p * conv.M + m0) * nr, nr, std::min(kernel.mr, conv.M - m0));
+        kernel.shifted_fn(g.C0, shifts, offsets_.data(), conv.a.data() + m0 * conv.K, rows_.data() + p * nr,
+                          row_stride_, conv.bias.data() + m0, hidden0_.data() + (p * conv.M + m0) * nr, nr,
+                          std::min(kernel.mr, conv.M - m0));
       }
     }
     apply_packed_layer(kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels);
@@ -112,42 +105,45 @@ class ShiftedTileWorker {
     return (layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_).data();
   }
 
- private:
-  const ShiftedConvInput<scalar_t>& input_;
-  const NinBlockGeometry& g_;
-  const NinBlockPacked<scalar_t>& packed_;
-  std::vector<scalar_t> hidden0_, hidden1_, hidden2_;
-};
-
-// Runs `tile_fn(worker, q0, panels)` for every tile of positions, in parallel: each thread takes an
-// equal range of panels, in tiles of about 1 MiB of activations. A position's values do not depend on
-// its tile (each lane of a micro-kernel block is computed on its own), so tiles can follow the threads.
-template <typename scalar_t, typename TileFn>
-void for_each_shifted_tile(const ShiftedConvInput<scalar_t>& input, const NinBlockGeometry& g,
-                           const NinBlockPacked<scalar_t>& packed, const TileFn& tile_fn) {
-  const int64_t nr = packed.kernel.nr, panels = (input.positions + nr - 1) / nr;
-  const int64_t lane_bytes = (g.CC + g.C1 + g.C2) * int64_t(sizeof(scalar_t));
-  const int64_t tile_panels = std::max<int64_t>(1, (int64_t{1} << 20) / (lane_bytes * nr));
-  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    ShiftedTileWorker<scalar_t> worker(input, g, packed, std::min(tile_panels, end - begin));
-    for (int64_t p0 = begin; p0 < end; p0 += tile_panels) {
-      const int64_t count = std::min(tile_panels, end - p0);
-      worker.compute(p0 * nr, count);
-      tile_fn(worker, p0 * nr, count);
-    }
-  });
-}
-
-// Calls pixel_fn(j, n, oh, ow) for each lane j of positions [q0, q0 + lanes) that is an output pixel.
-template <typename PixelFn>
-void for_each_shifted_pixel(const NinBlockGeometry& g, int64_t q0, int64_t lanes, const PixelFn& pixel_fn) {
-  const int64_t Ws = g.W + g.PW, plane = (g.H + g.PH) * Ws;
-  for (int64_t j = 0; j < lanes; ++j) {
-    const int64_t q = q0 + j, n = q / plane, oh = q % plane / Ws, ow = q % Ws;
-    if (n < g.N && oh < g.OH && ow < g.OW) {
-      pixel_fn(j, n, oh, ow);
+  // Calls pixel_fn(j, n, oh, ow) for each position j of the last tile (images from n0) that is an
+  // output pixel.
+  template <typename PixelFn>
+  void for_each_pixel(int64_t n0, int64_t n1, const PixelFn& pixel_fn) const {
+    const int64_t Ws = g_.W + g_.PW;
+    for (int64_t j = 0; j < (n1 - n0) * plane_; ++j) {
+      const int64_t oh = j % plane_ / Ws, ow = j % Ws;
+      if (oh < g_.OH && ow < g_.OW) {
+        pixel_fn(j, n0 + j / plane_, oh, ow);
+      }
     }
   }
+
+ private:
+  const at::Tensor& x_;
+  const NinBlockGeometry& g_;
+  const NinBlockPacked<scalar_t>& packed_;
+  const int64_t plane_, row_stride_;  // positions per image; floats per channel row
+  std::vector<int64_t> offsets_;       // per (ky, kx): ky Ws + kx
+  std::vector<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
+};
+
+// Runs `tile_fn(worker, n0, n1)` for tiles of whole images [n0, n1), in parallel: each thread takes
+// an equal range of images, in tiles of about 1 MiB of input copy and activations. A position's
+// values do not depend on its tile (each lane of a micro-kernel block is computed on its own), so
+// tiles can follow the threads.
+template <typename scalar_t, typename TileFn>
+void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
+                           const TileFn& tile_fn) {
+  const int64_t image_bytes = (g.H + g.PH) * (g.W + g.PW) * (g.C0 + g.CC + g.C1 + g.C2) * int64_t(sizeof(scalar_t));
+  const int64_t tile_images = std::max<int64_t>(1, (int64_t{1} << 20) / image_bytes);
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    ShiftedTileWorker<scalar_t> worker(x, g, packed, std::min(tile_images, end - begin));
+    for (int64_t n0 = begin; n0 < end; n0 += tile_images) {
+      const int64_t n1 = std::min(end, n0 + tile_images);
+      worker.compute(n0, n1);
+      tile_fn(worker, n0, n1);
+    }
+  });
 }
 
 // Runs the block by shifted products and writes the activations asked for ((layer, tensor) pairs,
@@ -155,16 +151,15 @@ void for_each_shifted_pixel(const NinBlockGeometry& g, int64_t q0, int64_t lanes
 template <typename scalar_t>
 void run_shifted_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                            const std::vector<std::pair<int, at::Tensor*>>& outputs) {
-  const ShiftedConvInput<scalar_t> input(x, g, packed.kernel.nr);
   const int64_t nr = packed.kernel.nr;
-  for_each_shifted_tile<scalar_t>(input, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t q0,
-                                                        int64_t panels) {
+  for_each_shifted_tile<scalar_t>(x, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t n0,
+                                                    int64_t n1) {
     for (const auto& [layer, tensor] : outputs) {
       const scalar_t* values = worker.activation(layer);
       const int64_t channels = tensor->size(1);
       scalar_t* data = tensor->template data_ptr<scalar_t>();
       const int64_t sn = tensor->stride(0), sc = tensor->stride(1), sh = tensor->stride(2), sw = tensor->stride(3);
-      for_each_shifted_pixel(g, q0, panels * nr, [&](int64_t j, int64_t n, int64_t oh, int64_t ow) {
+      worker.for_each_pixel(n0, n1, [&](int64_t j, int64_t n, int64_t oh, int64_t ow) {
         const scalar_t* src = values + (j / nr * channels) * nr + j % nr;
         scalar_t* dst = data + n * sn + oh * sh + ow * sw;
         for (int64_t c = 0; c < channels; ++c) {
