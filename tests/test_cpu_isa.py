@@ -29,10 +29,9 @@ ISAS = [
 ]
 
 # Odd channel counts (row tails of every MR), pixel counts (panel tails of every NR), strides,
-# paddings, both memory formats, both ops; the 1x1 case and the 200-channel 3x3 one take the shifted
-# products (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the last two
-# take the Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per
-# ISA too.
+# paddings, both memory formats, both ops; the 200-channel 3x3 case takes the shifted products
+# (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the last two take the
+# Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too.
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference

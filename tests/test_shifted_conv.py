@@ -13,7 +13,7 @@ from conftest import assert_close_ref, ref64_fn, ref_block_fn, ref_block_gap_fn
 
 
 def _draw(rng):
-    kh, kw = rng.choice([(1, 1), (3, 3), (2, 3), (3, 5)])
+    kh, kw = rng.choice([(3, 3), (2, 3), (3, 5), (2, 2)])
     ph, pw = rng.randint(0, kh - 1), rng.randint(0, kw - 1)
     return dict(n=rng.randint(1, 3), c0=rng.choice([64, 97, 200]), cc=rng.choice([3, 10, 13]),
                 c1=rng.choice([1, 10, 17]), c2=rng.choice([2, 10]), k=(kh, kw), p=(ph, pw),
@@ -21,7 +21,19 @@ def _draw(rng):
                 layout=rng.choice(["contiguous", "channels_last", "sliced"]))
 
 
-CASES = [_draw(random.Random(4242 + i)) for i in range(12)]
+def _draw_shifted(rng):
+    """A draw that takes the shifted path (a tiny output in a wide padded map does not)."""
+    while True:
+        c = _draw(rng)
+        oh, ow = c["h"] + 2 * c["p"][0] - c["k"][0] + 1, c["w"] + 2 * c["p"][1] - c["k"][1] + 1
+        # Mirrors shifted_conv_pays (csrc/cpu/nin_block_shifted_cpu.h); the tests assert the choice.
+        per_pixel = c["c0"] * c["k"][0] * c["k"][1] * c["cc"] + c["cc"] * c["c1"] + c["c1"] * c["c2"]
+        padded = (c["h"] + c["p"][0]) * (c["w"] + c["p"][1])
+        if padded * (per_pixel + 32 * c["c0"]) < oh * ow * (per_pixel + 32 * c["c0"] * c["k"][0] * c["k"][1]):
+            return c
+
+
+CASES = [_draw_shifted(random.Random(4242 + i)) for i in range(12)]
 
 
 def _block_args(c, dtype):
@@ -83,12 +95,14 @@ def test_training_forward_and_gradients(cpu_backend, dtype):
 
 def test_choice_for_the_seed_blocks():
     """Block 4 (384 -> 10 channels) takes the shifted products at any batch; blocks 2 and 3 (wide
-    convs: the gather is a few percent of their work) and block 1 (stride 4) do not."""
+    convs: the gather is a few percent of their work) and block 1 (stride 4) do not, nor does a 1x1
+    conv (its gather is a plain copy, as the shifted path's input copy is)."""
     for batch in (1, 16, 32):
         assert _C.shifted_conv((batch, 384, 5, 5), (10, 384, 3, 3), 10, 10, (1, 1), (1, 1))
         assert not _C.shifted_conv((batch, 256, 12, 12), (384, 256, 3, 3), 384, 384, (1, 1), (1, 1))
         assert not _C.shifted_conv((batch, 96, 26, 26), (256, 96, 5, 5), 256, 256, (1, 1), (2, 2))
         assert not _C.shifted_conv((batch, 1, 224, 224), (96, 1, 11, 11), 96, 96, (4, 4), (0, 0))
+        assert not _C.shifted_conv((batch, 384, 5, 5), (10, 384, 1, 1), 10, 10, (1, 1), (0, 0))
 
 
 def test_padding_of_the_kernel_size_stays_on_the_gather_path(cpu_backend):

@@ -35,7 +35,8 @@ void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const floa
 }
 
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                   const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows) {
+                                   const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc,
+                                   int64_t rows) {
   register_blocked_shifted_microkernel<Avx2, 6, 2>(K, shifts, offsets, a, b, ldb, bias, c, ldc, rows);
 }
 

@@ -38,7 +38,8 @@ void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const f
 }
 
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                      const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows) {
+                                      const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc,
+                                      int64_t rows) {
   register_blocked_shifted_microkernel<Avx512, 12, 2>(K, shifts, offsets, a, b, ldb, bias, c, ldc, rows);
 }
 

@@ -10,7 +10,8 @@
 // as its last tile is done; the few images whose tiles two threads share are written to a full-size
 // buffer and pooled at the end.
 // Every value is computed as nin_block computes it, so the result equals
-// max_pool2d(nin_block(...)) to the bit. A channels_last output runs the two ops one after the other.
+// max_pool2d(nin_block(...)) to the bit. A channels_last output, and a block that runs by shifted
+// products (nin_block_shifted_cpu.h), run the two ops one after the other.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

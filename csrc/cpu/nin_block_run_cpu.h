@@ -19,12 +19,13 @@ void run_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBloc
                    const std::vector<std::pair<int, at::Tensor*>>& outputs) {
   if (const int m = winograd_tile_size(g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t))) {
     const PackedWinogradConv& winograd = packed.winograd(m);
-    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
+    auto write_tile = [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
       worker.compute_winograd(b0, tb);
       for (const auto& [layer, tensor] : outputs) {
         worker.write_winograd_rows(layer, *tensor);
       }
-    });
+    };
+    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, write_tile);
     return;
   }
   if (shifted_conv_pays(g)) {

@@ -32,14 +32,17 @@ namespace cpu {
 constexpr int64_t kGatherCostInMultiplyAdds = 32;
 
 // Whether the block runs its conv by shifted products (stride 1, padding below the kernel size, and
-// less work counting the gather). Shapes only, so the choice does not depend on the thread count.
+// less work counting the gather of the direct path and the input copy of this one, at the same cost
+// per element: a 1x1 conv's gather is such a copy, so it stays on the direct path). Shapes only, so
+// the choice does not depend on the thread count.
 inline bool shifted_conv_pays(const NinBlockGeometry& g) {
   if (g.SH != 1 || g.SW != 1 || g.PH >= g.KH || g.PW >= g.KW) {
     return false;
   }
   const double per_pixel = double(g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
   const double padded = double(g.H + g.PH) * double(g.W + g.PW);
-  return padded * per_pixel < double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
+  const double shifted = padded * (per_pixel + double(kGatherCostInMultiplyAdds * g.C0));
+  return shifted < double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
 }
 
 // Per-thread workspace: the padded, channel-major copy of a tile of whole images (above) and the

@@ -359,7 +359,8 @@ class NinBlockTileWorker {
     for (int64_t j = 0; j < pt_; ++j) {
       const int64_t n = tile_pixels_[j].n - first_image;
       if (n >= 0 && n < images) {
-        copies.push_back({j / nr_ * channels * nr_ + j % nr_, n * sn + tile_pixels_[j].oh * sh + tile_pixels_[j].ow * sw});
+        const TilePixel& pixel = tile_pixels_[j];
+        copies.push_back({j / nr_ * channels * nr_ + j % nr_, n * sn + pixel.oh * sh + pixel.ow * sw});
       }
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output.
