@@ -56,10 +56,9 @@ class ShiftedTileWorker {
   ShiftedTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                     int64_t max_images)
       : x_(x), g_(g), packed_(packed), plane_((g.H + g.PH) * (g.W + g.PW)),
-        row_stride_(panels_for(max_images) * packed.kernel.nr + (g.KH - 1) * (g.W + g.PW) + g.KW - 1),
-        rows_(g.C0 * row_stride_), hidden0_(g.CC * panels_for(max_images) * packed.kernel.nr),
-        hidden1_(g.C1 * panels_for(max_images) * packed.kernel.nr),
-        hidden2_(g.C2 * panels_for(max_images) * packed.kernel.nr) {
+        lanes_(panels_for(max_images) * packed.kernel.nr),
+        row_stride_(lanes_ + (g.KH - 1) * (g.W + g.PW) + g.KW - 1), rows_(g.C0 * row_stride_),
+        hidden0_(g.CC * lanes_), hidden1_(g.C1 * lanes_), hidden2_(g.C2 * lanes_) {
     for (int64_t ky = 0; ky < g.KH; ++ky) {
       for (int64_t kx = 0; kx < g.KW; ++kx) {
         offsets_.push_back(ky * (g.W + g.PW) + kx);  // in the conv weight's order
@@ -125,7 +124,8 @@ class ShiftedTileWorker {
   const at::Tensor& x_;
   const NinBlockGeometry& g_;
   const NinBlockPacked<scalar_t>& packed_;
-  const int64_t plane_, row_stride_;  // positions per image; floats per channel row
+  // Positions per image; positions a tile's panels hold at most; floats per channel row.
+  const int64_t plane_, lanes_, row_stride_;
   std::vector<int64_t> offsets_;       // per (ky, kx): ky Ws + kx
   std::vector<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
 };
