@@ -143,13 +143,21 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
       }
     }
   });
-  std::vector<scalar_t> row_scratch(g.OW);
+  // The shared images by channel planes, in parallel: at batch 1 the only image is shared.
+  std::vector<int64_t> shared_images;
   for (int64_t n = 0; n < g.N; ++n) {
     if (shared_index[n] >= 0) {
-      pool_image(shared.template const_data_ptr<scalar_t>() + shared_index[n] * g.C2 * g.OH * g.OW, n,
-                 row_scratch.data());
+      shared_images.push_back(n);
     }
   }
+  at::parallel_for(0, shared_count * g.C2, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> row_scratch(g.OW);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = shared_images[plane / g.C2], c = plane % g.C2;
+      pool_plane(shared.template const_data_ptr<scalar_t>() + (shared_index[n] * g.C2 + c) * g.OH * g.OW,
+                 out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch.data());
+    }
+  });
 }
 
 }  // namespace
