@@ -28,10 +28,15 @@ inline __mmask16 tail_mask(int64_t n) {
 }
 
 struct Avx512PoolSteps {
-  static void max_into(float* acc, const float* src, int64_t n) {
+  // One pass: each vector of the window's rows is loaded once and the max stored once.
+  static void max_of_rows(const float* first, int64_t row_stride, int64_t rows, float* out, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 k = tail_mask(n - i);
-      _mm512_mask_storeu_ps(acc + i, k, nan_max16(_mm512_maskz_loadu_ps(k, acc + i), _mm512_maskz_loadu_ps(k, src + i)));
+      __m512 m = _mm512_maskz_loadu_ps(k, first + i);
+      for (int64_t r = 1; r < rows; ++r) {
+        m = nan_max16(m, _mm512_maskz_loadu_ps(k, first + r * row_stride + i));
+      }
+      _mm512_mask_storeu_ps(out + i, k, m);
     }
   }
 

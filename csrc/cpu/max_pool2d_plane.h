@@ -55,11 +55,14 @@ inline std::pair<int64_t, int64_t> inner_windows(const MaxPool2dGeometry& g) {
 
 // The steps, in plain C++ (the compiler vectorises the contiguous one).
 struct PortablePoolSteps {
-  // acc[i] = max(acc[i], src[i]) for i < n.
+  // out[i] = max over r < rows of first[r * row_stride + i] (rows >= 1), for i < n.
   template <typename scalar_t>
-  static void max_into(scalar_t* acc, const scalar_t* src, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-      acc[i] = nan_max(acc[i], src[i]);
+  static void max_of_rows(const scalar_t* first, int64_t row_stride, int64_t rows, scalar_t* out, int64_t n) {
+    std::copy(first, first + n, out);
+    for (int64_t r = 1; r < rows; ++r) {
+      for (int64_t i = 0; i < n; ++i) {
+        out[i] = nan_max(out[i], first[r * row_stride + i]);
+      }
     }
   }
 
@@ -127,10 +130,7 @@ void max_pool2d_plane(const scalar_t* in, scalar_t* out, const MaxPool2dGeometry
   for (int64_t oh = 0; oh < g.OH; ++oh) {
     const int64_t ih0 = oh * g.SH - g.PH;
     const int64_t ih_begin = std::max<int64_t>(ih0, 0), ih_end = std::min(ih0 + g.KH, g.H);
-    std::copy(in + ih_begin * g.W, in + (ih_begin + 1) * g.W, row);
-    for (int64_t ih = ih_begin + 1; ih < ih_end; ++ih) {
-      Steps::max_into(row, in + ih * g.W, g.W);
-    }
+    Steps::max_of_rows(in + ih_begin * g.W, g.W, ih_end - ih_begin, row, g.W);
     pool_row<scalar_t, Steps>(row, out + oh * g.OW, g);
   }
 }
