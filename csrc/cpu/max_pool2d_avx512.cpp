@@ -28,15 +28,24 @@ inline __mmask16 tail_mask(int64_t n) {
 }
 
 struct Avx512PoolSteps {
-  // One pass: each vector of the window's rows is loaded once and the max stored once.
+  // One pass: each vector of the window's rows is loaded once and the max stored once. Full
+  // vectors by plain loads: masked loads for every vector (a first version) ran a 36 MB pool, whose
+  // input streams from memory, 2.3x slower, as if the hardware prefetcher skipped them.
   static void max_of_rows(const float* first, int64_t row_stride, int64_t rows, float* out, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 k = tail_mask(n - i);
-      __m512 m = _mm512_maskz_loadu_ps(k, first + i);
+    auto max_at = [&](int64_t i, auto load) {
+      __m512 m = load(first + i);
       for (int64_t r = 1; r < rows; ++r) {
-        m = nan_max16(m, _mm512_maskz_loadu_ps(k, first + r * row_stride + i));
+        m = nan_max16(m, load(first + r * row_stride + i));
       }
-      _mm512_mask_storeu_ps(out + i, k, m);
+      return m;
+    };
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      _mm512_storeu_ps(out + i, max_at(i, [](const float* p) { return _mm512_loadu_ps(p); }));
+    }
+    if (i < n) {
+      const __mmask16 k = tail_mask(n - i);
+      _mm512_mask_storeu_ps(out + i, k, max_at(i, [k](const float* p) { return _mm512_maskz_loadu_ps(k, p); }));
     }
   }
 
