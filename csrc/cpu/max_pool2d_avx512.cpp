@@ -41,7 +41,7 @@ struct Avx512PoolSteps {
     };
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-      _mm512_storeu_ps(out + i, max_at(i, [](const float* p) { return _mm512_loadu_ps(p); }));
+      _mm512_storeu_ps(out + i, max_at(i, [&](const float* p) { return _mm512_loadu_ps(p); }));
     }
     if (i < n) {
       const __mmask16 k = tail_mask(n - i);
