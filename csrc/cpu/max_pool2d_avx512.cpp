@@ -27,6 +27,10 @@ inline __mmask16 tail_mask(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
+// The other strides and the argmax's windows: the plain steps, compiled for AVX-512 here.
+struct Avx512Isa;
+using Avx512CompilerPoolSteps = CompilerVectorisedPoolSteps<Avx512Isa>;
+
 struct Avx512PoolSteps {
   // One pass: each vector of the window's rows is loaded once and the max stored once. Full
   // vectors by plain loads: masked loads for every vector (a first version) ran a 36 MB pool, whose
@@ -51,7 +55,7 @@ struct Avx512PoolSteps {
 
   static void windows(const float* first, float* out, int64_t count, int64_t sw, int64_t kw) {
     if (sw != 2) {
-      PortablePoolSteps::windows(first, out, count, sw, kw);
+      Avx512CompilerPoolSteps::windows(first, out, count, sw, kw);
       return;
     }
     // Window i reads first[2i .. 2i + kw); the last one ends at first[2 count + kw - 3].
@@ -76,7 +80,8 @@ struct Avx512PoolSteps {
   static void windows_argmax(const float* in, int64_t w, int64_t ih_begin, int64_t ih_end, int64_t first_col,
                              int64_t count, int64_t sw, int64_t kw, float* out, int32_t* arg) {
     if (sw != 2) {
-      PortablePoolSteps::windows_argmax(in, w, ih_begin, ih_end, first_col, count, sw, kw, out, arg);
+      Avx512CompilerPoolSteps::windows_argmax(in, w, ih_begin, ih_end, first_col, count, sw, kw, out,
+                                              arg);
       return;
     }
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);

@@ -53,8 +53,12 @@ inline std::pair<int64_t, int64_t> inner_windows(const MaxPool2dGeometry& g) {
   return {inner_begin, inner_end};
 }
 
-// The steps, in plain C++ (the compiler vectorises the contiguous one).
-struct PortablePoolSteps {
+// The steps in plain C++ (the compiler vectorises the contiguous one). `Isa` only tells the
+// instantiations apart: a translation unit compiled for another ISA (max_pool2d_avx512.cpp's
+// fallbacks) passes a type of its own, so that a copy it emits can never stand in for the baseline
+// build's at link time (same name, other instructions: SIGILL on a CPU without that ISA).
+template <typename Isa>
+struct CompilerVectorisedPoolSteps {
   // out[i] = max over r < rows of first[r * row_stride + i] (rows >= 1), for i < n.
   template <typename scalar_t>
   static void max_of_rows(const scalar_t* first, int64_t row_stride, int64_t rows, scalar_t* out, int64_t n) {
@@ -101,6 +105,9 @@ struct PortablePoolSteps {
     }
   }
 };
+
+struct BaselineIsa;
+using PortablePoolSteps = CompilerVectorisedPoolSteps<BaselineIsa>;
 
 // The max of each window along one row of W values into OW outputs.
 template <typename scalar_t, typename Steps>
