@@ -10,12 +10,17 @@
 namespace nin_ext {
 namespace cpu {
 
-// How far ahead (in reduction steps) the kernels prefetch their weight panel. The panels stream from
-// L3 or memory (a Winograd tile reads all the per-point weights, 6-14 MB for the seed's blocks 2 and
-// 3; the weights of the network do not fit in L3 together), and the hardware prefetcher leaves their
-// latency exposed: 64 steps (3 KiB for AVX-512) cut the network's time at batch 16 by a tenth
-// (benchmarks/NOTES.md, v10). Prefetches past the panel's end are harmless.
-constexpr int64_t kWeightPrefetchSteps = 64;
+// How far ahead the kernels prefetch their weight panel. The panels stream from L3 or memory (a
+// Winograd tile reads all the per-point weights, 6-14 MB for the seed's blocks 2 and 3; the weights
+// of the network do not fit in L3 together), and the hardware prefetcher leaves their latency
+// exposed: 3 KiB ahead cut the network's time at batch 16 by a tenth with the AVX-512 kernel and by
+// 2-3% with the AVX2 one (benchmarks/NOTES.md, v10). Prefetches past the panel's end are harmless.
+constexpr int64_t kWeightPrefetchBytes = 3072;
+
+template <int MR>
+constexpr int64_t weight_prefetch_steps() {
+  return kWeightPrefetchBytes / (MR * int64_t(sizeof(float)));
+}
 
 // MR rows x (NV * Vec::lanes) pixels, MR * NV accumulators held in registers. `for_each_k(step)`
 // calls step(a_k, b_k) once per reduction index: a_k the MR weights of that index, b_k its NR pixels.
@@ -78,7 +83,7 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
   register_blocked_product<Vec, MR, NV>(
       [&](const auto& step) __attribute__((always_inline)) {
         for (int64_t k = 0; k < K; ++k) {
-          __builtin_prefetch(a + (k + kWeightPrefetchSteps) * MR);
+          __builtin_prefetch(a + (k + weight_prefetch_steps<MR>()) * MR);
           step(a + k * MR, b + k * NR);
         }
       },
@@ -94,7 +99,7 @@ inline void register_blocked_shifted_microkernel(int64_t K, int64_t shifts, cons
       [&](const auto& step) __attribute__((always_inline)) {
         for (int64_t k = 0; k < K; ++k) {
           for (int64_t s = 0; s < shifts; ++s) {
-            __builtin_prefetch(a + (k * shifts + s + kWeightPrefetchSteps) * MR);
+            __builtin_prefetch(a + (k * shifts + s + weight_prefetch_steps<MR>()) * MR);
             step(a + (k * shifts + s) * MR, b + k * ldb + offsets[s]);
           }
         }
