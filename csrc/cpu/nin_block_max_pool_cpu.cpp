@@ -104,10 +104,9 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
   at::Tensor shared = at::empty({shared_count, g.C2, g.OH, g.OW}, x.options());
   const auto pool_plane = max_pool2d_plane_kernel<scalar_t>();
   scalar_t* out_data = out.data_ptr<scalar_t>();
-  auto pool_image = [&](const scalar_t* image, int64_t n, scalar_t* row_scratch) {
-    for (int64_t c = 0; c < g.C2; ++c) {
-      pool_plane(image + c * g.OH * g.OW, out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch);
-    }
+  // Channel c of image n, whose block output is at `image`.
+  auto pool_channel = [&](const scalar_t* image, int64_t n, int64_t c, scalar_t* row_scratch) {
+    pool_plane(image + c * g.OH * g.OW, out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch);
   };
   at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd);
@@ -135,7 +134,9 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
           }
           worker.write_winograd_rows(2, it->second, n);
           if ((n + 1) * blocks_per_image <= b0 + tb) {  // the image's last block is in this tile
-            pool_image(it->second.template const_data_ptr<scalar_t>(), n, row_scratch.data());
+            for (int64_t c = 0; c < g.C2; ++c) {
+              pool_channel(it->second.template const_data_ptr<scalar_t>(), n, c, row_scratch.data());
+            }
             free_buffers.push_back(it->second);
             open_images.erase(it);
           }
@@ -153,9 +154,9 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
   at::parallel_for(0, shared_count * g.C2, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> row_scratch(g.OW);
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = shared_images[plane / g.C2], c = plane % g.C2;
-      pool_plane(shared.template const_data_ptr<scalar_t>() + (shared_index[n] * g.C2 + c) * g.OH * g.OW,
-                 out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch.data());
+      const int64_t n = shared_images[plane / g.C2];
+      pool_channel(shared.template const_data_ptr<scalar_t>() + shared_index[n] * g.C2 * g.OH * g.OW, n,
+                   plane % g.C2, row_scratch.data());
     }
   });
 }
