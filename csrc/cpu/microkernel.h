@@ -123,6 +123,8 @@ void winograd_transform_avx2_16(const float* M, int rows, int inner, const float
                                 float* out, int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
 void max_pool2d_argmax_plane_avx512(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
+void max_pool2d_plane_avx2(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
+void max_pool2d_argmax_plane_avx2(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
 #endif
 
 // The best kernel this CPU runs (microkernel_select.cpp). NIN_EXT_CPU_ISA=avx512|avx2|portable

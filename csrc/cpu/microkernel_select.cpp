@@ -14,16 +14,14 @@ namespace cpu {
 namespace {
 
 MicroKernel<float> choose_float_microkernel() {
-  const auto portable_pool = &max_pool2d_plane<float, PortablePoolSteps>;
-  const auto portable_argmax = &max_pool2d_argmax_plane<float, PortablePoolSteps>;
   const MicroKernel<float> portable{4,
                                     8,
                                     &microkernel_portable<float, 4, 8>,
                                     &shifted_microkernel_portable<float, 4, 8>,
                                     "portable",
                                     &winograd_transform_lanes<ScalarVec, 8>,
-                                    portable_pool,
-                                    portable_argmax};
+                                    &max_pool2d_plane<float, PortablePoolSteps>,
+                                    &max_pool2d_argmax_plane<float, PortablePoolSteps>};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -39,8 +37,8 @@ MicroKernel<float> choose_float_microkernel() {
                                 &shifted_microkernel_avx2_6x16,
                                 "avx2",
                                 &winograd_transform_avx2_16,
-                                portable_pool,
-                                portable_argmax};
+                                &max_pool2d_plane_avx2,
+                                &max_pool2d_argmax_plane_avx2};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

@@ -1,0 +1,126 @@
+// nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels for AVX2 (max_pool2d_plane.h
+// with vector steps): 8 values per instruction, and stride-2 windows (the NiN pools) read as two
+// vectors whose even lanes two permutes and a blend gather. Compiled for AVX2 by the pragma and
+// called only when the float micro-kernel is the AVX2 one (microkernel_select.cpp).
+#include "cpu/microkernel.h"
+
+#if NIN_EXT_X86_64
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#include "cpu/max_pool2d_plane.h"
+
+namespace nin_ext {
+namespace cpu {
+namespace {
+
+// max(m, v) where NaN wins, as nan_max: MAXPS returns its second operand when either is NaN, so
+// the running max m goes second (a NaN in m stays) and a NaN in v is put back by a blend.
+inline __m256 nan_max8(__m256 m, __m256 v) {
+  return _mm256_blendv_ps(_mm256_max_ps(v, m), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+
+// Lanes [0, n) set (sign bits) for the masked loads and stores.
+inline __m256i lanes_below(int64_t n) {
+  const int32_t count = static_cast<int32_t>(n < 0 ? 0 : n > 8 ? 8 : n);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The other strides: the plain steps, compiled for AVX2 here.
+struct Avx2Isa;
+using Avx2CompilerPoolSteps = CompilerVectorisedPoolSteps<Avx2Isa>;
+
+struct Avx2PoolSteps {
+  // One pass over the window's rows, 8 values at a time: plain loads, masked ones for the tail.
+  static void max_of_rows(const float* first, int64_t row_stride, int64_t rows, float* out, int64_t n) {
+    auto max_at = [&](int64_t i, auto load) {
+      __m256 m = load(first + i);
+      for (int64_t r = 1; r < rows; ++r) {
+        m = nan_max8(m, load(first + r * row_stride + i));
+      }
+      return m;
+    };
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      _mm256_storeu_ps(out + i, max_at(i, [&](const float* p) { return _mm256_loadu_ps(p); }));
+    }
+    if (i < n) {
+      const __m256i k = lanes_below(n - i);
+      _mm256_maskstore_ps(out + i, k, max_at(i, [k](const float* p) { return _mm256_maskload_ps(p, k); }));
+    }
+  }
+
+  static void windows(const float* first, float* out, int64_t count, int64_t sw, int64_t kw) {
+    if (sw != 2) {
+      Avx2CompilerPoolSteps::windows(first, out, count, sw, kw);
+      return;
+    }
+    // Window i reads first[2i .. 2i + kw); the last one ends at first[2 count + kw - 3].
+    const int64_t available = 2 * count + kw - 2;
+    const __m256i even_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    // first[start + 2 l] for the 8 lanes l, reading no further than the last window needs.
+    auto even_lanes = [&](int64_t start) {
+      const int64_t left = available - start;
+      const __m256 lo = _mm256_maskload_ps(first + start, lanes_below(left));
+      const __m256 hi = _mm256_maskload_ps(first + start + 8, lanes_below(left - 8));
+      return _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, even_low), _mm256_permutevar8x32_ps(hi, even_low), 0xF0);
+    };
+    for (int64_t i = 0; i < count; i += 8) {
+      __m256 m = even_lanes(2 * i);
+      for (int64_t kx = 1; kx < kw; ++kx) {
+        m = nan_max8(m, even_lanes(2 * i + kx));
+      }
+      _mm256_maskstore_ps(out + i, lanes_below(count - i), m);
+    }
+  }
+
+  static void windows_argmax(const float* in, int64_t w, int64_t ih_begin, int64_t ih_end, int64_t first_col,
+                             int64_t count, int64_t sw, int64_t kw, float* out, int32_t* arg) {
+    if (sw != 2) {
+      Avx2CompilerPoolSteps::windows_argmax(in, w, ih_begin, ih_end, first_col, count, sw, kw, out, arg);
+      return;
+    }
+    const __m256i even_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    const int64_t row_end = first_col + 2 * count + kw - 2;  // one past the last column any window reads
+    for (int64_t i = 0; i < count; i += 8) {
+      __m256 best = _mm256_setzero_ps();
+      __m256i best_index = _mm256_setzero_si256();
+      for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const int64_t start = first_col + 2 * i + kx, left = row_end - start;
+          const float* p = in + ih * w + start;
+          const __m256 lo = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, lanes_below(left)), even_low);
+          const __m256 hi = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p + 8, lanes_below(left - 8)), even_low);
+          const __m256 v = _mm256_blend_ps(lo, hi, 0xF0);
+          const __m256i index = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(ih * w + start)), even);
+          // Row-major order: the first candidate, then any greater value or NaN.
+          const __m256 take = ih == ih_begin && kx == 0
+                                  ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                                  : _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+          best = _mm256_blendv_ps(best, v, take);
+          best_index = _mm256_castps_si256(
+              _mm256_blendv_ps(_mm256_castsi256_ps(best_index), _mm256_castsi256_ps(index), take));
+        }
+      }
+      const __m256i k = lanes_below(count - i);
+      _mm256_maskstore_ps(out + i, k, best);
+      _mm256_maskstore_epi32(arg + i, k, best_index);
+    }
+  }
+};
+
+}  // namespace
+
+void max_pool2d_plane_avx2(const float* in, float* out, const MaxPool2dGeometry& g, float* row) {
+  max_pool2d_plane<float, Avx2PoolSteps>(in, out, g, row);
+}
+
+void max_pool2d_argmax_plane_avx2(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g) {
+  max_pool2d_argmax_plane<float, Avx2PoolSteps>(in, out, arg, g);
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
+
+#endif  // NIN_EXT_X86_64
