@@ -26,6 +26,15 @@ inline __m256i lanes_below(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// p[0], p[2], ..., p[14], reading no further than p[left - 1] (zero past it): the starts of 8
+// stride-2 windows.
+inline __m256 even_lanes(const float* p, int64_t left) {
+  const __m256i even_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256 lo = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, lanes_below(left)), even_low);
+  const __m256 hi = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p + 8, lanes_below(left - 8)), even_low);
+  return _mm256_blend_ps(lo, hi, 0xF0);
+}
+
 // The other strides: the plain steps, compiled for AVX2 here.
 struct Avx2Isa;
 using Avx2CompilerPoolSteps = CompilerVectorisedPoolSteps<Avx2Isa>;
@@ -57,18 +66,10 @@ struct Avx2PoolSteps {
     }
     // Window i reads first[2i .. 2i + kw); the last one ends at first[2 count + kw - 3].
     const int64_t available = 2 * count + kw - 2;
-    const __m256i even_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    // first[start + 2 l] for the 8 lanes l, reading no further than the last window needs.
-    auto even_lanes = [&](int64_t start) {
-      const int64_t left = available - start;
-      const __m256 lo = _mm256_maskload_ps(first + start, lanes_below(left));
-      const __m256 hi = _mm256_maskload_ps(first + start + 8, lanes_below(left - 8));
-      return _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, even_low), _mm256_permutevar8x32_ps(hi, even_low), 0xF0);
-    };
     for (int64_t i = 0; i < count; i += 8) {
-      __m256 m = even_lanes(2 * i);
+      __m256 m = even_lanes(first + 2 * i, available - 2 * i);
       for (int64_t kx = 1; kx < kw; ++kx) {
-        m = nan_max8(m, even_lanes(2 * i + kx));
+        m = nan_max8(m, even_lanes(first + 2 * i + kx, available - 2 * i - kx));
       }
       _mm256_maskstore_ps(out + i, lanes_below(count - i), m);
     }
@@ -80,7 +81,6 @@ struct Avx2PoolSteps {
       Avx2CompilerPoolSteps::windows_argmax(in, w, ih_begin, ih_end, first_col, count, sw, kw, out, arg);
       return;
     }
-    const __m256i even_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     const int64_t row_end = first_col + 2 * count + kw - 2;  // one past the last column any window reads
     for (int64_t i = 0; i < count; i += 8) {
@@ -88,11 +88,8 @@ struct Avx2PoolSteps {
       __m256i best_index = _mm256_setzero_si256();
       for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
         for (int64_t kx = 0; kx < kw; ++kx) {
-          const int64_t start = first_col + 2 * i + kx, left = row_end - start;
-          const float* p = in + ih * w + start;
-          const __m256 lo = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, lanes_below(left)), even_low);
-          const __m256 hi = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p + 8, lanes_below(left - 8)), even_low);
-          const __m256 v = _mm256_blend_ps(lo, hi, 0xF0);
+          const int64_t start = first_col + 2 * i + kx;
+          const __m256 v = even_lanes(in + ih * w + start, row_end - start);
           const __m256i index = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(ih * w + start)), even);
           // Row-major order: the first candidate, then any greater value or NaN.
           const __m256 take = ih == ih_begin && kx == 0

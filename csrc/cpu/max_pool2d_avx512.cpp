@@ -27,6 +27,15 @@ inline __mmask16 tail_mask(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
+// p[0], p[2], ..., p[30], reading no further than p[left - 1] (zero past it): the starts of 16
+// stride-2 windows.
+inline __m512 even_lanes(const float* p, int64_t left) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), p);
+  const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), p + 16);
+  return _mm512_permutex2var_ps(lo, even, hi);
+}
+
 // The other strides and the argmax's windows: the plain steps, compiled for AVX-512 here.
 struct Avx512Isa;
 using Avx512CompilerPoolSteps = CompilerVectorisedPoolSteps<Avx512Isa>;
@@ -60,18 +69,10 @@ struct Avx512PoolSteps {
     }
     // Window i reads first[2i .. 2i + kw); the last one ends at first[2 count + kw - 3].
     const int64_t available = 2 * count + kw - 2;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    // first[start + 2 l] for the 16 lanes l, reading no further than the last window needs.
-    auto even_lanes = [&](int64_t start) {
-      const int64_t left = available - start;
-      const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), first + start);
-      const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), first + start + 16);
-      return _mm512_permutex2var_ps(lo, even, hi);
-    };
     for (int64_t i = 0; i < count; i += 16) {
-      __m512 m = even_lanes(2 * i);
+      __m512 m = even_lanes(first + 2 * i, available - 2 * i);
       for (int64_t kx = 1; kx < kw; ++kx) {
-        m = nan_max16(m, even_lanes(2 * i + kx));
+        m = nan_max16(m, even_lanes(first + 2 * i + kx, available - 2 * i - kx));
       }
       _mm512_mask_storeu_ps(out + i, tail_mask(count - i), m);
     }
@@ -91,11 +92,8 @@ struct Avx512PoolSteps {
       __m512i best_index = _mm512_setzero_si512();
       for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
         for (int64_t kx = 0; kx < kw; ++kx) {
-          const int64_t start = first_col + 2 * i + kx, left = row_end - start;
-          const float* p = in + ih * w + start;
-          const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), p);
-          const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), p + 16);
-          const __m512 v = _mm512_permutex2var_ps(lo, even, hi);
+          const int64_t start = first_col + 2 * i + kx;
+          const __m512 v = even_lanes(in + ih * w + start, row_end - start);
           const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih * w + start)), even);
           // Row-major order: the first candidate, then any greater value or NaN.
           const __mmask16 take = ih == ih_begin && kx == 0
