@@ -11,7 +11,8 @@
 # steps that no longer fit the budget are recorded as skipped.
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: this GPU's capability),
 # MAX_JOBS (default: the CPU count), NIN_VALIDATE_SKIP_BUILD=1 (use the installed build),
-# NIN_VALIDATE_TESTS (pytest targets, default: tests).
+# NIN_VALIDATE_TESTS (pytest targets, default: tests), NIN_VALIDATE_BENCH_ARGS (appended to every
+# benchmark, e.g. "--no-compile --extra-backends none" where device time is short).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -83,6 +84,7 @@ fi
 bench() {
   local name=$1 limit=$2
   shift 2
+  set -- "$@" ${NIN_VALIDATE_BENCH_ARGS:-}
   step "$name" "$limit" $PY -m nin_ext bench --device cuda --no-stage-compile --json "$OUT/$name.json" "$@"
   local rc=$?
   if (( rc != 0 && rc != 125 )) && [[ " $* " != *" --no-compile "* ]]; then

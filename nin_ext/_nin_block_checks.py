@@ -6,52 +6,50 @@ with the same messages as the compiled kernels.
 import torch
 from torch._prims_common import suggest_memory_format
 
-
-def _check(condition, message):
-    torch._check(condition, lambda: message)
+from ._check import check
 
 
 def _check_like_x(t, name, x, op):
-    _check(t.dtype == x.dtype, f"{op}: {name} has dtype {t.dtype} but x has dtype {x.dtype}; they must match")
-    _check(t.device == x.device, f"{op}: {name} is on {t.device} but x is on {x.device}")
+    check(t.dtype == x.dtype, f"{op}: {name} has dtype {t.dtype} but x has dtype {x.dtype}; they must match")
+    check(t.device == x.device, f"{op}: {name} is on {t.device} but x is on {x.device}")
 
 
 def _check_bias(bias, name, channels, x, op):
     if bias is None:
         return
-    _check(bias.dim() == 1 and bias.shape[0] == channels,
+    check(bias.dim() == 1 and bias.shape[0] == channels,
            f"{op}: expected {name} of shape [{channels}], got {list(bias.shape)}")
     _check_like_x(bias, name, x, op)
 
 
 def _check_pointwise_weight(weight, name, in_channels, in_name, x, op):
-    _check(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[3] == 1,
+    check(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[3] == 1,
            f"{op}: expected {name} to be a 1x1 convolution weight of shape [C_out, {in_channels}, 1, 1], "
            f"got {list(weight.shape)}")
-    _check(weight.shape[1] == in_channels,
+    check(weight.shape[1] == in_channels,
            f"{op}: {name} expects {weight.shape[1]} input channels but {in_name} has {in_channels} channels")
     _check_like_x(weight, name, x, op)
 
 
 def check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, op):
     """Checks the arguments of nin_block / nin_block_gap; returns the output's (OH, OW)."""
-    _check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got {x.dim()}-d input of shape "
+    check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got {x.dim()}-d input of shape "
                          f"{list(x.shape)}")
-    _check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
-    _check(w.dim() == 4, f"{op}: expected w to be a 4-d convolution weight [C_out, C_in, kH, kW], got shape "
+    check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
+    check(w.dim() == 4, f"{op}: expected w to be a 4-d convolution weight [C_out, C_in, kH, kW], got shape "
                          f"{list(w.shape)}")
-    _check(w.shape[1] == x.shape[1],
+    check(w.shape[1] == x.shape[1],
            f"{op}: x has {x.shape[1]} channels but w expects {w.shape[1]} input channels (w.shape[1])")
     _check_like_x(w, "w", x, op)
-    _check(len(stride) == 2 and stride[0] > 0 and stride[1] > 0,
+    check(len(stride) == 2 and stride[0] > 0 and stride[1] > 0,
            f"{op}: expected stride to be two positive integers, got {list(stride)}")
-    _check(len(padding) == 2 and padding[0] >= 0 and padding[1] >= 0,
+    check(len(padding) == 2 and padding[0] >= 0 and padding[1] >= 0,
            f"{op}: expected padding to be two non-negative integers, got {list(padding)}")
-    _check(x.shape[1] > 0 and x.shape[2] > 0 and x.shape[3] > 0,
+    check(x.shape[1] > 0 and x.shape[2] > 0 and x.shape[3] > 0,
            f"{op}: expected x to have non-zero channel and spatial sizes, got shape {list(x.shape)}")
-    _check(w.shape[0] > 0 and w.shape[2] > 0 and w.shape[3] > 0, f"{op}: w has an empty dimension: {list(w.shape)}")
+    check(w.shape[0] > 0 and w.shape[2] > 0 and w.shape[3] > 0, f"{op}: w has an empty dimension: {list(w.shape)}")
     padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
-    _check(padded[0] >= w.shape[2] and padded[1] >= w.shape[3],
+    check(padded[0] >= w.shape[2] and padded[1] >= w.shape[3],
            f"{op}: input size ({padded[0]} x {padded[1]}, padding included) is smaller than the kernel size "
            f"({w.shape[2]} x {w.shape[3]})")
     _check_bias(b, "b", w.shape[0], x, op)
@@ -68,9 +66,9 @@ def conv_output_size(x, w, stride, padding):
 
 
 def check_global_avg_pool_args(x, op):
-    _check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got shape {list(x.shape)}")
-    _check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
-    _check(x.shape[2] > 0 and x.shape[3] > 0, f"{op}: expected x to have non-zero spatial sizes, got shape "
+    check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got shape {list(x.shape)}")
+    check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
+    check(x.shape[2] > 0 and x.shape[3] > 0, f"{op}: expected x to have non-zero spatial sizes, got shape "
                                               f"{list(x.shape)}")
 
 

@@ -380,6 +380,8 @@ def run(args: argparse.Namespace) -> dict:  # noqa: C901 - one linear procedure
         raise ValueError(f"--device {device}: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device}: no CUDA GPU visible to torch")
+    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
     on_cuda = device.type == "cuda"
     batch = args.batch if args.batch is not None else (256 if on_cuda else 16)
     repeat = args.repeat if args.repeat is not None else (50 if on_cuda else 10)

@@ -7,6 +7,7 @@ same thing.
 """
 import contextlib
 import copy
+import importlib.util
 import os
 import random
 import subprocess
@@ -221,10 +222,11 @@ NATIVE_BACKENDS = ["cpu", "cuda"]
 def _backend_for_the_test(name):
     """Sets nin_ext's backend for the test and restores the previous one afterwards. On CUDA the
     shared tests hold fp32 to the exact-fp32 tolerance, so TF32 (cuDNN's default, which nin_ext's
-    CUDA kernels follow) is off during them; test_cuda_kernels.py covers TF32 on."""
+    CUDA and Triton kernels follow) is off during them; test_cuda_kernels.py and test_triton.py cover
+    TF32 on."""
     before = nin_ext.get_backend()
     _set_backend_for(name)
-    with exact_fp32_on_cuda(name == "cuda"):
+    with exact_fp32_on_cuda(name in ("cuda", "triton")):
         yield name
     nin_ext.set_backend(before)
 
@@ -255,6 +257,13 @@ def native_backend(request):
 @pytest.fixture
 def cpu_backend():
     yield from _backend_for_the_test("cpu")
+
+
+def backends_without_the_extension():
+    """available_backends() of a process whose nin_ext._C cannot be loaded (and without TRITON_INTERPRET,
+    which run_python drops): triton where there is a GPU, and reference."""
+    triton_runs = HAS_CUDA and importlib.util.find_spec("triton") is not None
+    return (["triton"] if triton_runs else []) + ["reference"]
 
 
 def device_for(backend_name):

@@ -4,9 +4,20 @@ import torch
 
 import nin_ext
 from nin_ext import ops
-from conftest import HAS_CUDA, NO_CUDA_REASON
+from conftest import HAS_CUDA, NO_CUDA_REASON, device_for
 
 ERR = (RuntimeError, ValueError)
+
+
+@pytest.fixture(autouse=True)
+def _tensors_on_the_backends_device(request):
+    """The tests make their tensors and modules with torch's factories: under a backend, they are made
+    on its device, so that the check under test, not the device check, is what fails."""
+    if "backend" not in request.fixturenames:
+        yield
+        return
+    with torch.device(device_for(request.getfixturevalue("backend"))):
+        yield
 
 
 def _p(c0=3, c1=4, c2=5, k=3, dtype=torch.float32):

@@ -13,6 +13,17 @@ from conftest import NIN_MIN_HW, as_reference, assert_close_ref, device_for
 FAST_GRADCHECK = {"triton": nin_ext.backends.device_of("triton") == "cpu"}
 
 
+@pytest.fixture(autouse=True)
+def _deterministic_cudnn():
+    """The backward runs ATen's convolution backward, as the reference does; cuDNN's default algorithms
+    may add up a weight gradient in another order on each run, which gradcheck's reentrancy check
+    (two backward passes, compared bit for bit) rejects."""
+    before = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.deterministic = before
+
+
 def _params(c0, c1, c2, kernel, bias, dev, requires_grad=True):
     kh, kw = kernel
     mk = lambda *s: (torch.randn(*s, dtype=torch.float64, device=dev) * 0.5).requires_grad_(requires_grad)

@@ -50,18 +50,21 @@ def _cfg_id(c):
 
 
 def make_input(n, c, h, w, layout, dtype=torch.float32, device="cpu", gen=None):
-    """An input of logical shape (n, c, h, w) in the requested memory layout."""
+    """An input of logical shape (n, c, h, w) in the requested memory layout. The layout is made on the
+    device (moving a view to another device would make it contiguous)."""
+    def draw(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
     if layout == "contiguous":
-        x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+        x = draw(n, c, h, w)
     elif layout == "channels_last":
-        x = torch.randn(n, c, h, w, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
+        x = draw(n, c, h, w).to(memory_format=torch.channels_last)
     elif layout == "sliced":          # every other column of a wider tensor, plus a channel offset
-        x = torch.randn(n, c + 1, h, 2 * w, generator=gen, dtype=dtype)[:, 1:, :, ::2]
+        x = draw(n, c + 1, h, 2 * w)[:, 1:, :, ::2]
     elif layout == "transposed":      # (n, c, w, h) transposed to (n, c, h, w)
-        x = torch.randn(n, c, w, h, generator=gen, dtype=dtype).transpose(2, 3)
+        x = draw(n, c, w, h).transpose(2, 3)
     else:
         raise AssertionError(layout)
-    x = x.to(device)
     assert x.shape == (n, c, h, w)
     if layout in ("sliced", "transposed") and x.numel() > 1 and h > 1 and w > 1:
         assert not x.is_contiguous()

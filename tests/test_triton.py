@@ -11,7 +11,8 @@ import torch
 
 import nin_ext
 from nin_ext import ops
-from conftest import HAS_CUDA, assert_close_ref, device_for, ref64_fn, ref_block_fn, ref_block_gap_fn, run_python
+from conftest import (HAS_CUDA, assert_close_ref, device_for, exact_fp32_on_cuda, ref64_fn, ref_block_fn,
+                      ref_block_gap_fn, run_python)
 from test_parity import make_input, make_params
 
 pytestmark = pytest.mark.usefixtures("triton_backend")
@@ -25,7 +26,8 @@ def triton_backend():
         pytest.skip(f"triton backend unavailable: {reason}")
     before = nin_ext.get_backend()
     nin_ext.set_backend("triton")
-    yield
+    with exact_fp32_on_cuda():  # the cases that test TF32 turn it on themselves
+        yield
     nin_ext.set_backend(before)
 
 
@@ -214,27 +216,69 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from nin_ext.triton.global_avg_pool_triton import spatial_mean_kernel
+from nin_ext.triton.config import _NIN_BLOCK_GPU_TILES, nin_block_shared_memory_bytes
 from nin_ext.triton.nin_block_triton import nin_block_kernel
+
+H100_SHARED_MEMORY = 232448
 
 def compile_sm90(kernel, pointers, constexprs, **options):
     names = kernel.arg_names
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in names}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
-for dtype, precision, gap, resident in [("fp32", "tf32", False, True), ("fp16", "ieee", True, False)]:
+def compile_block(dtype, precision, gap, resident, block_cc, block_c2, tile):
+    p, k, c1, warps, stages = tile
     pointers = {n: "*" + dtype for n in ("x_ptr", "w_ptr", "b_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr")}
     pointers["out_ptr"] = "*fp32" if gap else "*" + dtype
-    ptx = compile_sm90(nin_block_kernel, pointers, dict(
+    return compile_sm90(nin_block_kernel, pointers, dict(
         KH=3, KW=3, HAS_B=True, HAS_B1=True, HAS_B2=False, HAS_GAP=gap, H0_RESIDENT=resident,
-        ACC_DTYPE=tl.float32, DOT_PRECISION=precision, BLOCK_CC=128 if resident else 64, BLOCK_C2=128,
-        GAP_GROUP=16, BLOCK_P=64, BLOCK_K=32, BLOCK_C1=32), num_warps=4, num_stages=2)
-    assert "mma" in ptx, (dtype, "no tensor-core instruction")
+        ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32, DOT_PRECISION=precision, BLOCK_CC=block_cc,
+        BLOCK_C2=block_c2, GAP_GROUP=16, BLOCK_P=p, BLOCK_K=k, BLOCK_C1=c1), num_warps=warps, num_stages=stages)
+
+for dtype, precision, gap, resident in [("fp32", "tf32", False, True), ("fp16", "ieee", True, False),
+                                        ("fp64", "ieee", False, True)]:
+    kernel = compile_block(dtype, precision, gap, resident, 128 if resident else 64, 128, (64, 32, 32, 4, 2))
+    if dtype != "fp64":
+        assert "mma" in kernel.asm["ptx"], (dtype, "no tensor-core instruction")
+
+# The widest resident layer (512 channels of h0, 256 output channels) in fp32: the configurations the
+# pruning keeps there must fit an H100's 227 KiB of shared memory, with the estimate at or above it.
+for tile in _NIN_BLOCK_GPU_TILES:
+    p, k, c1, warps, stages = tile
+    estimate = nin_block_shared_memory_bytes(p, k, c1, stages, 512, 256, True, 4)
+    if estimate <= H100_SHARED_MEMORY and p * (512 + 256) <= 128 * 32 * warps:
+        shared = compile_block("fp32", "tf32", False, True, 512, 256, tile).metadata.shared
+        assert shared <= min(estimate, H100_SHARED_MEMORY), (tile, shared, estimate)
+        print("fits", tile, shared, estimate)
 compile_sm90(spatial_mean_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32"}, dict(ACC_DTYPE=tl.float32, BLOCK_C=64),
              num_warps=4)
 print("OK")
 """
+
+
+def test_pruning_keeps_the_configurations_that_fit(monkeypatch):
+    import triton
+
+    from nin_ext.triton import config
+    monkeypatch.setattr(config, "max_shared_memory", lambda device: 232448)
+    configs = [triton.Config(dict(BLOCK_P=p, BLOCK_K=k, BLOCK_C1=c1), num_warps=w, num_stages=s)
+               for p, k, c1, w, s in config._NIN_BLOCK_GPU_TILES]
+    x = torch.empty(1, dtype=torch.float32)
+
+    def kept(**kwargs):
+        pruned = config.prune_nin_block_configs(configs, {"x_ptr": x}, **kwargs)
+        return [(c.kwargs["BLOCK_P"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_C1"], c.num_warps, c.num_stages)
+                for c in pruned]
+
+    # 512 resident channels in fp32: only the two 32-pixel tiles fit, and both are kept to be tried.
+    assert kept(BLOCK_CC=512, BLOCK_C2=256, H0_RESIDENT=True) == [(32, 16, 16, 8, 1), (32, 32, 32, 8, 2)]
+    # narrow layers keep every tile whose accumulators fit in registers
+    assert len(kept(BLOCK_CC=16, BLOCK_C2=16, H0_RESIDENT=True)) == len(configs)
+    # when nothing fits, the least shared memory is still tried
+    monkeypatch.setattr(config, "max_shared_memory", lambda device: 1024)
+    assert kept(BLOCK_CC=512, BLOCK_C2=256, H0_RESIDENT=True) == [(32, 16, 16, 8, 1)]
 
 
 def test_kernels_compile_for_sm90():

@@ -68,18 +68,18 @@ def _conv_relu_tile(x_img_ptr, w_ptr, b_ptr, ih0, iw0, pixel_mask, channels, cha
         a = tl.load(x_img_ptr + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
         w_tile = tl.load(w_ptr + channels[None, :] * swo + ci[:, None] * swi + kh[:, None] * swh + kw[:, None] * sww,
                          mask=k_mask[:, None] & channel_mask[None, :], other=0.0)
-        acc = tl.dot(a, w_tile, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a, w_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
     return _bias_relu(acc, b_ptr, channels, channel_mask, HAS_BIAS)
 
 
 @triton.jit
 def _pointwise_dot(h, w_ptr, s_out, s_in, out_channels, out_mask, in_channels, in_mask, acc,
-                   DOT_PRECISION: tl.constexpr):
+                   ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """acc + h @ w[out_channels, in_channels]^T for a 1x1 convolution weight; h is rounded to the
     weight's dtype first, as the reference stores its activation in that dtype."""
     w_tile = tl.load(w_ptr + out_channels[None, :] * s_out + in_channels[:, None] * s_in,
                      mask=in_mask[:, None] & out_mask[None, :], other=0.0)
-    return tl.dot(h.to(w_tile.dtype), w_tile, acc, input_precision=DOT_PRECISION)
+    return tl.dot(h.to(w_tile.dtype), w_tile, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
 
 
 @triton.jit
@@ -118,7 +118,7 @@ def nin_block_kernel(
         acc1 = tl.zeros([BLOCK_P, BLOCK_C1], dtype=ACC_DTYPE)
         if H0_RESIDENT:
             acc1 = _pointwise_dot(h0, w1_ptr, sw1o, sw1i, c1, c1_mask, cc_in_chunk, cc_in_chunk < CC, acc1,
-                                  DOT_PRECISION)
+                                  ACC_DTYPE, DOT_PRECISION)
         else:
             for cc_start in range(0, CC, BLOCK_CC):
                 cc = cc_start + cc_in_chunk
@@ -126,9 +126,10 @@ def nin_block_kernel(
                 h0_chunk = _conv_relu_tile(x_img_ptr, w_ptr, b_ptr, ih0, iw0, pixel_mask, cc, cc_mask,
                                            C0, H, W, sxc, sxh, sxw, swo, swi, swh, sww, KH, KW, HAS_B, ACC_DTYPE,
                                            DOT_PRECISION, BLOCK_P, BLOCK_K, BLOCK_CC)
-                acc1 = _pointwise_dot(h0_chunk, w1_ptr, sw1o, sw1i, c1, c1_mask, cc, cc_mask, acc1, DOT_PRECISION)
+                acc1 = _pointwise_dot(h0_chunk, w1_ptr, sw1o, sw1i, c1, c1_mask, cc, cc_mask, acc1, ACC_DTYPE,
+                                      DOT_PRECISION)
         h1 = _bias_relu(acc1, b1_ptr, c1, c1_mask, HAS_B1)
-        acc2 = _pointwise_dot(h1, w2_ptr, sw2o, sw2i, c2, c2_mask, c1, c1_mask, acc2, DOT_PRECISION)
+        acc2 = _pointwise_dot(h1, w2_ptr, sw2o, sw2i, c2, c2_mask, c1, c1_mask, acc2, ACC_DTYPE, DOT_PRECISION)
     y = _bias_relu(acc2, b2_ptr, c2, c2_mask, HAS_B2)
 
     if HAS_GAP:
