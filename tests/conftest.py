@@ -23,6 +23,9 @@ import torch.nn.functional as F
 # when the kernels are defined, so it is set before nin_ext is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU the triton backend runs one tile configuration: autotuning each of the suite's random shapes
+# would spend minutes timing configurations (test_triton.py checks the autotuned path on its own).
+os.environ.setdefault("NIN_EXT_TRITON_AUTOTUNE", "0")
 
 import nin_ext  # noqa: E402
 

@@ -258,6 +258,30 @@ print("OK")
 """
 
 
+AUTOTUNED_NIN = """
+import torch, nin_ext
+nin_ext.set_backend("triton")
+torch.backends.cudnn.allow_tf32 = False
+net = nin_ext.NiN().cuda().eval()
+reference = nin_ext.reference.nin_net().cuda().eval()
+reference.load_state_dict(net.state_dict())
+x = torch.rand(2, 1, 96, 96, device="cuda")
+with torch.no_grad():
+    y, y_ref = net(x), reference(x)
+err = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
+assert err < 1e-4, err
+print("OK")
+"""
+
+
+@pytest.mark.skipif(INTERPRETED, reason="autotuning runs on a GPU (the interpreter has one configuration)")
+def test_autotuned_configurations_run_the_nin():
+    """The suite runs one configuration (conftest); here every configuration the pruning keeps is timed,
+    on the NiN's layers, the widest of which leaves only two that fit in shared memory."""
+    r = run_python(["-c", AUTOTUNED_NIN], env_extra={"NIN_EXT_TRITON_AUTOTUNE": "1"})
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
 def test_pruning_keeps_the_configurations_that_fit(monkeypatch):
     import triton
 

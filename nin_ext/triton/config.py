@@ -1,8 +1,10 @@
 """Launch settings shared by the Triton kernels: tile configurations and dot precision.
 
-On a GPU each kernel is autotuned per shape over a small list of tile configurations. Triton's
-interpreter (TRITON_INTERPRET=1, which runs CPU tensors) gets one small configuration: timing
-configurations there would only measure numpy.
+On a GPU each kernel is autotuned per shape over a small list of tile configurations, unless
+NIN_EXT_TRITON_AUTOTUNE=0, which runs one configuration that fits every layer (the test suite sets it:
+timing every configuration for each of its random shapes would take minutes). Triton's interpreter
+(TRITON_INTERPRET=1, which runs CPU tensors) gets one small configuration: timing configurations there
+would only measure numpy.
 """
 import functools
 import os
@@ -12,12 +14,14 @@ import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read by @triton.jit when our kernels are defined
+AUTOTUNED = os.environ.get("NIN_EXT_TRITON_AUTOTUNE", "1") != "0"
 
 # (BLOCK_P, BLOCK_K, BLOCK_C1, num_warps, num_stages); the first two fit the widest resident h0 tile
 # (512 channels) in fp32 within an H100's shared memory (96 and 164 KiB of its 227).
+_NIN_BLOCK_UNTUNED_TILE = (32, 32, 32, 8, 2)
 _NIN_BLOCK_GPU_TILES = [
     (32, 16, 16, 8, 1),
-    (32, 32, 32, 8, 2),
+    _NIN_BLOCK_UNTUNED_TILE,
     (32, 32, 64, 8, 2),
     (64, 32, 64, 4, 2),
     (64, 64, 64, 8, 3),
@@ -27,7 +31,8 @@ _NIN_BLOCK_GPU_TILES = [
 _NIN_BLOCK_INTERPRETER_TILE = (64, 32, 16, 1, 1)  # few programs: the interpreter's cost is per op
 
 # (BLOCK_C, num_warps)
-_GLOBAL_AVG_POOL_GPU_TILES = [(32, 1), (64, 2), (128, 4), (256, 8)]
+_GLOBAL_AVG_POOL_UNTUNED_TILE = (128, 4)
+_GLOBAL_AVG_POOL_GPU_TILES = [(32, 1), (64, 2), _GLOBAL_AVG_POOL_UNTUNED_TILE, (256, 8)]
 _GLOBAL_AVG_POOL_INTERPRETER_TILE = (16, 1)
 
 # The register tiles of a nin_block program hold BLOCK_P x (BLOCK_CC + BLOCK_C2) accumulators; more
@@ -38,10 +43,12 @@ _MAX_ACCUMULATORS_PER_THREAD = 128
 def autotune_configs(op):
     """The triton.Config list of a kernel ("nin_block" or "global_avg_pool")."""
     if op == "nin_block":
-        tiles = [_NIN_BLOCK_INTERPRETER_TILE] if INTERPRETED else _NIN_BLOCK_GPU_TILES
+        tiles = ([_NIN_BLOCK_INTERPRETER_TILE] if INTERPRETED else
+                 _NIN_BLOCK_GPU_TILES if AUTOTUNED else [_NIN_BLOCK_UNTUNED_TILE])
         return [triton.Config(dict(BLOCK_P=p, BLOCK_K=k, BLOCK_C1=c1), num_warps=warps, num_stages=stages)
                 for p, k, c1, warps, stages in tiles]
-    tiles = [_GLOBAL_AVG_POOL_INTERPRETER_TILE] if INTERPRETED else _GLOBAL_AVG_POOL_GPU_TILES
+    tiles = ([_GLOBAL_AVG_POOL_INTERPRETER_TILE] if INTERPRETED else
+             _GLOBAL_AVG_POOL_GPU_TILES if AUTOTUNED else [_GLOBAL_AVG_POOL_UNTUNED_TILE])
     return [triton.Config(dict(BLOCK_C=c), num_warps=warps) for c, warps in tiles]
 
 
