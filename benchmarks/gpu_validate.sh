@@ -20,9 +20,13 @@ PY=${PYTHON:-python3}
 BUDGET=${NIN_VALIDATE_BUDGET_S:-1140}
 START=$(date +%s)
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# NIN_VALIDATE_COMMIT names the commit where the tree's git metadata is stale (the device tool copies
+# the working tree with the session's first commit as HEAD); the tree is then taken as that commit.
+commit=${NIN_VALIDATE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 dirty=""
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then dirty="-dirty"; fi
+if [ -z "${NIN_VALIDATE_COMMIT:-}" ] && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  dirty="-dirty"
+fi
 gpu_name=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 card=$(printf '%s' "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')
 OUT=${1:-benchmarks/results/gpu-${card}-${commit}${dirty}}
@@ -56,7 +60,7 @@ step() {
   return $rc
 }
 
-step environment 60 bash -c "nvidia-smi; echo; git log -1 --format='commit %H %s'; git status --short; \
+step environment 60 bash -c "nvidia-smi; echo; echo 'validated: ${commit}${dirty}'; git log -1 --format='git HEAD %H %s'; git status --short; \
   $PY -c 'import sys, torch; print(\"python\", sys.version.split()[0]); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda); print(\"gpu\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)'; \
   $PY -c 'import triton; print(\"triton\", triton.__version__)'; nvcc --version | tail -n 2; \
   command -v compute-sanitizer ncu; true"

@@ -114,6 +114,13 @@ def test_global_avg_pool_wrong_ndim(backend, shape):
         ops.global_avg_pool(torch.randn(*shape))
 
 
+def test_message_prints_the_numbers(backend):
+    """The whole message, numbers included: a build that linked its own static libstdc++ cut it at the
+    first number (here) or crashed formatting it (on a GPU machine whose g++ linked libstdc++ so)."""
+    with pytest.raises(ERR, match=r"got shape \[3, 8\]"):
+        ops.global_avg_pool(torch.randn(3, 8))
+
+
 def test_weight_wrong_ndim(op):
     p = _p()
     p[0] = torch.randn(4, 3, 3)
