@@ -2,8 +2,9 @@
 #   make test    - create .venv, install torch + build deps, build nin_ext (editable), run pytest
 #   make bench   - same setup, then run the benchmark (python -m nin_ext bench $(BENCH_ARGS))
 #   make cuda-build-check - in .venv-cuda with a CUDA build of torch: non-editable install (compiles
-#                  the CUDA sources, if any, with nvcc; nothing runs on a GPU), import it, print info,
-#                  run the test suite against that build
+#                  the CUDA sources, if any, with nvcc; nothing runs on a GPU; the C++ compiler is
+#                  .ci/gxx-static-libstdcxx, which links libstdc++ statically like the GPU machine's),
+#                  import it, print info, run the test suite against that build
 #   make bench-ops - same setup plus matplotlib, then the per-op benchmarks (benchmarks/bench_<op>.py:
 #                  every backend vs ATen over batch sizes, CSV + PNG into benchmarks/results/ops/)
 #   make clean   - remove build outputs and install stamps (keeps the venvs; `make distclean` drops them)
@@ -81,7 +82,8 @@ $(CUDA_DEPS_STAMP): Makefile | $(CUDA_VENV)/bin/python
 # the venv folder so that the installed package, not the source tree, is imported.
 cuda-build-check: $(CUDA_DEPS_STAMP)
 	@echo "== building nin_ext into $(CUDA_VENV) (non-editable, $(CUDA_TORCH))"
-	time $(CUDA_VENV)/bin/python -m pip install $(PIP_FLAGS) -v --no-build-isolation --no-deps --force-reinstall .
+	time CXX=$(CURDIR)/.ci/gxx-static-libstdcxx $(CUDA_VENV)/bin/python -m pip install $(PIP_FLAGS) -v \
+		--no-build-isolation --no-deps --force-reinstall .
 	cd $(CUDA_VENV) && ./bin/python -c 'import torch, nin_ext, nin_ext._C; print("nin_ext from", nin_ext.__file__); print("nin_ext._C from", nin_ext._C.__file__)'
 	cd $(CUDA_VENV) && ./bin/python -m nin_ext info
 	@echo "== test suite against the $(CUDA_TORCH) build (CPU tests; CUDA ones skip without a GPU)"
