@@ -7,6 +7,9 @@
 #                  import it, print info, run the test suite against that build
 #   make bench-ops - same setup plus matplotlib, then the per-op benchmarks (benchmarks/bench_<op>.py:
 #                  every backend vs ATen over batch sizes, CSV + PNG into benchmarks/results/ops/)
+#   make gpu-prebuild - nin_ext/_C built here for the GPU machine's Python and torch (GPU_PYTHON,
+#                  GPU_TORCH, GPU_ARCHS; defaults: the device tool's image of 2026-11), so that a short
+#                  GPU lease skips the build: carry the .so and set NIN_VALIDATE_PREBUILT=1
 #   make clean   - remove build outputs and install stamps (keeps the venvs; `make distclean` drops them)
 # Variables: TORCH, CUDA_TORCH, TRITON, PYTEST_ARGS, BENCH_ARGS, OPS_ARGS, PYTHON, VENV, CUDA_VENV.
 # The setup is stamp-file based: it is redone when setup.py, pyproject.toml, this Makefile or
@@ -42,7 +45,7 @@ CUDA_DEPS_STAMP  := $(CUDA_VENV)/.stamp-deps-$(call torch_tag,$(CUDA_TORCH))
 OP_BENCHES  := nin_block nin_block_max_pool nin_block_gap global_avg_pool max_pool2d
 OPS_ARGS    ?=
 
-.PHONY: test bench bench-ops setup cuda-build-check clean distclean
+.PHONY: test bench bench-ops setup cuda-build-check gpu-prebuild clean distclean
 
 test: $(BUILD_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -88,6 +91,20 @@ cuda-build-check: $(CUDA_DEPS_STAMP)
 	cd $(CUDA_VENV) && ./bin/python -m nin_ext info
 	@echo "== test suite against the $(CUDA_TORCH) build (CPU tests; CUDA ones skip without a GPU)"
 	cd $(CUDA_VENV) && NIN_EXT_EXPECT_CUDA=1 ./bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(PYTEST_ARGS)
+
+# The device tool's GPU machines (2026-11): Python 3.12, torch 2.11.0+cu130, 2 CPU cores, where
+# building _C takes about 110 s of the lease. The .so is named for its Python (cpython-312), so it
+# sits beside .venv's build; rebuild it for the commit that is validated.
+GPU_PYTHON ?= python3.12
+GPU_TORCH  ?= torch==2.11.0
+GPU_ARCHS  ?= 9.0a
+GPU_VENV   ?= .venv-gpu
+
+gpu-prebuild:
+	test -x $(GPU_VENV)/bin/python || $(GPU_PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install $(PIP_FLAGS) "$(GPU_TORCH)" $(BUILD_DEPS)
+	TORCH_CUDA_ARCH_LIST="$(GPU_ARCHS)" $(GPU_VENV)/bin/python setup.py build_ext --inplace
+	ls -l nin_ext/_C.cpython-3*-x86_64-linux-gnu.so
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

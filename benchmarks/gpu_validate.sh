@@ -11,6 +11,7 @@
 # steps that no longer fit the budget are recorded as skipped.
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: this GPU's capability),
 # MAX_JOBS (default: the CPU count), NIN_VALIDATE_SKIP_BUILD=1 (use the installed build),
+# NIN_VALIDATE_PREBUILT=1 (use nin_ext/_C from `make gpu-prebuild` when it loads, else build),
 # NIN_VALIDATE_TESTS (pytest targets, default: tests), NIN_VALIDATE_BENCH_ARGS (appended to every
 # benchmark, e.g. "--no-compile --extra-backends none" where device time is short).
 set -uo pipefail
@@ -65,7 +66,9 @@ step environment 60 bash -c "nvidia-smi; echo; echo 'validated: ${commit}${dirty
   $PY -c 'import triton; print(\"triton\", triton.__version__)'; nvcc --version | tail -n 2; \
   command -v compute-sanitizer ncu; true"
 
-if [ "${NIN_VALIDATE_SKIP_BUILD:-0}" != 1 ]; then
+if [ "${NIN_VALIDATE_PREBUILT:-0}" = 1 ] && $PY -c 'import nin_ext._C' > /dev/null 2>&1; then
+  printf 'build\t0\t0\t0\tskipped (the prebuilt nin_ext/_C loads)\t\n' >> "$STEPS"
+elif [ "${NIN_VALIDATE_SKIP_BUILD:-0}" != 1 ]; then
   archs=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)}
   step build 600 env TORCH_CUDA_ARCH_LIST="${archs:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     $PY -m pip install --no-build-isolation --no-deps -v -e .
