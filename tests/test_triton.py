@@ -216,7 +216,7 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from nin_ext.triton.global_avg_pool_triton import spatial_mean_kernel
-from nin_ext.triton.config import _NIN_BLOCK_GPU_TILES, nin_block_shared_memory_bytes
+from nin_ext.triton.config import _NIN_BLOCK_GPU_TILES, _NIN_BLOCK_UNTUNED_TILE, nin_block_shared_memory_bytes
 from nin_ext.triton.nin_block_triton import nin_block_kernel
 
 H100_SHARED_MEMORY = 232448
@@ -252,6 +252,9 @@ for tile in _NIN_BLOCK_GPU_TILES:
         shared = compile_block("fp32", "tf32", False, True, 512, 256, tile).metadata.shared
         assert shared <= min(estimate, H100_SHARED_MEMORY), (tile, shared, estimate)
         print("fits", tile, shared, estimate)
+# Without autotuning (the test suite on a GPU) one configuration runs every layer, in every dtype.
+shared = compile_block("fp64", "ieee", False, True, 512, 256, _NIN_BLOCK_UNTUNED_TILE).metadata.shared
+assert shared <= H100_SHARED_MEMORY, shared
 compile_sm90(spatial_mean_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32"}, dict(ACC_DTYPE=tl.float32, BLOCK_C=64),
              num_warps=4)
 print("OK")
