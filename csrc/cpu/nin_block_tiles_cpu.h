@@ -288,8 +288,12 @@ class NinBlockTileWorker {
           }
           std::fill(band_row, band_row + g.PW, 0.f);
           const scalar_t* src = plane + ih * sh;
-          if (sw == 1) {  // NCHW: one contiguous copy
-            std::copy(src, src + g.W, band_row + g.PW);
+          if (sw == 1) {  // NCHW: one contiguous copy (rows of 12 floats in the seed's block 3)
+            if constexpr (std::is_same_v<scalar_t, float>) {
+              copy_run(src, g.W, band_row + g.PW);
+            } else {
+              std::copy(src, src + g.W, band_row + g.PW);
+            }
           } else {
             for (int64_t iw = 0; iw < g.W; ++iw) {
               band_row[g.PW + iw] = static_cast<float>(src[iw * sw]);
