@@ -15,21 +15,21 @@ def max_pool2d_output_size(size, kernel, stride, pad, ceil_mode):
 def check_max_pool2d_args(x, kernel_size, stride, padding, ceil_mode, op):
     """Checks the arguments of max_pool2d; returns the output's (OH, OW)."""
     check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got {x.dim()}-d input of shape "
-                         f"{list(x.shape)}")
+                        f"{list(x.shape)}")
     check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
     check(len(kernel_size) == 2 and kernel_size[0] > 0 and kernel_size[1] > 0,
-           f"{op}: expected kernel_size to be two positive integers, got {list(kernel_size)}")
+          f"{op}: expected kernel_size to be two positive integers, got {list(kernel_size)}")
     check(len(stride) == 2 and stride[0] > 0 and stride[1] > 0,
-           f"{op}: expected stride to be two positive integers, got {list(stride)}")
+          f"{op}: expected stride to be two positive integers, got {list(stride)}")
     check(len(padding) == 2 and all(0 <= padding[d] <= kernel_size[d] // 2 for d in (0, 1)),
-           f"{op}: expected padding to be non-negative and at most half of kernel_size {list(kernel_size)}, "
-           f"got {list(padding)}")
+          f"{op}: expected padding to be non-negative and at most half of kernel_size {list(kernel_size)}, "
+          f"got {list(padding)}")
     check(x.shape[1] > 0 and x.shape[2] > 0 and x.shape[3] > 0,
-           f"{op}: expected x to have non-zero channel and spatial sizes, got shape {list(x.shape)}")
+          f"{op}: expected x to have non-zero channel and spatial sizes, got shape {list(x.shape)}")
     output_size = tuple(max_pool2d_output_size(x.shape[d], kernel_size[d - 2], stride[d - 2], padding[d - 2],
                                                ceil_mode) for d in (2, 3))
     check(output_size[0] > 0 and output_size[1] > 0,
-           f"{op}: output size is too small: x of spatial size {x.shape[2]} x {x.shape[3]} gives "
-           f"{output_size[0]} x {output_size[1]} with kernel_size {list(kernel_size)}, stride {list(stride)}, "
-           f"padding {list(padding)}")
+          f"{op}: output size is too small: x of spatial size {x.shape[2]} x {x.shape[3]} gives "
+          f"{output_size[0]} x {output_size[1]} with kernel_size {list(kernel_size)}, stride {list(stride)}, "
+          f"padding {list(padding)}")
     return output_size

@@ -18,40 +18,40 @@ def _check_bias(bias, name, channels, x, op):
     if bias is None:
         return
     check(bias.dim() == 1 and bias.shape[0] == channels,
-           f"{op}: expected {name} of shape [{channels}], got {list(bias.shape)}")
+          f"{op}: expected {name} of shape [{channels}], got {list(bias.shape)}")
     _check_like_x(bias, name, x, op)
 
 
 def _check_pointwise_weight(weight, name, in_channels, in_name, x, op):
     check(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[3] == 1,
-           f"{op}: expected {name} to be a 1x1 convolution weight of shape [C_out, {in_channels}, 1, 1], "
-           f"got {list(weight.shape)}")
+          f"{op}: expected {name} to be a 1x1 convolution weight of shape [C_out, {in_channels}, 1, 1], "
+          f"got {list(weight.shape)}")
     check(weight.shape[1] == in_channels,
-           f"{op}: {name} expects {weight.shape[1]} input channels but {in_name} has {in_channels} channels")
+          f"{op}: {name} expects {weight.shape[1]} input channels but {in_name} has {in_channels} channels")
     _check_like_x(weight, name, x, op)
 
 
 def check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, op):
     """Checks the arguments of nin_block / nin_block_gap; returns the output's (OH, OW)."""
     check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got {x.dim()}-d input of shape "
-                         f"{list(x.shape)}")
+                        f"{list(x.shape)}")
     check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
     check(w.dim() == 4, f"{op}: expected w to be a 4-d convolution weight [C_out, C_in, kH, kW], got shape "
-                         f"{list(w.shape)}")
+                        f"{list(w.shape)}")
     check(w.shape[1] == x.shape[1],
-           f"{op}: x has {x.shape[1]} channels but w expects {w.shape[1]} input channels (w.shape[1])")
+          f"{op}: x has {x.shape[1]} channels but w expects {w.shape[1]} input channels (w.shape[1])")
     _check_like_x(w, "w", x, op)
     check(len(stride) == 2 and stride[0] > 0 and stride[1] > 0,
-           f"{op}: expected stride to be two positive integers, got {list(stride)}")
+          f"{op}: expected stride to be two positive integers, got {list(stride)}")
     check(len(padding) == 2 and padding[0] >= 0 and padding[1] >= 0,
-           f"{op}: expected padding to be two non-negative integers, got {list(padding)}")
+          f"{op}: expected padding to be two non-negative integers, got {list(padding)}")
     check(x.shape[1] > 0 and x.shape[2] > 0 and x.shape[3] > 0,
-           f"{op}: expected x to have non-zero channel and spatial sizes, got shape {list(x.shape)}")
+          f"{op}: expected x to have non-zero channel and spatial sizes, got shape {list(x.shape)}")
     check(w.shape[0] > 0 and w.shape[2] > 0 and w.shape[3] > 0, f"{op}: w has an empty dimension: {list(w.shape)}")
     padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
     check(padded[0] >= w.shape[2] and padded[1] >= w.shape[3],
-           f"{op}: input size ({padded[0]} x {padded[1]}, padding included) is smaller than the kernel size "
-           f"({w.shape[2]} x {w.shape[3]})")
+          f"{op}: input size ({padded[0]} x {padded[1]}, padding included) is smaller than the kernel size "
+          f"({w.shape[2]} x {w.shape[3]})")
     _check_bias(b, "b", w.shape[0], x, op)
     _check_pointwise_weight(w1, "w1", w.shape[0], "the output of w", x, op)
     _check_bias(b1, "b1", w1.shape[0], x, op)
@@ -69,7 +69,7 @@ def check_global_avg_pool_args(x, op):
     check(x.dim() == 4, f"{op}: expected x to be a 4-d (N, C, H, W) tensor, got shape {list(x.shape)}")
     check(x.is_floating_point(), f"{op}: expected x to have a floating-point dtype, got {x.dtype}")
     check(x.shape[2] > 0 and x.shape[3] > 0, f"{op}: expected x to have non-zero spatial sizes, got shape "
-                                              f"{list(x.shape)}")
+                                             f"{list(x.shape)}")
 
 
 def _relu_keeps_channels_last(memory_format, channels, pixels):
