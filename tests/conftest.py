@@ -7,7 +7,6 @@ same thing.
 """
 import contextlib
 import copy
-import importlib.util
 import os
 import random
 import subprocess
@@ -265,7 +264,7 @@ def cpu_backend():
 def backends_without_the_extension():
     """available_backends() of a process whose nin_ext._C cannot be loaded (and without TRITON_INTERPRET,
     which run_python drops): triton where there is a GPU, and reference."""
-    triton_runs = HAS_CUDA and importlib.util.find_spec("triton") is not None
+    triton_runs = HAS_CUDA and nin_ext.backends.unavailable_reason("triton") is None
     return (["triton"] if triton_runs else []) + ["reference"]
 
 
