@@ -368,18 +368,15 @@ class NinBlockTileWorker {
       }
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output; the lines
-    // of a channel a few ahead are prefetched for writing where a line takes several of a channel's
-    // writes (rows of an NCHW output, not channels_last). A channel's writes are a few short rows,
-    // too few for the hardware prefetcher: without it, the writes took 7% of the seed's block 2 at
-    // batch 16, 4% with it.
-    constexpr int64_t kPrefetchChannels = 4;
+    // of the channel kWritePrefetchChannels ahead are prefetched where a line takes several of a
+    // channel's writes (rows of an NCHW output, not channels_last).
     const std::vector<int64_t>& lines = lines_of_offsets(copies);
     const bool prefetch = lines.size() * 2 <= copies.size();
     for (int64_t c = 0; c < channels; ++c) {
       scalar_t* dst = data + c * sc;
-      if (prefetch && c + kPrefetchChannels < channels) {
+      if (prefetch && c + kWritePrefetchChannels < channels) {
         for (const int64_t offset : lines) {
-          __builtin_prefetch(dst + kPrefetchChannels * sc + offset, 1);
+          __builtin_prefetch(dst + kWritePrefetchChannels * sc + offset, 1);
         }
       }
       const scalar_t* src = values.data() + c * nr_;
@@ -410,6 +407,28 @@ class NinBlockTileWorker {
   void write_rows(int layer, at::Tensor& t, int64_t n, int64_t p0) const {
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t s_n = t.stride(0), s_c = t.stride(1), s_p = t.stride(3);
+    if (s_p == 1) {
+      // NCHW: the tile's pixels of a channel are one run of the output; channel by channel, each run
+      // written whole, with the run of the channel kWritePrefetchChannels ahead prefetched (panel by
+      // panel instead, the writes were as many streams as channels: 9% of the seed's block 1 at batch
+      // 16).
+      const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
+      const int64_t channels = layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2;
+      constexpr int64_t kLineElements = 64 / sizeof(scalar_t);
+      for (int64_t c = 0; c < channels; ++c) {
+        scalar_t* dst = data + n * s_n + c * s_c + p0;
+        if (c + kWritePrefetchChannels < channels) {
+          for (int64_t j = 0; j < pt_ + kLineElements - 1; j += kLineElements) {
+            __builtin_prefetch(dst + kWritePrefetchChannels * s_c + std::min(j, pt_ - 1), 1);
+          }
+        }
+        for (int64_t panel = 0; panel < panels_; ++panel) {
+          const int64_t j0 = panel * nr_;
+          std::copy_n(values.data() + (panel * channels + c) * nr_, std::min(nr_, pt_ - j0), dst + j0);
+        }
+      }
+      return;
+    }
     for_each_row(layer, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
       scalar_t* dst = data + n * s_n + c * s_c + (p0 + j0) * s_p;
       for (int64_t j = 0; j < count; ++j) {
@@ -419,6 +438,11 @@ class NinBlockTileWorker {
   }
 
  private:
+  // How many channels ahead the output writes prefetch their lines for writing. A tile writes a few
+  // short rows per channel, too little for the hardware prefetcher to follow: the Winograd writes took
+  // 7% of the seed's block 2 at batch 16 without the prefetch, 4% with it.
+  static constexpr int64_t kWritePrefetchChannels = 4;
+
   // Output channels whose Winograd products are computed and transformed together: a multiple of
   // MR, about 512 KiB of products (half the L2 of the machines we tune on; 1-2% faster than 256 KiB
   // on the seed's blocks 2 and 3, measured interleaved in one process).
