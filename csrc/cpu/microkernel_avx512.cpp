@@ -34,7 +34,7 @@ struct Avx512 {
 
 void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
                               int64_t rows) {
-  register_blocked_microkernel<Avx512, 12, 2>(K, a, b, bias, c, ldc, rows);
+  register_blocked_microkernel_rows<Avx512, 12, 2>(K, a, b, bias, c, ldc, rows);
 }
 
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
