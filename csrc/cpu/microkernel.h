@@ -38,6 +38,11 @@ using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* 
 using WinogradTransformFn = void (*)(const float* M, int rows, int inner, const float* in, int64_t in_stride,
                                      float* out, int64_t out_stride);
 
+// The Winograd input patches of a run of consecutive m x m blocks, from a band of alpha padded input
+// rows (winograd_transform_lanes.h, winograd_gather_portable), compiled for the same ISA.
+using WinogradGatherFn = void (*)(const float* band, int64_t band_width, int m, int alpha, int64_t bx,
+                                  int64_t length, float* d, int64_t nr);
+
 // nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
 // same ISA.
 using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
@@ -52,6 +57,7 @@ struct MicroKernel {
   WinogradTransformFn winograd_transform = nullptr;  // float kernels only
   MaxPool2dPlaneFn max_pool2d_plane = nullptr;       // float kernels only
   MaxPool2dArgmaxPlaneFn max_pool2d_argmax_plane = nullptr;
+  WinogradGatherFn winograd_gather = nullptr;  // float kernels only
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -119,6 +125,8 @@ void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* off
                                    int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows);
 void winograd_transform_avx512_32(const float* M, int rows, int inner, const float* in, int64_t in_stride,
                                   float* out, int64_t out_stride);
+void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
+                            float* d, int64_t nr);
 void winograd_transform_avx2_16(const float* M, int rows, int inner, const float* in, int64_t in_stride,
                                 float* out, int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);

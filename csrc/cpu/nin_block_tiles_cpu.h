@@ -271,7 +271,8 @@ class NinBlockTileWorker {
     }
     // Input transform, V = BT d B per channel, all the tile's blocks at once. Per run, the alpha
     // input rows it reads are first copied into a zero-padded band (band column c is input column
-    // c - PW), from which each patch element of every block is a stride-m read with no bounds check.
+    // c - PW), from which each patch element of every block is a stride-m read with no bounds check
+    // (the kernel's winograd_gather).
     const int64_t band_width = winograd_band_width();
     float* band = y + m * m * nr;
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
@@ -301,15 +302,7 @@ class NinBlockTileWorker {
           }
           std::fill(band_row + g.PW + g.W, band_row + band_width, 0.f);
         }
-        for (int i = 0; i < alpha; ++i) {
-          for (int j = 0; j < alpha; ++j) {
-            const float* src = band + i * band_width + m * run.bx + j;
-            float* dst = d + (i * alpha + j) * nr + run.lane;
-            for (int64_t l = 0; l < run.length; ++l) {
-              dst[l] = src[m * l];
-            }
-          }
-        }
+        packed_.kernel.winograd_gather(band, band_width, m, alpha, run.bx, run.length, d + run.lane, nr);
       }
       transform(t.BT_float.data(), alpha, alpha, d, nr, v + ci * nr, g.C0 * nr);
     }

@@ -88,6 +88,22 @@ void winograd_transform_lanes(const float* M, int rows, int inner, const float* 
   std::abort();  // unreachable: winograd_transform() builds no other size
 }
 
+// The input patches of `length` consecutive m x m blocks, the first at block column bx, side by side:
+//   d[(i * alpha + j) * nr + l] = band[i * band_width + m * (bx + l) + j]   for i, j < alpha, l < length
+// (band: alpha padded input rows). Scalar: a stride-m read per value.
+inline void winograd_gather_portable(const float* band, int64_t band_width, int m, int alpha, int64_t bx,
+                                     int64_t length, float* d, int64_t nr) {
+  for (int i = 0; i < alpha; ++i) {
+    for (int j = 0; j < alpha; ++j) {
+      const float* src = band + i * band_width + m * bx + j;
+      float* dst = d + (i * alpha + j) * nr;
+      for (int64_t l = 0; l < length; ++l) {
+        dst[l] = src[m * l];
+      }
+    }
+  }
+}
+
 // One float per "vector", for the portable kernel (the compiler vectorises what it can).
 struct ScalarVec {
   using reg = float;
