@@ -43,6 +43,16 @@ using WinogradTransformFn = void (*)(const float* M, int rows, int inner, const 
 using WinogradGatherFn = void (*)(const float* band, int64_t band_width, int m, int alpha, int64_t bx,
                                   int64_t length, float* d, int64_t nr);
 
+// A run of consecutive lanes of a Winograd output block (y[src, src + count)) and where it goes in the
+// tile's panels (out[dst, dst + count)); count <= nr.
+struct LaneRun {
+  int64_t src, count, dst;
+};
+
+// out[run.dst + i] = relu(y[run.src + i] + shift) for every run (winograd_transform_lanes.h,
+// winograd_scatter_portable), compiled for the same ISA.
+using WinogradScatterFn = void (*)(const float* y, float shift, const LaneRun* runs, int64_t run_count, float* out);
+
 // nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
 // same ISA.
 using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
@@ -58,6 +68,7 @@ struct MicroKernel {
   MaxPool2dPlaneFn max_pool2d_plane = nullptr;       // float kernels only
   MaxPool2dArgmaxPlaneFn max_pool2d_argmax_plane = nullptr;
   WinogradGatherFn winograd_gather = nullptr;  // float kernels only
+  WinogradScatterFn winograd_scatter = nullptr;
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -127,6 +138,7 @@ void winograd_transform_avx512_32(const float* M, int rows, int inner, const flo
                                   float* out, int64_t out_stride);
 void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
                             float* d, int64_t nr);
+void winograd_scatter_avx512(const float* y, float shift, const LaneRun* runs, int64_t run_count, float* out);
 void winograd_transform_avx2_16(const float* M, int rows, int inner, const float* in, int64_t in_stride,
                                 float* out, int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);

@@ -22,7 +22,8 @@ MicroKernel<float> choose_float_microkernel() {
                                     &winograd_transform_lanes<ScalarVec, 8>,
                                     &max_pool2d_plane<float, PortablePoolSteps>,
                                     &max_pool2d_argmax_plane<float, PortablePoolSteps>,
-                                    &winograd_gather_portable};
+                                    &winograd_gather_portable,
+                                    &winograd_scatter_portable};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -32,7 +33,8 @@ MicroKernel<float> choose_float_microkernel() {
                                   &winograd_transform_avx512_32,
                                   &max_pool2d_plane_avx512,
                                   &max_pool2d_argmax_plane_avx512,
-                                  &winograd_gather_avx512};
+                                  &winograd_gather_avx512,
+                                  &winograd_scatter_avx512};
   const MicroKernel<float> avx2{6,
                                 16,
                                 &microkernel_avx2_6x16,
@@ -41,7 +43,8 @@ MicroKernel<float> choose_float_microkernel() {
                                 &winograd_transform_avx2_16,
                                 &max_pool2d_plane_avx2,
                                 &max_pool2d_argmax_plane_avx2,
-                                &winograd_gather_portable};
+                                &winograd_gather_portable,
+                                &winograd_scatter_portable};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

@@ -241,10 +241,13 @@ class NinBlockTileWorker {
       block_runs_.push_back({lane, length, b / blocks_per_image * sn, within / bw, bx});
       lane += length;
     }
-    // The dense pixel order, as runs of lanes per block position that stay within one panel.
+    // The dense pixel order, as runs of lanes of one block position that stay within one panel: lanes
+    // [lane, lane + count) of position q (y[q * nr + lane]) are tile pixels [j, j + count), at
+    // (j / nr) * CC * nr + j % nr in channel 0's panels.
     tile_pixels_.clear();
-    pixel_runs_.assign(m * m, {});
+    lane_runs_.clear();
     for (int q = 0; q < m * m; ++q) {
+      const size_t first_run = lane_runs_.size();
       for (int64_t lane = 0; lane < tb; ++lane) {
         const int64_t b = b0 + lane, within = b % blocks_per_image;
         const int64_t oh = m * (within / bw) + q / m, ow = m * (within % bw) + q % m;
@@ -253,11 +256,11 @@ class NinBlockTileWorker {
         }
         const int64_t j = static_cast<int64_t>(tile_pixels_.size());
         tile_pixels_.push_back({b / blocks_per_image, oh, ow});
-        std::vector<PixelRun>& runs = pixel_runs_[q];
-        if (!runs.empty() && runs.back().lane + runs.back().count == lane && j % nr != 0) {
-          ++runs.back().count;
+        LaneRun* last = lane_runs_.size() > first_run ? &lane_runs_.back() : nullptr;
+        if (last != nullptr && last->src + last->count == q * nr + lane && j % nr != 0) {
+          ++last->count;
         } else {
-          runs.push_back({lane, 1, j});
+          lane_runs_.push_back({q * nr + lane, 1, (j / nr) * g.CC * nr + j % nr});
         }
       }
     }
@@ -324,17 +327,9 @@ class NinBlockTileWorker {
       }
       for (int64_t c = 0; c < channels; ++c) {
         transform(t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
-        const float shift = static_cast<float>(bias[c0 + c]);
-        for (int64_t l = 0; l < m * m * nr; ++l) {  // all lanes at once (vectorized), then the runs copy
-          const float value = y[l] + shift;
-          y[l] = value < 0.f ? 0.f : value;  // NaN passes, as in torch.relu
-        }
-        float* hidden0 = reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr;
-        for (int q = 0; q < m * m; ++q) {
-          for (const PixelRun& run : pixel_runs_[q]) {
-            copy_run(y + q * nr + run.lane, run.count, hidden0 + (run.j / nr) * g.CC * nr + run.j % nr);
-          }
-        }
+        packed_.kernel.winograd_scatter(y, static_cast<float>(bias[c0 + c]), lane_runs_.data(),
+                                        static_cast<int64_t>(lane_runs_.size()),
+                                        reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr);
       }
     }
     apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
@@ -536,11 +531,8 @@ class NinBlockTileWorker {
   struct TilePixel {
     int64_t n, oh, ow;
   };
-  struct PixelRun {
-    int64_t lane, count, j;  // lanes [lane, lane + count) of one block position are tile pixels [j, j + count)
-  };
   std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
-  std::vector<std::vector<PixelRun>> pixel_runs_;  // Winograd: per block position, where its lanes go
+  std::vector<LaneRun> lane_runs_;                 // Winograd: where the output blocks' lanes go
   struct PixelCopy {
     int64_t src, dst;
   };

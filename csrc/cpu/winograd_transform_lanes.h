@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "cpu/microkernel.h"
+
 namespace nin_ext {
 namespace cpu {
 
@@ -100,6 +102,17 @@ inline void winograd_gather_portable(const float* band, int64_t band_width, int 
       for (int64_t l = 0; l < length; ++l) {
         dst[l] = src[m * l];
       }
+    }
+  }
+}
+
+// Bias + ReLU of an output block's lanes into the tile's panels, run by run (LaneRun, microkernel.h).
+inline void winograd_scatter_portable(const float* y, float shift, const LaneRun* runs, int64_t run_count,
+                                      float* out) {
+  for (int64_t r = 0; r < run_count; ++r) {
+    for (int64_t i = 0; i < runs[r].count; ++i) {
+      const float value = y[runs[r].src + i] + shift;
+      out[runs[r].dst + i] = value < 0.f ? 0.f : value;  // NaN passes, as in torch.relu
     }
   }
 }
