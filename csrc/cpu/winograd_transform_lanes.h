@@ -4,7 +4,8 @@
 // with M (rows x inner) row-major, inner <= 8. Input transform: M = BT; output transform: M = AT.
 // Each pass keeps a column of its input and the rows it makes in registers (Vec, as in
 // microkernel_register_blocked.h) for one vector of lanes at a time, so that every input is loaded
-// once; zero coefficients are skipped (the matrices are sparse).
+// once; zero coefficients are skipped (the matrices are sparse). Also the portable patch gather and
+// output scatter of a tile's lanes (the AVX-512 ones are in microkernel_avx512.cpp).
 #pragma once
 
 #include <cstdint>
