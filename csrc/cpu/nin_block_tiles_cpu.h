@@ -340,7 +340,7 @@ class NinBlockTileWorker {
   // strides holding images [first_image, first_image + N'): the tile's pixels of other images are
   // skipped.
   void write_winograd_rows(int layer, at::Tensor& t, int64_t first_image = 0) {
-    const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
+    const std::vector<scalar_t>& values = activation(layer);
     const int64_t channels = t.size(1), images = t.size(0);
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
@@ -379,8 +379,8 @@ class NinBlockTileWorker {
   // pixels [j0, j0 + count), contiguous (one panel's worth).
   template <typename RowFn>
   void for_each_row(int layer, const RowFn& row_fn) const {
-    const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
-    const int64_t channels = layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2;
+    const std::vector<scalar_t>& values = activation(layer);
+    const int64_t channels = activation_channels(layer);
     for (int64_t panel = 0; panel < panels_; ++panel) {
       const int64_t j0 = panel * nr_, count = std::min(nr_, pt_ - j0);
       for (int64_t c = 0; c < channels; ++c) {
@@ -400,8 +400,8 @@ class NinBlockTileWorker {
       // written whole, with the run of the channel kWritePrefetchChannels ahead prefetched (panel by
       // panel instead, the writes were as many streams as channels: 9% of the seed's block 1 at batch
       // 16).
-      const std::vector<scalar_t>& values = layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
-      const int64_t channels = layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2;
+      const std::vector<scalar_t>& values = activation(layer);
+      const int64_t channels = activation_channels(layer);
       constexpr int64_t kLineElements = 64 / sizeof(scalar_t);
       for (int64_t c = 0; c < channels; ++c) {
         scalar_t* dst = data + n * s_n + c * s_c + p0;
@@ -426,6 +426,13 @@ class NinBlockTileWorker {
   }
 
  private:
+  // Activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2: the block's
+  // output), in the panel layout, and its channel count.
+  const std::vector<scalar_t>& activation(int layer) const {
+    return layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
+  }
+  int64_t activation_channels(int layer) const { return layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2; }
+
   // How many channels ahead the output writes prefetch their lines for writing. A tile writes a few
   // short rows per channel, too little for the hardware prefetcher to follow: the Winograd writes took
   // 7% of the seed's block 2 at batch 16 without the prefetch, 4% with it.
