@@ -51,6 +51,15 @@ inline void copy_run(const T* src, int64_t n, T* dst) {
   }
 }
 
+// Prefetches every cache line of p[0, count) for writing.
+template <typename T>
+inline void prefetch_for_write(const T* p, int64_t count) {
+  constexpr int64_t kLineElements = 64 / sizeof(T);
+  for (int64_t i = 0; i < count + kLineElements - 1; i += kLineElements) {
+    __builtin_prefetch(p + std::min(i, count - 1), 1);
+  }
+}
+
 // One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
 // rows past M zero; the bias padded the same way (zero when the layer has none).
 template <typename scalar_t>
@@ -356,15 +365,15 @@ class NinBlockTileWorker {
       }
     }
     // Channel by channel, so that consecutive writes land in the same rows of the output; the lines
-    // of the channel kWritePrefetchChannels ahead are prefetched where a line takes several of a
-    // channel's writes (rows of an NCHW output, not channels_last).
-    const std::vector<int64_t>& lines = lines_of_offsets(copies);
-    const bool prefetch = lines.size() * 2 <= copies.size();
+    // of the channel kWritePrefetchChannels ahead are prefetched where the writes form runs (rows of
+    // an NCHW output, not the single pixels of channels_last).
+    const std::vector<WriteRun>& runs = runs_of_offsets(copies);
+    const bool prefetch = runs.size() * 2 <= copies.size();
     for (int64_t c = 0; c < channels; ++c) {
       scalar_t* dst = data + c * sc;
       if (prefetch && c + kWritePrefetchChannels < channels) {
-        for (const int64_t offset : lines) {
-          __builtin_prefetch(dst + kWritePrefetchChannels * sc + offset, 1);
+        for (const WriteRun& run : runs) {
+          prefetch_for_write(dst + kWritePrefetchChannels * sc + run.offset, run.count);
         }
       }
       const scalar_t* src = values.data() + c * nr_;
@@ -402,13 +411,10 @@ class NinBlockTileWorker {
       // 16).
       const std::vector<scalar_t>& values = activation(layer);
       const int64_t channels = activation_channels(layer);
-      constexpr int64_t kLineElements = 64 / sizeof(scalar_t);
       for (int64_t c = 0; c < channels; ++c) {
         scalar_t* dst = data + n * s_n + c * s_c + p0;
         if (c + kWritePrefetchChannels < channels) {
-          for (int64_t j = 0; j < pt_ + kLineElements - 1; j += kLineElements) {
-            __builtin_prefetch(dst + kWritePrefetchChannels * s_c + std::min(j, pt_ - 1), 1);
-          }
+          prefetch_for_write(dst + kWritePrefetchChannels * s_c, pt_);
         }
         for (int64_t panel = 0; panel < panels_; ++panel) {
           const int64_t j0 = panel * nr_;
@@ -544,30 +550,29 @@ class NinBlockTileWorker {
     int64_t src, dst;
   };
   std::vector<PixelCopy> pixel_copies_;  // Winograd: where the tile's pixels go in an output
-  std::vector<int64_t> line_offsets_;     // Winograd: the output lines those copies write
 
-  // Destination offsets of `copies` that together touch every cache line the copies write, at any
-  // alignment of the base: of each run of consecutive offsets, its first, its last, and one per line
-  // size between.
-  const std::vector<int64_t>& lines_of_offsets(const std::vector<PixelCopy>& copies) {
-    constexpr int64_t kLineElements = 64 / sizeof(scalar_t);
-    std::vector<int64_t>& offsets = line_offsets_;
+  // The destination offsets of `copies` as runs of consecutive offsets.
+  struct WriteRun {
+    int64_t offset, count;
+  };
+  const std::vector<WriteRun>& runs_of_offsets(const std::vector<PixelCopy>& copies) {
+    std::vector<int64_t>& offsets = sorted_offsets_;
     offsets.clear();
     for (const PixelCopy& copy : copies) {
       offsets.push_back(copy.dst);
     }
     std::sort(offsets.begin(), offsets.end());
-    size_t kept = 0;
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      const bool run_start = i == 0 || offsets[i] != offsets[i - 1] + 1;
-      const bool run_end = i + 1 == offsets.size() || offsets[i + 1] != offsets[i] + 1;
-      if (run_start || run_end || offsets[i] >= offsets[kept - 1] + kLineElements) {
-        offsets[kept++] = offsets[i];
+    write_runs_.clear();
+    for (const int64_t offset : offsets) {
+      if (write_runs_.empty() || write_runs_.back().offset + write_runs_.back().count != offset) {
+        write_runs_.push_back({offset, 0});
       }
+      ++write_runs_.back().count;
     }
-    offsets.resize(kept);
-    return offsets;
+    return write_runs_;
   }
+  std::vector<int64_t> sorted_offsets_;  // Winograd: runs_of_offsets' scratch
+  std::vector<WriteRun> write_runs_;     // Winograd: the output runs the last write's copies form
 
   struct GatherSegment {
     int64_t lane, count, offset;
