@@ -189,9 +189,10 @@ def _ext_modules_and_cmdclass():
     if sys.platform.startswith("linux"):
         # Link the shared libstdc++ that torch uses, also where the C++ compiler links its own copy
         # statically (e.g. a toolchain that adds -static-libstdc++): named before the compiler's own
-        # -lstdc++, it resolves every symbol, so no member of the static archive is pulled in. A second libstdc++ inside _C has
-        # its own locale facets, and formatting a number into an error message then fails (a
-        # truncated message, or a segfault, as seen on a GPU machine whose /opt/gcc g++ does this).
+        # -lstdc++, it resolves every symbol, so no member of the static archive is pulled in. A
+        # second libstdc++ inside _C has its own locale facets, and formatting a number into an error
+        # message then fails (a truncated message, or a segfault, as seen on a GPU machine whose
+        # /opt/gcc g++ does this).
         extra_link_args.append("-l:libstdc++.so.6")
 
     if with_cuda:

@@ -211,6 +211,8 @@ def test_works_without_the_compiled_extension():
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
+H100_SHARED_MEMORY = 232448  # bytes of shared memory a block may use on an H100 (227 KiB)
+
 SM90_COMPILE = """
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -219,7 +221,7 @@ from nin_ext.triton.global_avg_pool_triton import spatial_mean_kernel
 from nin_ext.triton.config import _NIN_BLOCK_GPU_TILES, _NIN_BLOCK_UNTUNED_TILE, nin_block_shared_memory_bytes
 from nin_ext.triton.nin_block_triton import nin_block_kernel
 
-H100_SHARED_MEMORY = 232448
+H100_SHARED_MEMORY = H100_SHARED_MEMORY_BYTES
 
 def compile_sm90(kernel, pointers, constexprs, **options):
     names = kernel.arg_names
@@ -258,7 +260,7 @@ assert shared <= H100_SHARED_MEMORY, shared
 compile_sm90(spatial_mean_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32"}, dict(ACC_DTYPE=tl.float32, BLOCK_C=64),
              num_warps=4)
 print("OK")
-"""
+""".replace("H100_SHARED_MEMORY_BYTES", str(H100_SHARED_MEMORY))
 
 
 AUTOTUNED_NIN = """
@@ -289,7 +291,7 @@ def test_pruning_keeps_the_configurations_that_fit(monkeypatch):
     import triton
 
     from nin_ext.triton import config
-    monkeypatch.setattr(config, "max_shared_memory", lambda device: 232448)
+    monkeypatch.setattr(config, "max_shared_memory", lambda device: H100_SHARED_MEMORY)
     configs = [triton.Config(dict(BLOCK_P=p, BLOCK_K=k, BLOCK_C1=c1), num_warps=w, num_stages=s)
                for p, k, c1, w, s in config._NIN_BLOCK_GPU_TILES]
     x = torch.empty(1, dtype=torch.float32)
