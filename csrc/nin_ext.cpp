@@ -10,6 +10,7 @@
 
 #include "cpu/microkernel.h"
 #include "cpu/nin_block_packed_cache_cpu.h"
+#include "cpu/nin_block_run_cpu.h"
 #include "cpu/nin_block_shifted_cpu.h"
 
 #ifndef NIN_EXT_CUDA_ARCHS
@@ -71,17 +72,20 @@ static bool parse_nin_block_shapes(PyObject* args, nin_ext::NinBlockGeometry& g,
 }
 
 // winograd_tile_size((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)): the output-block size
-// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU, 0 for the other
-// paths (csrc/cpu/nin_block_tiles_cpu.h); tests and benchmarks use it to know which path they check.
+// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU (a strided one in
+// its polyphase form), 0 for the other paths (csrc/cpu/nin_block_run_cpu.h); tests and benchmarks use
+// it to know which path they check.
 static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
   nin_ext::NinBlockGeometry g{};
   int64_t weight_in = 0;
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
+  const int64_t nr = nin_ext::cpu::float_microkernel().nr;
   const bool weights = nin_ext::cpu::winograd_conv_shape(g.CC, weight_in, g.KH, g.KW);
-  return PyLong_FromLong(
-      nin_ext::cpu::winograd_tile_size(g, weights, nin_ext::cpu::float_microkernel().nr, sizeof(float)));
+  return PyLong_FromLong(g.SH == 1 && g.SW == 1
+                             ? nin_ext::cpu::winograd_tile_size(g, weights, nr, sizeof(float))
+                             : nin_ext::cpu::polyphase_winograd_tile_size(g, true, nr, sizeof(float)));
 }
 
 // shifted_conv(same arguments): whether a nin_block of these shapes that does not run Winograd runs its

@@ -1,7 +1,6 @@
 // nin_ext::nin_block on the CPU: the whole block in one pass over tiles of output pixels.
 #include <torch/library.h>
 
-#include "cpu/nin_block_packed_cache_cpu.h"
 #include "cpu/nin_block_run_cpu.h"
 
 namespace nin_ext {
@@ -20,7 +19,7 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_cpu", [&] {
-    run_nin_block<scalar_t>(x, g, *packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), {{2, &out}});
+    run_nin_block<scalar_t>(prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2), {{2, &out}});
   });
   return out;
 }

@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "cpu/max_pool2d_plane.h"
-#include "cpu/nin_block_packed_cache_cpu.h"
 #include "cpu/nin_block_run_cpu.h"
 #include "max_pool2d_checks.h"
 
@@ -187,18 +186,19 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_max_pool_cpu", [&] {
-    const auto packed = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
-    const int winograd = winograd_tile_size(g, packed->winograd_weights, packed->kernel.nr, sizeof(scalar_t));
+    const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
+    const NinBlockPacked<scalar_t>& packed = *call.packed;
+    const int winograd = winograd_tile_size(call.g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t));
     if (format == at::MemoryFormat::Contiguous && winograd > 0) {
-      pool_block_by_images<scalar_t>(x, g, pool, *packed, packed->winograd(winograd), out);
+      pool_block_by_images<scalar_t>(call.x, call.g, pool, packed, packed.winograd(winograd), out);
       return;
     }
-    if (format == at::MemoryFormat::Contiguous && !shifted_conv_pays(g)) {
-      pool_block_by_bands<scalar_t>(x, g, pool, *packed, out);
+    if (format == at::MemoryFormat::Contiguous && !shifted_conv_pays(call.g)) {
+      pool_block_by_bands<scalar_t>(call.x, call.g, pool, packed, out);
       return;
     }
     at::Tensor block = at::empty({g.N, g.C2, g.OH, g.OW}, x.options().memory_format(format));
-    run_nin_block<scalar_t>(x, g, *packed, {{2, &block}});
+    run_nin_block<scalar_t>(call, {{2, &block}});
     out = max_pool2d_cpu(block, pool_kernel, pool_stride, pool_padding, ceil_mode);
   });
   return out;

@@ -1,22 +1,66 @@
 // run_nin_block: the fused block over a whole batch, by whichever of the CPU paths the shapes call for.
 #pragma once
 
+#include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "cpu/nin_block_packed_cache_cpu.h"
 #include "cpu/nin_block_shifted_cpu.h"
 #include "cpu/nin_block_tiles_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
 
+// A block call in the form it runs in: the call as given, or its polyphase form (polyphase_cpu.h).
+template <typename scalar_t>
+struct NinBlockCall {
+  at::Tensor x;
+  NinBlockGeometry g;
+  std::shared_ptr<const NinBlockPacked<scalar_t>> weights;  // the weights' packing, from the cache
+  const NinBlockPacked<scalar_t>* packed;                    // the packing that runs: it or its polyphase form
+};
+
+// The output-block size m of the Winograd tiles that a strided block runs by in its polyphase form,
+// 0 when it runs direct: the form runs when its Winograd tiles do fewer multiply-adds than the direct
+// path (the only other path a strided block has).
+inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_weights, int64_t nr,
+                                        int64_t element_size) {
+  if (g.SH == 1 && g.SW == 1) {
+    return 0;
+  }
+  const NinBlockGeometry p = polyphase_geometry(g);
+  const bool winograd_weights = float_weights && winograd_conv_shape(p.CC, p.C0, p.KH, p.KW);
+  const int m = winograd_tile_size(p, winograd_weights, nr, element_size);
+  return m > 0 && winograd_work(p, m, nr) < direct_work(g, nin_block_tile_pixels(g, element_size, nr)) ? m : 0;
+}
+
+// The weights' packing (cached) and the form the call runs in.
+template <typename scalar_t>
+NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBlockGeometry& g, const at::Tensor& w,
+                                              const c10::optional<at::Tensor>& b, const at::Tensor& w1,
+                                              const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                              const c10::optional<at::Tensor>& b2) {
+  NinBlockCall<scalar_t> call{x, g, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
+  call.packed = call.weights.get();
+  if (polyphase_winograd_tile_size(g, std::is_same_v<scalar_t, float>, call.packed->kernel.nr, sizeof(scalar_t))) {
+    call.x = polyphase_input(x, g);
+    call.g = polyphase_geometry(g);
+    call.packed = &call.weights->polyphase(g.SH, g.SW, w, b, w1, b1, w2, b2);
+  }
+  return call;
+}
+
 // Runs the block over the whole batch and writes the activations asked for, (layer, tensor) pairs
 // (layer 0: the conv's, 1: the first 1x1's, 2: the block's output), into their (N, C, OH, OW)
 // tensors: by Winograd tiles when the packing and the geometry allow, else by shifted products where
 // they pay (nin_block_shifted_cpu.h), else by pixel tiles.
 template <typename scalar_t>
-void run_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                   const std::vector<std::pair<int, at::Tensor*>>& outputs) {
+void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pair<int, at::Tensor*>>& outputs) {
+  const at::Tensor& x = call.x;
+  const NinBlockGeometry& g = call.g;
+  const NinBlockPacked<scalar_t>& packed = *call.packed;
   if (const int m = winograd_tile_size(g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t))) {
     const PackedWinogradConv& winograd = packed.winograd(m);
     auto write_tile = [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {

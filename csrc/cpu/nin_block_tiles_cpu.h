@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "cpu/microkernel.h"
+#include "cpu/polyphase_cpu.h"
 #include "cpu/winograd_cpu.h"
 #include "nin_block_checks.h"
 
@@ -118,10 +120,25 @@ struct NinBlockPacked {
     return *slot;
   }
 
+  // The packing of the block's polyphase form for stride (sh, sw) (polyphase_cpu.h), built on first
+  // use from the tensors that this packing was made of (the caller's: the cache found them unchanged).
+  const NinBlockPacked& polyphase(int64_t sh, int64_t sw, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                  const c10::optional<at::Tensor>& b2) const {
+    std::lock_guard<std::mutex> lock(polyphase_mutex_);
+    std::unique_ptr<const NinBlockPacked>& slot = polyphase_[{sh, sw}];
+    if (slot == nullptr) {
+      slot = std::make_unique<const NinBlockPacked>(kernel, polyphase_weight(w, sh, sw), b, w1, b1, w2, b2);
+    }
+    return *slot;
+  }
+
  private:
   const int conv_taps_;
   mutable std::mutex winograd_mutex_;
   mutable std::unique_ptr<const PackedWinogradConv> winograd_[kWinogradMaxTile - kWinogradMinTile + 1];
+  mutable std::mutex polyphase_mutex_;
+  mutable std::map<std::pair<int64_t, int64_t>, std::unique_ptr<const NinBlockPacked>> polyphase_;
 };
 
 // Pixels per tile: whole panels of nr pixels; the tile's patch and activations take about 1 MiB

@@ -3,7 +3,6 @@
 // eager's autograd saves them) instead of recomputing the block with ATen.
 #include <torch/library.h>
 
-#include "cpu/nin_block_packed_cache_cpu.h"
 #include "cpu/nin_block_run_cpu.h"
 
 namespace nin_ext {
@@ -25,7 +24,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nin_block_with_hidden_cpu(
     return {out, hidden0, hidden1};
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_with_hidden_cpu", [&] {
-    run_nin_block<scalar_t>(x, g, *packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), {{0, &hidden0}, {1, &hidden1}, {2, &out}});
+    run_nin_block<scalar_t>(prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2),
+                            {{0, &hidden0}, {1, &hidden1}, {2, &out}});
   });
   return {out, hidden0, hidden1};
 }

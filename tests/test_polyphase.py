@@ -1,0 +1,119 @@
+"""The CPU backend's polyphase form of strided blocks (csrc/cpu/polyphase_cpu.h): a stride-s conv run as a
+stride-1 conv over the input's s_h s_w phases, by Winograd tiles, when that does fewer multiply-adds than
+the direct path (an RGB NiN's block 1: 11x11, stride 4, 3 -> 48 channels of a 3x3 conv).
+
+Against float64 with the Winograd tolerance, in every Winograd mode; the cases are chosen so that each
+output-block size m runs in the polyphase form at least once (test_every_m_runs)."""
+import pytest
+import torch
+
+import nin_ext
+from nin_ext import _C
+from conftest import assert_close_ref, ref64_fn, ref_block_fn
+
+MODES = [2, 3, 4, -1]  # forced m, then the per-call choice
+
+# (n, c0, h, w, cc, c2, kernel, stride, padding, layout): odd sizes, square and non-square strides,
+# padding, maps cut short of the last phase (227: rows past the conv's reach) and padded to it.
+CASES = [
+    (2, 3, 61, 57, 64, 64, (11, 11), (4, 4), (0, 0), "contiguous"),
+    (2, 8, 29, 31, 64, 7, (5, 5), (2, 2), (1, 1), "channels_last"),
+    (2, 3, 40, 45, 64, 64, (11, 9), (4, 3), (1, 2), "contiguous"),
+    (3, 8, 23, 19, 72, 5, (9, 9), (2, 2), (4, 4), "contiguous"),
+    (1, 3, 227, 227, 96, 96, (11, 11), (4, 4), (0, 0), "contiguous"),
+    (1, 3, 230, 229, 96, 10, (11, 11), (4, 4), (2, 1), "channels_last"),
+]
+
+
+def _ids(case):
+    n, c0, h, w, cc, c2, k, s, p, layout = case
+    return f"n{n}_c{c0}-{cc}-{c2}_k{k[0]}x{k[1]}s{s[0]}x{s[1]}p{p[0]}x{p[1]}_{h}x{w}_{layout}"
+
+
+@pytest.fixture(params=MODES, ids=lambda m: f"m{m}" if m > 0 else "chosen")
+def winograd_mode(request):
+    previous = _C.set_winograd_mode(request.param)
+    yield request.param
+    _C.set_winograd_mode(previous)
+
+
+def _args(case, requires_grad=False):
+    n, c0, h, w, cc, c2, k, s, p, layout = case
+    x = torch.rand(n, c0, h, w)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    params = [torch.randn(cc, c0, *k) * (2.0 / (c0 * k[0] * k[1])) ** 0.5, torch.randn(cc) * 0.1,
+              torch.randn(cc, cc, 1, 1) * (2.0 / cc) ** 0.5, torch.randn(cc) * 0.1,
+              torch.randn(c2, cc, 1, 1) * (2.0 / cc) ** 0.5, torch.randn(c2) * 0.1]
+    args = [x] + params
+    if requires_grad:
+        args = [a.requires_grad_(True) for a in args]
+    return args, list(s), list(p)
+
+
+def _tile_size(case):
+    n, c0, h, w, cc, c2, k, s, p, _ = case
+    return _C.winograd_tile_size((n, c0, h, w), (cc, c0, *k), cc, c2, s, p)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_nin_block(cpu_backend, winograd_mode, case):
+    if winograd_mode == -1:
+        assert _tile_size(case) > 0, "the case does not take the polyphase form"
+    args, s, p = _args(case)
+    expected = ref64_fn(ref_block_fn, *args, s, p)
+    assert_close_ref(nin_ext.ops.nin_block(*args, s, p), expected, kind="fwd_winograd", what="nin_block")
+    pooled = torch.ops.nin_ext.nin_block_max_pool(*args, s, p, [3, 3], [2, 2], [1, 1], True)
+    expected_pooled = torch.nn.functional.max_pool2d(expected, 3, 2, 1, ceil_mode=True)
+    assert_close_ref(pooled, expected_pooled, kind="fwd_winograd", what="nin_block_max_pool")
+    assert pooled.is_contiguous(memory_format=torch.channels_last) == (case[-1] == "channels_last")
+
+
+def test_every_m_runs():
+    seen = set()
+    for mode in MODES:
+        previous = _C.set_winograd_mode(mode)
+        try:
+            seen.update(_tile_size(case) for case in CASES)
+        finally:
+            _C.set_winograd_mode(previous)
+    assert {2, 3, 4} <= seen, seen
+
+
+def test_training_forward_and_gradients(cpu_backend):
+    case = CASES[0]
+    assert _tile_size(case) > 0
+    args, s, p = _args(case, requires_grad=True)
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args, s, p)
+    args64 = [a.detach().double().requires_grad_(True) for a in args]
+    expected_h0 = torch.relu(torch.nn.functional.conv2d(args64[0], args64[1], args64[2], s, p))
+    assert_close_ref(h0, expected_h0.detach(), kind="fwd_winograd", what="the conv's activation")
+    expected = ref_block_fn(*args64, s, p)
+    assert_close_ref(out, expected.detach(), kind="fwd_winograd", what="nin_block_with_hidden output")
+    nin_ext.ops.nin_block(*args, s, p).sum().backward()
+    expected.sum().backward()
+    for name, a, a64 in zip(["x", "w", "b", "w1", "b1", "w2", "b2"], args, args64):
+        assert_close_ref(a.grad, a64.grad, kind="grad", what=f"grad of {name}")
+
+
+def test_weights_changed_in_place(cpu_backend):
+    """The polyphase packing belongs to the weights' cache entry: an in-place update repacks it."""
+    case = CASES[0]
+    args, s, p = _args(case)
+    with torch.no_grad():
+        nin_ext.ops.nin_block(*args, s, p)
+        args[1].mul_(-0.5)
+        assert_close_ref(nin_ext.ops.nin_block(*args, s, p), ref64_fn(ref_block_fn, *args, s, p),
+                         kind="fwd_winograd", what="after the in-place update")
+
+
+@pytest.mark.parametrize("channels, m", [(1, 0), (2, 3), (3, 3)])
+def test_choice_for_block_1(channels, m):
+    """Block 1 (11x11, stride 4, 224x224) at batch 16: direct with one input channel (16 phase
+    channels: its Winograd tiles measured 4% slower), polyphase with two or three
+    (benchmarks/NOTES.md, v13)."""
+    previous = _C.set_winograd_mode(-1)
+    try:
+        assert _C.winograd_tile_size((16, channels, 224, 224), (96, channels, 11, 11), 96, 96, (4, 4), (0, 0)) == m
+    finally:
+        _C.set_winograd_mode(previous)
