@@ -83,7 +83,7 @@ void pool_block_by_bands(const at::Tensor& x, const NinBlockGeometry& g, const M
 template <typename scalar_t>
 void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const MaxPool2dGeometry& pool,
                           const NinBlockPacked<scalar_t>& packed, const PackedWinogradConv& winograd,
-                          at::Tensor& out) {
+                          InputPhases phases, at::Tensor& out) {
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr;
   const int64_t blocks_per_image = ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m), blocks = g.N * blocks_per_image;
@@ -108,7 +108,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
     pool_plane(image + c * g.OH * g.OW, out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch);
   };
   at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd);
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases);
     std::vector<scalar_t> row_scratch(g.OW);
     std::vector<std::pair<int64_t, at::Tensor>> open_images;  // images of the range not pooled yet
     std::vector<at::Tensor> free_buffers;
@@ -188,12 +188,12 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_max_pool_cpu", [&] {
     const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
     const NinBlockPacked<scalar_t>& packed = *call.packed;
-    const int winograd = winograd_tile_size(call.g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t));
-    if (format == at::MemoryFormat::Contiguous && winograd > 0) {
-      pool_block_by_images<scalar_t>(call.x, call.g, pool, packed, packed.winograd(winograd), out);
+    if (format == at::MemoryFormat::Contiguous && call.winograd_tile > 0) {
+      pool_block_by_images<scalar_t>(call.x, call.g, pool, packed, packed.winograd(call.winograd_tile), call.phases,
+                                     out);
       return;
     }
-    if (format == at::MemoryFormat::Contiguous && !shifted_conv_pays(call.g)) {
+    if (format == at::MemoryFormat::Contiguous && !shifted_conv_pays(g)) {
       pool_block_by_bands<scalar_t>(call.x, call.g, pool, packed, out);
       return;
     }

@@ -13,11 +13,14 @@
 namespace nin_ext {
 namespace cpu {
 
-// A block call in the form it runs in: the call as given, or its polyphase form (polyphase_cpu.h).
+// A block call in the form it runs in: the call as given, or its polyphase form (polyphase_cpu.h),
+// which reads x's phases in place, and the path the form takes.
 template <typename scalar_t>
 struct NinBlockCall {
   at::Tensor x;
   NinBlockGeometry g;
+  InputPhases phases;
+  int winograd_tile;  // the output-block size m of its Winograd tiles, 0 for the other paths
   std::shared_ptr<const NinBlockPacked<scalar_t>> weights;  // the weights' packing, from the cache
   const NinBlockPacked<scalar_t>* packed;                    // the packing that runs: it or its polyphase form
 };
@@ -42,12 +45,16 @@ NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBloc
                                               const c10::optional<at::Tensor>& b, const at::Tensor& w1,
                                               const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                                               const c10::optional<at::Tensor>& b2) {
-  NinBlockCall<scalar_t> call{x, g, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
+  NinBlockCall<scalar_t> call{x, g, InputPhases{}, 0, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
   call.packed = call.weights.get();
-  if (polyphase_winograd_tile_size(g, std::is_same_v<scalar_t, float>, call.packed->kernel.nr, sizeof(scalar_t))) {
-    call.x = polyphase_input(x, g);
+  const int64_t nr = call.packed->kernel.nr;
+  if (const int m = polyphase_winograd_tile_size(g, std::is_same_v<scalar_t, float>, nr, sizeof(scalar_t))) {
     call.g = polyphase_geometry(g);
+    call.phases = InputPhases::of(g);
+    call.winograd_tile = m;
     call.packed = &call.weights->polyphase(g.SH, g.SW, w, b, w1, b1, w2, b2);
+  } else {
+    call.winograd_tile = winograd_tile_size(g, call.packed->winograd_weights, nr, sizeof(scalar_t));
   }
   return call;
 }
@@ -61,7 +68,7 @@ void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pa
   const at::Tensor& x = call.x;
   const NinBlockGeometry& g = call.g;
   const NinBlockPacked<scalar_t>& packed = *call.packed;
-  if (const int m = winograd_tile_size(g, packed.winograd_weights, packed.kernel.nr, sizeof(scalar_t))) {
+  if (const int m = call.winograd_tile) {
     const PackedWinogradConv& winograd = packed.winograd(m);
     auto write_tile = [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
       worker.compute_winograd(b0, tb);
@@ -69,7 +76,7 @@ void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pa
         worker.write_winograd_rows(layer, *tensor);
       }
     };
-    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, write_tile);
+    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, call.phases, write_tile);
     return;
   }
   if (shifted_conv_pays(g)) {

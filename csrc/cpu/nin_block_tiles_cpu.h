@@ -218,10 +218,11 @@ template <typename scalar_t>
 class NinBlockTileWorker {
  public:
   // A Winograd worker's (winograd != nullptr) tiles are up to NR blocks of m x m output pixels (up to
-  // m^2 NR pixels); its patch holds the transformed input and `products_` the per-point products.
+  // m^2 NR pixels); its patch holds the transformed input and `products_` the per-point products. It
+  // may read the conv's input as x's phases (polyphase_cpu.h; g is then the polyphase form's).
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                     int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr)
-      : x_(x), g_(g), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
+                     int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {})
+      : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
         patch_(winograd ? winograd_points() * g.C0 * nr_ : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
@@ -234,6 +235,7 @@ class NinBlockTileWorker {
   void compute(int64_t n, int64_t p0, int64_t pt) {
     pt_ = pt;
     panels_ = (pt + nr_ - 1) / nr_;
+    TORCH_INTERNAL_ASSERT(phases_.identity(), "the direct path reads x itself");
     gather_patch(n, p0, pt, panels_);
     apply_packed_layer(packed_.kernel, packed_.conv, patch_.data(), hidden0_.data(), panels_);
     apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
@@ -303,31 +305,45 @@ class NinBlockTileWorker {
     // c - PW), from which each patch element of every block is a stride-m read with no bounds check
     // (the kernel's winograd_gather). The band's padding columns are zero from the worker's
     // construction on and never written: only columns [PW, PW + W) are (a fill call per row for the
-    // padding cost block 3 1%).
+    // padding cost block 3 1%). A polyphase form's input rows are read from x's phases in place.
     const int64_t band_width = winograd_band_width();
     float* band = y + m * m * nr;
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
+    const int64_t x_rows = x_.size(2), x_cols = x_.size(3);
+    const InputPhases& ph = phases_;
     float* v = reinterpret_cast<float*>(patch_.data());
     for (int64_t ci = 0; ci < g.C0; ++ci) {
+      // The channel's phase (a, b) of x's channel ci / (SH SW): its column iw is x's column
+      // SW iw + b - PW, inside x for iw in [iw0, iw1) (all of [0, W) when the input is x itself).
+      const int64_t a = ci / ph.SW % ph.SH, b = ci % ph.SW, last = x_cols - 1 - b + ph.PW;
+      const int64_t iw0 = std::min(g.W, (ph.PW - b + ph.SW - 1) / ph.SW);
+      const int64_t iw1 = last < 0 ? iw0 : std::max(iw0, std::min(g.W, last / ph.SW + 1));
+      const int64_t column_stride = ph.SW * sw;
       for (const BlockRun& run : block_runs_) {
-        const scalar_t* plane = xd + run.image_offset + ci * sc;
+        const scalar_t* plane = xd + run.image_offset + ci / (ph.SH * ph.SW) * sc;
         for (int i = 0; i < alpha; ++i) {
-          float* band_row = band + i * band_width;
-          const int64_t ih = m * run.by - g.PH + i;
-          if (ih < 0 || ih >= g.H) {
-            std::fill(band_row + g.PW, band_row + g.PW + g.W, 0.f);
+          float* row = band + i * band_width + g.PW;  // the input row's column 0
+          const int64_t ih = m * run.by - g.PH + i, xh = ph.SH * ih + a - ph.PH;  // its row in the input, in x
+          if (ih < 0 || ih >= g.H || xh < 0 || xh >= x_rows) {
+            std::fill(row, row + g.W, 0.f);
             continue;
           }
-          const scalar_t* src = plane + ih * sh;
-          if (sw == 1) {  // NCHW: one contiguous copy (rows of 12 floats in the seed's block 3)
+          if (iw0 > 0) {
+            std::fill(row, row + iw0, 0.f);
+          }
+          if (iw1 < g.W) {
+            std::fill(row + iw1, row + g.W, 0.f);
+          }
+          const scalar_t* src = plane + xh * sh + (ph.SW * iw0 + b - ph.PW) * sw;
+          if (column_stride == 1) {  // NCHW: one contiguous copy (rows of 12 floats in the seed's block 3)
             if constexpr (std::is_same_v<scalar_t, float>) {
-              copy_run(src, g.W, band_row + g.PW);
+              copy_run(src, iw1 - iw0, row + iw0);
             } else {
-              std::copy(src, src + g.W, band_row + g.PW);
+              std::copy(src, src + (iw1 - iw0), row + iw0);
             }
           } else {
-            for (int64_t iw = 0; iw < g.W; ++iw) {
-              band_row[g.PW + iw] = static_cast<float>(src[iw * sw]);
+            for (int64_t iw = iw0; iw < iw1; ++iw) {
+              row[iw] = static_cast<float>(src[(iw - iw0) * column_stride]);
             }
           }
         }
@@ -547,6 +563,7 @@ class NinBlockTileWorker {
 
   const at::Tensor& x_;
   const NinBlockGeometry& g_;
+  const InputPhases phases_;
   const NinBlockPacked<scalar_t>& packed_;
   const PackedWinogradConv* const winograd_;  // null for a direct-path worker
   const int64_t nr_;
@@ -632,12 +649,12 @@ inline int64_t winograd_tile_blocks(int64_t blocks, int64_t nr) {
 // images.
 template <typename scalar_t, typename TileFn>
 void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                            const PackedWinogradConv& winograd, const TileFn& tile_fn) {
+                            const PackedWinogradConv& winograd, InputPhases phases, const TileFn& tile_fn) {
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
   const int64_t tile_blocks = winograd_tile_blocks(blocks, nr);
   at::parallel_for(0, (blocks + tile_blocks - 1) / tile_blocks, 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd);
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases);
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t b0 = tile * tile_blocks;
       tile_fn(worker, b0, std::min(tile_blocks, blocks - b0));
