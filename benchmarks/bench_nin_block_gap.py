@@ -12,7 +12,7 @@ from nin_ext import ops
 
 
 def make_case(batch, dtype, device):
-    block, x = seed_block(4, batch, dtype, device)
+    block, x = seed_block("4", batch, dtype, device)
     return ((lambda: F.adaptive_avg_pool2d(block(x), 1).flatten(1)),
             (lambda: ops.nin_block_gap(x, *block_op_args(block))))
 

@@ -1,15 +1,18 @@
-"""The seed NiN's four blocks as the per-op benchmarks use them: (in, out, kernel, stride, padding,
-input height = width) for a 224x224 image."""
+"""The seed NiN's four blocks as the per-op benchmarks use them, and block 1 of an RGB NiN ("1rgb":
+three input channels, which the CPU backend runs in its polyphase form): (in, out, kernel, stride,
+padding, input height = width) for a 224x224 image."""
 SEED_BLOCKS = {
-    1: (1, 96, 11, 4, 0, 224),
-    2: (96, 256, 5, 1, 2, 26),
-    3: (256, 384, 3, 1, 1, 12),
-    4: (384, 10, 3, 1, 1, 5),
+    "1": (1, 96, 11, 4, 0, 224),
+    "2": (96, 256, 5, 1, 2, 26),
+    "3": (256, 384, 3, 1, 1, 12),
+    "4": (384, 10, 3, 1, 1, 5),
+    "1rgb": (3, 96, 11, 4, 0, 224),
 }
 
 
 def seed_block(index, batch, dtype, device):
-    """(block module of the reference, its input) for seed block `index`, in `dtype` on `device`."""
+    """(block module of the reference, its input) for block `index` ("1" to "4", "1rgb"), in `dtype` on
+    `device`."""
     import torch
 
     import nin_ext

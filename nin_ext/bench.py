@@ -1,4 +1,5 @@
-"""``python -m nin_ext bench``: eager vs torch.compile vs nin_ext on the notebook's NiN (1x224x224).
+"""``python -m nin_ext bench``: eager vs torch.compile vs nin_ext on the notebook's NiN (1x224x224;
+--in-channels 3 for an RGB NiN, Cx224x224).
 
 Models
   eager    nin_ext.reference.nin_net() in eval mode (the notebook's network).
@@ -77,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--batch", type=int, default=None, help="images per batch (default 16 CPU, 256 CUDA)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="default float32")
+    p.add_argument("--in-channels", type=int, default=1,
+                   help="the network's input channels (default 1, the notebook's; 3 for RGB images)")
     p.add_argument("--repeat", type=int, default=None,
                    help="timed repetitions per model and stage (default 10 CPU, 50 CUDA)")
     p.add_argument("--warmup", type=int, default=None,
@@ -387,8 +390,8 @@ def run(args: argparse.Namespace) -> dict:  # noqa: C901 - one linear procedure
     repeat = args.repeat if args.repeat is not None else (50 if on_cuda else 10)
     warmup = max(1, args.warmup if args.warmup is not None else (10 if on_cuda else 2))
     number = max(1, args.number)
-    if batch < 1 or repeat < 1:
-        raise ValueError("--batch and --repeat must be >= 1")
+    if batch < 1 or repeat < 1 or args.in_channels < 1:
+        raise ValueError("--batch, --repeat and --in-channels must be >= 1")
     dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -434,9 +437,9 @@ def run(args: argparse.Namespace) -> dict:  # noqa: C901 - one linear procedure
         # ------------------------------------------------------------------- build the models
         prog.start(f"setup: models on {device}, batch {batch}, {args.dtype}")
         torch.manual_seed(args.seed)
-        master = nin_ext.reference.nin_net().eval()
+        master = nin_ext.reference.nin_net(args.in_channels).eval()
         gen = torch.Generator().manual_seed(args.seed)
-        x_master = torch.rand((batch, 1, 224, 224), generator=gen)
+        x_master = torch.rand((batch, args.in_channels, 224, 224), generator=gen)
 
         eager = copy.deepcopy(master).to(device=device, dtype=dtype).eval()
         for p in eager.parameters():
@@ -466,7 +469,7 @@ def run(args: argparse.Namespace) -> dict:  # noqa: C901 - one linear procedure
         nin_err = None
         nin_fns: Dict[str, Callable] = {}
         try:
-            nin = nin_ext.NiN().to(device=device, dtype=dtype).eval()
+            nin = nin_ext.NiN(args.in_channels).to(device=device, dtype=dtype).eval()
             nin.load_state_dict(eager.state_dict())
             for p in nin.parameters():
                 p.requires_grad_(False)
@@ -699,6 +702,7 @@ def _collect(args, device, batch, dtype, repeat, warmup, number, compile_mode, f
     config = {
         "device": str(device),
         "batch": batch,
+        "in_channels": args.in_channels,
         "dtype": str(dtype).replace("torch.", ""),
         "repeat": repeat,
         "warmup": warmup,
@@ -781,7 +785,7 @@ def format_table(res: dict) -> str:
     lines = []
     be = cfg["backend"] + (f" (requested {cfg['backend_requested']})"
                            if cfg["backend_requested"] != cfg["backend"] else "")
-    lines.append(f"NiN forward 1x224x224 | {machine} | torch {meta['versions']['torch']} | "
+    lines.append(f"NiN forward {cfg.get('in_channels', 1)}x224x224 | {machine} | torch {meta['versions']['torch']} | "
                  f"{cfg['threads']} threads | device {cfg['device']} | batch {cfg['batch']} | "
                  f"{cfg['dtype']} | nin_ext {meta['versions']['nin_ext']} backend {be}")
     sub = []

@@ -46,3 +46,16 @@ def test_bench_writes_json(tmp_path):
         assert len(e2e[col]["samples_ms"]) == 1
     # the nin_ext model's output is checked against the float64 reference by the bench itself
     assert e2e["nin_ext"]["rel_err"] <= 1e-5, e2e["nin_ext"]["rel_err"]
+
+
+def test_bench_rgb_network(tmp_path):
+    """--in-channels 3: an RGB NiN (its block 1 takes the CPU backend's polyphase form)."""
+    out = tmp_path / "out.json"
+    r = _ok(run_python(["-m", "nin_ext", "bench", "--batch", "2", "--repeat", "1", "--warmup", "1", "--no-compile",
+                        "--no-stages", "--in-channels", "3", "--json", str(out)], cwd=tmp_path, timeout=600))
+    assert "NiN forward 3x224x224" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["config"]["in_channels"] == 3
+    e2e = data["stages"]["end-to-end"]
+    assert e2e["nin_ext"]["error"] is None, e2e["nin_ext"]["error"]
+    assert e2e["nin_ext"]["rel_err"] <= 1e-5, e2e["nin_ext"]["rel_err"]
