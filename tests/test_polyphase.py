@@ -117,3 +117,41 @@ def test_choice_for_block_1(channels, m):
         assert _C.winograd_tile_size((16, channels, 224, 224), (96, channels, 11, 11), 96, 96, (4, 4), (0, 0)) == m
     finally:
         _C.set_winograd_mode(previous)
+
+
+@pytest.mark.parametrize("view", ["sliced", "bfloat16"])
+def test_input_views_and_dtypes(cpu_backend, view):
+    """x's phases are read through its strides (a sliced x, not copied); bfloat16 runs as float32."""
+    case = CASES[0]
+    args, s, p = _args(case)
+    if view == "sliced":
+        wide = torch.rand(case[0], case[1] + 2, case[2] + 3, case[3] + 5)
+        args[0] = wide[:, 1:-1, 2:-1, 3:-2]
+        assert not args[0].is_contiguous() and args[0].shape == (case[0], case[1], case[2], case[3])
+        kind, dtype = "fwd_winograd", torch.float32
+    else:
+        args = [a.to(torch.bfloat16) for a in args]
+        kind, dtype = "fwd", torch.bfloat16
+    expected = ref64_fn(ref_block_fn, *args, s, p)
+    assert_close_ref(nin_ext.ops.nin_block(*args, s, p), expected, dtype=dtype, kind=kind, what=view)
+
+
+def test_rgb_network_against_the_reference(cpu_backend):
+    """An RGB NiN (block 1 in its polyphase form) at 224x224, eval and a training step's gradients."""
+    from conftest import as_reference, ref64
+
+    assert _C.winograd_tile_size((2, 3, 224, 224), (96, 3, 11, 11), 96, 96, (4, 4), (0, 0)) > 0
+    model = nin_ext.NiN(in_channels=3, num_classes=7).eval()
+    reference = as_reference(model).eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert_close_ref(model(x), ref64(reference, x), kind="fwd_winograd", what="NiN(3) output")
+    model.train()
+    torch.manual_seed(1)
+    model(x).square().sum().backward()
+    reference64 = reference.double().train()
+    torch.manual_seed(1)
+    reference64(x.double()).square().sum().backward()
+    ours = dict(model.named_parameters())
+    for name, param in reference64.named_parameters():
+        assert_close_ref(ours[name].grad, param.grad, kind="grad", what=f"grad of {name}")
