@@ -30,8 +30,9 @@ ISAS = [
 
 # Odd channel counts (row tails of every MR), pixel counts (panel tails of every NR), strides,
 # paddings, both memory formats, both ops; the 200-channel 3x3 case takes the shifted products
-# (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the last two take the
-# Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too.
+# (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the next two take the
+# Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too;
+# the last one, an RGB block 1 (11x11, stride 4), runs Winograd tiles in its polyphase form.
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference
@@ -41,7 +42,8 @@ worst = 0.0
 for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 5, 2, 2, 23, 19, 1),
                                      (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2),
                                      (200, 13, 5, 3, 1, 1, 5, 6, 3),
-                                     (33, 65, 9, 3, 1, 1, 6, 10, 2), (32, 70, 11, 5, 1, 2, 8, 4, 1)]:
+                                     (33, 65, 9, 3, 1, 1, 6, 10, 2), (32, 70, 11, 5, 1, 2, 8, 4, 1),
+                                     (3, 64, 9, 11, 4, 1, 61, 57, 2)]:
     x = torch.randn(n, c0, h, w)
     w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1
     w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1
@@ -68,7 +70,9 @@ for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (
     want, want_index = torch.nn.functional.max_pool2d(x, k, s, p, return_indices=True)
     pool_mismatches += int(not torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)))
     pool_mismatches += int(not torch.equal(got_index.long(), want_index))
-print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches}))
+polyphase_tile = nin_ext._C.winograd_tile_size((2, 3, 61, 57), (64, 3, 11, 11), 64, 9, (4, 4), (1, 1))
+print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches,
+                  "polyphase_tile": polyphase_tile}))
 """
 
 
@@ -80,6 +84,7 @@ def test_microkernel_parity(isa):
     assert report["isa"] == isa
     assert report["worst"] < 1e-5
     assert report["pool_mismatches"] == 0
+    assert report["polyphase_tile"] > 0, "the RGB block 1 case did not take the polyphase form"
 
 
 def test_unknown_isa_is_an_import_error_that_falls_back():
