@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cpu/nin_block_tiles_cpu.h"
+#include "cpu/thread_scratch_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -127,7 +128,7 @@ class ShiftedTileWorker {
   // Positions per image; positions a tile's panels hold at most; floats per channel row.
   const int64_t plane_, lanes_, row_stride_;
   std::vector<int64_t> offsets_;       // per (ky, kx): ky Ws + kx
-  std::vector<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
+  ScratchBuffer<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
 };
 
 // Runs `tile_fn(worker, n0, n1)` for tiles of whole images [n0, n1), in parallel: each thread takes

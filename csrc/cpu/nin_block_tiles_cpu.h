@@ -23,6 +23,7 @@
 
 #include "cpu/microkernel.h"
 #include "cpu/polyphase_cpu.h"
+#include "cpu/thread_scratch_cpu.h"
 #include "cpu/winograd_cpu.h"
 #include "nin_block_checks.h"
 
@@ -228,7 +229,12 @@ class NinBlockTileWorker {
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
         transform_scratch_(winograd ? (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_ +
                                           winograd_band_floats()
-                                    : 0) {}
+                                    : 0) {
+    if (winograd) {  // the band's padding columns stay zero (compute_winograd writes the others)
+      float* band = transform_scratch_.data() + (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_;
+      std::fill(band, band + winograd_band_floats(), 0.f);
+    }
+  }
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
   // buffers (for_each_row reads them out).
@@ -382,7 +388,7 @@ class NinBlockTileWorker {
   // strides holding images [first_image, first_image + N'): the tile's pixels of other images are
   // skipped.
   void write_winograd_rows(int layer, at::Tensor& t, int64_t first_image = 0) {
-    const std::vector<scalar_t>& values = activation(layer);
+    const scalar_t* values = activation(layer);
     const int64_t channels = t.size(1), images = t.size(0);
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
@@ -409,7 +415,7 @@ class NinBlockTileWorker {
           prefetch_for_write(dst + kWritePrefetchChannels * sc + run.offset, run.count);
         }
       }
-      const scalar_t* src = values.data() + c * nr_;
+      const scalar_t* src = values + c * nr_;
       for (const PixelCopy& copy : copies) {
         dst[copy.dst] = src[copy.src];
       }
@@ -421,12 +427,12 @@ class NinBlockTileWorker {
   // pixels [j0, j0 + count), contiguous (one panel's worth).
   template <typename RowFn>
   void for_each_row(int layer, const RowFn& row_fn) const {
-    const std::vector<scalar_t>& values = activation(layer);
+    const scalar_t* values = activation(layer);
     const int64_t channels = activation_channels(layer);
     for (int64_t panel = 0; panel < panels_; ++panel) {
       const int64_t j0 = panel * nr_, count = std::min(nr_, pt_ - j0);
       for (int64_t c = 0; c < channels; ++c) {
-        row_fn(c, j0, values.data() + (panel * channels + c) * nr_, count);
+        row_fn(c, j0, values + (panel * channels + c) * nr_, count);
       }
     }
   }
@@ -442,7 +448,7 @@ class NinBlockTileWorker {
       // written whole, with the run of the channel kWritePrefetchChannels ahead prefetched (panel by
       // panel instead, the writes were as many streams as channels: 9% of the seed's block 1 at batch
       // 16).
-      const std::vector<scalar_t>& values = activation(layer);
+      const scalar_t* values = activation(layer);
       const int64_t channels = activation_channels(layer);
       for (int64_t c = 0; c < channels; ++c) {
         scalar_t* dst = data + n * s_n + c * s_c + p0;
@@ -451,7 +457,7 @@ class NinBlockTileWorker {
         }
         for (int64_t panel = 0; panel < panels_; ++panel) {
           const int64_t j0 = panel * nr_;
-          std::copy_n(values.data() + (panel * channels + c) * nr_, std::min(nr_, pt_ - j0), dst + j0);
+          std::copy_n(values + (panel * channels + c) * nr_, std::min(nr_, pt_ - j0), dst + j0);
         }
       }
       return;
@@ -467,8 +473,8 @@ class NinBlockTileWorker {
  private:
   // Activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2: the block's
   // output), in the panel layout, and its channel count.
-  const std::vector<scalar_t>& activation(int layer) const {
-    return layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_;
+  const scalar_t* activation(int layer) const {
+    return (layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_).data();
   }
   int64_t activation_channels(int layer) const { return layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2; }
 
@@ -567,9 +573,9 @@ class NinBlockTileWorker {
   const NinBlockPacked<scalar_t>& packed_;
   const PackedWinogradConv* const winograd_;  // null for a direct-path worker
   const int64_t nr_;
-  std::vector<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
-  std::vector<scalar_t> products_;        // Winograd: the per-point products of a tile
-  std::vector<float> transform_scratch_;  // Winograd: the transforms' inputs and outputs
+  ScratchBuffer<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
+  ScratchBuffer<scalar_t> products_;        // Winograd: the per-point products of a tile
+  ScratchBuffer<float> transform_scratch_;  // Winograd: the transforms' inputs and outputs
   struct BlockRun {
     int64_t lane, length;  // tile lanes [lane, lane + length)
     int64_t image_offset, by, bx;  // the image's offset in x, the block row, the first block's column
