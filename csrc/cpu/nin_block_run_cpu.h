@@ -1,3 +1,4 @@
+// prepare_nin_block_call: the form a block call runs in (as given, or its polyphase form) and its path;
 // run_nin_block: the fused block over a whole batch, by whichever of the CPU paths the shapes call for.
 #pragma once
 
