@@ -231,8 +231,7 @@ class NinBlockTileWorker {
                                           winograd_band_floats()
                                     : 0) {
     if (winograd) {  // the band's padding columns stay zero (compute_winograd writes the others)
-      float* band = transform_scratch_.data() + (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_;
-      std::fill(band, band + winograd_band_floats(), 0.f);
+      std::fill(winograd_band(), winograd_band() + winograd_band_floats(), 0.f);
     }
   }
 
@@ -313,7 +312,7 @@ class NinBlockTileWorker {
     // construction on and never written: only columns [PW, PW + W) are (a fill call per row for the
     // padding cost block 3 1%). A polyphase form's input rows are read from x's phases in place.
     const int64_t band_width = winograd_band_width();
-    float* band = y + m * m * nr;
+    float* band = winograd_band();
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     const int64_t x_rows = x_.size(2), x_cols = x_.size(3);
     const InputPhases& ph = phases_;
@@ -499,6 +498,10 @@ class NinBlockTileWorker {
   }
 
   int64_t winograd_band_floats() const { return winograd_->transform.alpha * winograd_band_width(); }
+  // The band's place in the transform scratch: after the patches and the output block.
+  float* winograd_band() {
+    return transform_scratch_.data() + (winograd_points() + winograd_->transform.m * winograd_->transform.m) * nr_;
+  }
 
   int winograd_points() const { return winograd_->transform.alpha * winograd_->transform.alpha; }
 

@@ -48,7 +48,10 @@ struct InputPhases {
 inline at::Tensor polyphase_weight(const at::Tensor& w, int64_t sh, int64_t sw) {
   const int64_t out = w.size(0), in = w.size(1), kh = (w.size(2) + sh - 1) / sh, kw = (w.size(3) + sw - 1) / sw;
   const at::Tensor padded = at::constant_pad_nd(w.detach(), {0, kw * sw - w.size(3), 0, kh * sh - w.size(2)});
-  return padded.reshape({out, in, kh, sh, kw, sw}).permute({0, 1, 3, 5, 2, 4}).reshape({out, in * sh * sw, kh, kw}).contiguous();
+  return padded.reshape({out, in, kh, sh, kw, sw})
+      .permute({0, 1, 3, 5, 2, 4})
+      .reshape({out, in * sh * sw, kh, kw})
+      .contiguous();
 }
 
 }  // namespace cpu
