@@ -81,11 +81,9 @@ static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
-  const int64_t nr = nin_ext::cpu::float_microkernel().nr;
   const bool weights = nin_ext::cpu::winograd_conv_shape(g.CC, weight_in, g.KH, g.KW);
-  return PyLong_FromLong(g.SH == 1 && g.SW == 1
-                             ? nin_ext::cpu::winograd_tile_size(g, weights, nr, sizeof(float))
-                             : nin_ext::cpu::polyphase_winograd_tile_size(g, true, nr, sizeof(float)));
+  return PyLong_FromLong(
+      nin_ext::cpu::choose_winograd(g, true, weights, nin_ext::cpu::float_microkernel().nr, sizeof(float)).m);
 }
 
 // shifted_conv(same arguments): whether a nin_block of these shapes that does not run Winograd runs its

@@ -40,6 +40,21 @@ inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_we
   return m > 0 && winograd_work(p, m, nr) < direct_work(g, nin_block_tile_pixels(g, element_size, nr)) ? m : 0;
 }
 
+// Which Winograd tiles a call of these shapes runs by: the output-block size m (0: another path), and
+// whether in the polyphase form. `winograd_weights`: whether the conv's own weights allow the path.
+struct WinogradChoice {
+  int m;
+  bool polyphase;
+};
+
+inline WinogradChoice choose_winograd(const NinBlockGeometry& g, bool float_weights, bool winograd_weights,
+                                      int64_t nr, int64_t element_size) {
+  if (const int m = polyphase_winograd_tile_size(g, float_weights, nr, element_size)) {
+    return {m, true};
+  }
+  return {winograd_tile_size(g, winograd_weights, nr, element_size), false};
+}
+
 // The weights' packing (cached) and the form the call runs in.
 template <typename scalar_t>
 NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBlockGeometry& g, const at::Tensor& w,
@@ -48,14 +63,13 @@ NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBloc
                                               const c10::optional<at::Tensor>& b2) {
   NinBlockCall<scalar_t> call{x, g, InputPhases{}, 0, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
   call.packed = call.weights.get();
-  const int64_t nr = call.packed->kernel.nr;
-  if (const int m = polyphase_winograd_tile_size(g, std::is_same_v<scalar_t, float>, nr, sizeof(scalar_t))) {
+  const WinogradChoice choice = choose_winograd(g, std::is_same_v<scalar_t, float>, call.packed->winograd_weights,
+                                                call.packed->kernel.nr, sizeof(scalar_t));
+  call.winograd_tile = choice.m;
+  if (choice.polyphase) {
     call.g = polyphase_geometry(g);
     call.phases = InputPhases::of(g);
-    call.winograd_tile = m;
     call.packed = &call.weights->polyphase(g.SH, g.SW, w, b, w1, b1, w2, b2);
-  } else {
-    call.winograd_tile = winograd_tile_size(g, call.packed->winograd_weights, nr, sizeof(scalar_t));
   }
   return call;
 }
