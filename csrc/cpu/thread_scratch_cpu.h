@@ -59,7 +59,7 @@ class ScratchPool {
   }
 
  private:
-  static constexpr size_t kMaxBlocks = 16;  // a worker holds 7 buffers at most
+  static constexpr size_t kMaxBlocks = 16;  // a worker holds 6 buffers at most
   std::vector<Block> free_;
 };
 
