@@ -1,8 +1,9 @@
 // Register-blocked micro-kernels for the fused block's three layers.
 //
 // One call computes an (MR x NR) block of a layer's output for one panel of NR pixels:
-//   c[r * ldc + j] = relu(bias[r] + sum_k a[k * MR + r] * b[k * NR + j])   for r < rows, j < NR
-// `a` is an MR-row panel of the packed weights (k-major), `b` a packed pixel panel (k-major), and
+//   c[r * ldc + j] = relu(bias[r] + sum_k a[k * MR + r] * b[k * ldb + j])   for r < rows, j < NR
+// `a` is an MR-row panel of the packed weights (k-major), `b` a pixel panel (k-major: ldb = NR when
+// packed densely; the Winograd products read one point's rows out of a channel-major buffer), and
 // bias + ReLU are applied while the block is still in registers. NaN passes the ReLU, as in torch.
 // With bias == nullptr the kernel stores the plain product a b (no bias, no ReLU).
 //
@@ -25,18 +26,18 @@ namespace nin_ext {
 namespace cpu {
 
 template <typename scalar_t>
-using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
-                               int64_t ldc, int64_t rows);
+using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, int64_t ldb, const scalar_t* bias,
+                               scalar_t* c, int64_t ldc, int64_t rows);
 
 template <typename scalar_t>
 using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
                                       const scalar_t* b, int64_t ldb, const scalar_t* bias, scalar_t* c, int64_t ldc,
                                       int64_t rows);
 
-// The Winograd transform step for nr tiles side by side (winograd_transform_lanes.h), compiled for
-// the same ISA as the micro-kernel.
-using WinogradTransformFn = void (*)(const float* M, int rows, int inner, const float* in, int64_t in_stride,
-                                     float* out, int64_t out_stride);
+// The Winograd input or output transform of F(m x m, r x r) for nr tiles side by side
+// (winograd_transform_lanes.h), compiled for the same ISA as the micro-kernel.
+using WinogradTransformFn = void (*)(int m, int r, const float* in, int64_t in_stride, float* out,
+                                     int64_t out_stride);
 
 // The Winograd input patches of a run of consecutive m x m blocks, from a band of alpha padded input
 // rows (winograd_transform_lanes.h, winograd_gather_portable), compiled for the same ISA.
@@ -64,7 +65,8 @@ struct MicroKernel {
   MicroKernelFn<scalar_t> fn;
   ShiftedMicroKernelFn<scalar_t> shifted_fn;
   const char* isa;
-  WinogradTransformFn winograd_transform = nullptr;  // float kernels only
+  WinogradTransformFn winograd_input_transform = nullptr;  // float kernels only
+  WinogradTransformFn winograd_output_transform = nullptr;
   MaxPool2dPlaneFn max_pool2d_plane = nullptr;       // float kernels only
   MaxPool2dArgmaxPlaneFn max_pool2d_argmax_plane = nullptr;
   WinogradGatherFn winograd_gather = nullptr;  // float kernels only
@@ -97,12 +99,12 @@ void portable_product(const ForEachK& for_each_k, const scalar_t* bias, scalar_t
 }
 
 template <typename scalar_t, int MR, int NR>
-void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
-                          int64_t ldc, int64_t rows) {
+void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, int64_t ldb, const scalar_t* bias,
+                          scalar_t* c, int64_t ldc, int64_t rows) {
   portable_product<scalar_t, MR, NR>(
       [&](const auto& step) {
         for (int64_t k = 0; k < K; ++k) {
-          step(a + k * MR, b + k * NR);
+          step(a + k * MR, b + k * ldb);
         }
       },
       bias, c, ldc, rows);
@@ -125,22 +127,26 @@ void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offs
 
 #if NIN_EXT_X86_64
 // AVX-512 and AVX2 + FMA kernels for float (microkernel_avx512.cpp, microkernel_avx2.cpp).
-void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
-                              int64_t rows);
-void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
-                           int64_t rows);
+void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
+                              int64_t ldc, int64_t rows);
+void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
+                           int64_t ldc, int64_t rows);
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
                                       const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc,
                                       int64_t rows);
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a, const float* b,
                                    int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows);
-void winograd_transform_avx512_32(const float* M, int rows, int inner, const float* in, int64_t in_stride,
-                                  float* out, int64_t out_stride);
+void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
+                                        int64_t out_stride);
+void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
+                                         int64_t out_stride);
 void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
                             float* d, int64_t nr);
 void winograd_scatter_avx512(const float* y, float shift, const LaneRun* runs, int64_t run_count, float* out);
-void winograd_transform_avx2_16(const float* M, int rows, int inner, const float* in, int64_t in_stride,
-                                float* out, int64_t out_stride);
+void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
+                                      int64_t out_stride);
+void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
+                                       int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
 void max_pool2d_argmax_plane_avx512(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
 void max_pool2d_plane_avx2(const float* in, float* out, const MaxPool2dGeometry& g, float* row);

@@ -22,6 +22,8 @@ struct Avx2 {
   static reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static reg fmadd(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
   static reg relu(reg v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
@@ -29,9 +31,9 @@ struct Avx2 {
 
 }  // namespace
 
-void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
-                           int64_t rows) {
-  register_blocked_microkernel_rows<Avx2, 6, 2>(K, a, b, bias, c, ldc, rows);
+void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
+                           int64_t ldc, int64_t rows) {
+  register_blocked_microkernel_rows<Avx2, 6, 2>(K, a, b, ldb, bias, c, ldc, rows);
 }
 
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
@@ -40,9 +42,14 @@ void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* off
   register_blocked_shifted_microkernel<Avx2, 6, 2>(K, shifts, offsets, a, b, ldb, bias, c, ldc, rows);
 }
 
-void winograd_transform_avx2_16(const float* M, int rows, int inner, const float* in, int64_t in_stride,
-                                float* out, int64_t out_stride) {
-  winograd_transform_lanes<Avx2, 16>(M, rows, inner, in, in_stride, out, out_stride);
+void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
+                                      int64_t out_stride) {
+  winograd_transform_lanes<Avx2, 16, false>(m, r, in, in_stride, out, out_stride);
+}
+
+void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
+                                       int64_t out_stride) {
+  winograd_transform_lanes<Avx2, 16, true>(m, r, in, in_stride, out, out_stride);
 }
 
 }  // namespace cpu

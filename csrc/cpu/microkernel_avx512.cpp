@@ -27,6 +27,8 @@ struct Avx512 {
   static reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static reg fmadd(reg a, reg b, reg acc) { return _mm512_fmadd_ps(a, b, acc); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
   static reg relu(reg v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
@@ -34,9 +36,9 @@ struct Avx512 {
 
 }  // namespace
 
-void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, const float* bias, float* c, int64_t ldc,
-                              int64_t rows) {
-  register_blocked_microkernel_rows<Avx512, 12, 2>(K, a, b, bias, c, ldc, rows);
+void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
+                              int64_t ldc, int64_t rows) {
+  register_blocked_microkernel_rows<Avx512, 12, 2>(K, a, b, ldb, bias, c, ldc, rows);
 }
 
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
@@ -45,9 +47,14 @@ void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* 
   register_blocked_shifted_microkernel<Avx512, 12, 2>(K, shifts, offsets, a, b, ldb, bias, c, ldc, rows);
 }
 
-void winograd_transform_avx512_32(const float* M, int rows, int inner, const float* in, int64_t in_stride,
-                                  float* out, int64_t out_stride) {
-  winograd_transform_lanes<Avx512, 32>(M, rows, inner, in, in_stride, out, out_stride);
+void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
+                                        int64_t out_stride) {
+  winograd_transform_lanes<Avx512, 32, false>(m, r, in, in_stride, out, out_stride);
+}
+
+void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
+                                         int64_t out_stride) {
+  winograd_transform_lanes<Avx512, 32, true>(m, r, in, in_stride, out, out_stride);
 }
 
 // winograd_gather_portable with permutes: per band row, the 32 values that up to `chunk` blocks read

@@ -2,7 +2,7 @@
 // compute). Each ISA's translation unit includes this after `#pragma GCC target(...)`, so that it is
 // compiled for that ISA only, and instantiates it with a vector type providing:
 //   reg, lanes, zero(), load(const float*), broadcast(const float*), fmadd(a, b, acc),
-//   store(float*, reg), relu(reg) (NaN passes), add(reg, reg)
+//   store(float*, reg), relu(reg) (NaN passes), add(reg, reg); the Winograd transforms also sub and mul
 #pragma once
 
 #include <cstdint>
@@ -75,17 +75,16 @@ __attribute__((always_inline)) inline void register_blocked_product(const ForEac
   }
 }
 
-// The kernel on a packed pixel panel: b_k = b + k * NR. Computes the first ROWS rows of the MR-row
-// weight panel.
+// The kernel on a pixel panel: b_k = b + k * ldb. Computes the first ROWS rows of the MR-row weight
+// panel.
 template <typename Vec, int MR, int NV, int ROWS = MR>
-inline void register_blocked_microkernel(int64_t K, const float* a, const float* b, const float* bias, float* c,
-                                         int64_t ldc, int64_t rows) {
-  constexpr int NR = NV * Vec::lanes;
+inline void register_blocked_microkernel(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias,
+                                         float* c, int64_t ldc, int64_t rows) {
   register_blocked_product<Vec, ROWS, NV>(
       [&](const auto& step) __attribute__((always_inline)) {
         for (int64_t k = 0; k < K; ++k) {
           __builtin_prefetch(a + (k + weight_prefetch_steps<MR>()) * MR);
-          step(a + k * MR, b + k * NR);
+          step(a + k * MR, b + k * ldb);
         }
       },
       bias, c, ldc, rows);
@@ -95,15 +94,15 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
 // computes its rows rounded up to a third of MR only (the seed's 256-channel block 2 has 21 full
 // panels of 12 and one of 4 rows: 3% of its products and 1x1 layers were padding).
 template <typename Vec, int MR, int NV>
-inline void register_blocked_microkernel_rows(int64_t K, const float* a, const float* b, const float* bias, float* c,
-                                              int64_t ldc, int64_t rows) {
+inline void register_blocked_microkernel_rows(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias,
+                                              float* c, int64_t ldc, int64_t rows) {
   static_assert(MR % 3 == 0, "the row classes are thirds of MR");
   if (rows <= MR / 3) {
-    register_blocked_microkernel<Vec, MR, NV, MR / 3>(K, a, b, bias, c, ldc, rows);
+    register_blocked_microkernel<Vec, MR, NV, MR / 3>(K, a, b, ldb, bias, c, ldc, rows);
   } else if (rows <= 2 * MR / 3) {
-    register_blocked_microkernel<Vec, MR, NV, 2 * MR / 3>(K, a, b, bias, c, ldc, rows);
+    register_blocked_microkernel<Vec, MR, NV, 2 * MR / 3>(K, a, b, ldb, bias, c, ldc, rows);
   } else {
-    register_blocked_microkernel<Vec, MR, NV>(K, a, b, bias, c, ldc, rows);
+    register_blocked_microkernel<Vec, MR, NV>(K, a, b, ldb, bias, c, ldc, rows);
   }
 }
 

@@ -208,8 +208,8 @@ void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<s
   for (int64_t m0 = 0; m0 < layer.M; m0 += kernel.mr) {
     const scalar_t* a = layer.a.data() + m0 * layer.K;
     for (int64_t p = 0; p < panels; ++p) {
-      kernel.fn(layer.K, a, in + p * layer.K * kernel.nr, layer.bias.data() + m0, out + (p * layer.M + m0) * kernel.nr,
-                kernel.nr, std::min(kernel.mr, layer.M - m0));
+      kernel.fn(layer.K, a, in + p * layer.K * kernel.nr, kernel.nr, layer.bias.data() + m0,
+                out + (p * layer.M + m0) * kernel.nr, kernel.nr, std::min(kernel.mr, layer.M - m0));
     }
   }
 }
@@ -224,7 +224,7 @@ class NinBlockTileWorker {
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                      int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {})
       : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
-        patch_(winograd ? winograd_points() * g.C0 * nr_ : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
+        patch_(winograd ? g.C0 * winograd_channel_floats() : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
         transform_scratch_(winograd ? (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_ +
@@ -255,9 +255,8 @@ class NinBlockTileWorker {
   // 2, F(4x4) computes 28x28).
   void compute_winograd(int64_t b0, int64_t tb) {
     const PackedWinogradConv& wino = *winograd_;
-    const WinogradTransform& t = wino.transform;
-    const WinogradTransformFn transform = packed_.kernel.winograd_transform;
-    const int m = t.m, alpha = t.alpha, points = alpha * alpha;
+    const WinogradMatrices& t = wino.transform;
+    const int m = t.m, r = t.r, alpha = t.alpha, points = alpha * alpha;
     const NinBlockGeometry& g = g_;
     const int64_t nr = nr_, bw = (g.OW + m - 1) / m, blocks_per_image = (g.OH + m - 1) / m * bw;
     // Scratch: the input patches of one channel (zero in lanes past the tile's last block), the
@@ -305,18 +304,20 @@ class NinBlockTileWorker {
         std::fill(row + nr - tail, row + nr, scalar_t(0));
       }
     }
-    // Input transform, V = BT d B per channel, all the tile's blocks at once. Per run, the alpha
-    // input rows it reads are first copied into a zero-padded band (band column c is input column
-    // c - PW), from which each patch element of every block is a stride-m read with no bounds check
-    // (the kernel's winograd_gather). The band's padding columns are zero from the worker's
-    // construction on and never written: only columns [PW, PW + W) are (a fill call per row for the
-    // padding cost block 3 1%). A polyphase form's input rows are read from x's phases in place.
+    // Input transform, V = BT d B per channel (v[ci * vs + xi * nr + lane], winograd_channel_floats),
+    // all the tile's blocks at once. Per run, the alpha input rows it reads are first copied into a
+    // zero-padded band (band column c is input column c - PW), from which each patch element of every
+    // block is a stride-m read with no bounds check (the kernel's winograd_gather). The band's padding
+    // columns are zero from the worker's construction on and never written: only columns [PW, PW + W)
+    // are (a fill call per row for the padding cost block 3 1%). A polyphase form's input rows are read
+    // from x's phases in place.
     const int64_t band_width = winograd_band_width();
     float* band = winograd_band();
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     const int64_t x_rows = x_.size(2), x_cols = x_.size(3);
     const InputPhases& ph = phases_;
     float* v = reinterpret_cast<float*>(patch_.data());
+    const int64_t vs = winograd_channel_floats();
     for (int64_t ci = 0; ci < g.C0; ++ci) {
       // The channel's phase (a, b) of x's channel ci / (SH SW): its column iw is x's column
       // SW iw + b - PW, inside x for iw in [iw0, iw1) (all of [0, W) when the input is x itself).
@@ -354,11 +355,11 @@ class NinBlockTileWorker {
         }
         packed_.kernel.winograd_gather(band, band_width, m, alpha, run.bx, run.length, d + run.lane, nr);
       }
-      transform(t.BT_float.data(), alpha, alpha, d, nr, v + ci * nr, g.C0 * nr);
+      packed_.kernel.winograd_input_transform(m, r, d, nr, v + ci * vs, nr);
     }
     // Per chunk of output channels (the chunk's products stay in L2): the products, one GEMM per
-    // transform point, M[xi] = U[xi] V[xi]; then the output transform, Y = AT M A per channel, and
-    // bias + ReLU into the m^2 pixel panels.
+    // transform point, M[xi] = U[xi] V[xi] (V[xi]'s rows vs apart); then the output transform,
+    // Y = AT M A per channel, and bias + ReLU into the m^2 pixel panels.
     float* products = reinterpret_cast<float*>(products_.data());
     const scalar_t* bias = packed_.conv.bias.data();
     const int64_t chunk = products_chunk_channels();
@@ -367,13 +368,13 @@ class NinBlockTileWorker {
       for (int xi = 0; xi < points; ++xi) {
         for (int64_t m0 = 0; m0 < channels; m0 += wino.mr) {
           packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(wino.panel(xi, c0 + m0)),
-                            reinterpret_cast<const scalar_t*>(v + xi * g.C0 * nr), nullptr,
+                            reinterpret_cast<const scalar_t*>(v + xi * nr), vs, nullptr,
                             reinterpret_cast<scalar_t*>(products + (xi * chunk + m0) * nr), nr,
                             std::min(wino.mr, channels - m0));
         }
       }
       for (int64_t c = 0; c < channels; ++c) {
-        transform(t.AT_float.data(), m, alpha, products + c * nr, chunk * nr, y, nr);
+        packed_.kernel.winograd_output_transform(m, r, products + c * nr, chunk * nr, y, nr);
         packed_.kernel.winograd_scatter(y, static_cast<float>(bias[c0 + c]), lane_runs_.data(),
                                         static_cast<int64_t>(lane_runs_.size()),
                                         reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr);
@@ -504,6 +505,12 @@ class NinBlockTileWorker {
   }
 
   int winograd_points() const { return winograd_->transform.alpha * winograd_->transform.alpha; }
+
+  // The transformed input's floats per input channel: the channel's points one after another, so that
+  // the input transform writes one contiguous run per channel (point-major, its alpha^2 stores per
+  // channel at a C0 NR distance were 5% of block 2's samples), and one point of padding, so that the
+  // rows one point's product reads (one per channel) do not all fall in the same L1 sets.
+  int64_t winograd_channel_floats() const { return (winograd_points() + 1) * nr_; }
 
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
   // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel,

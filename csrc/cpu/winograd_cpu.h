@@ -1,9 +1,7 @@
-// Winograd F(m x m, r x r) for the block's spatial convolution (Lavin & Gray, "Fast Algorithms for
-// Convolutional Neural Networks"), r = 3 or 5, m = 2, 3 or 4: each m x m block of output pixels takes
-// (m + r - 1)^2 multiplications per input/output channel pair instead of m^2 r^2 (for the seed's
-// 5x5 block 2, F(4x4) does 4 per output pixel, direct convolution 25). The transforms are built from
-// the interpolation points 0, +-1, +-2, +-1/2 (as many as m + r - 2 takes) and infinity; in float32
-// their error grows with m but stays a few times direct convolution's, about 1e-6 of the block
+// Winograd F(m x m, r x r) for the block's spatial convolution (winograd_matrices.h): each m x m
+// block of output pixels takes (m + r - 1)^2 multiplications per input/output channel pair instead of
+// m^2 r^2 (for the seed's 5x5 block 2, F(4x4) does 4 per output pixel, direct convolution 25). In
+// float32 the error grows with m but stays a few times direct convolution's, about 1e-6 of the block
 // output's scale (tests/test_winograd.py bounds it). NIN_EXT_CPU_WINOGRAD=0 switches the path off,
 // =2, 3 or 4 forces that m wherever the path applies.
 #pragma once
@@ -12,75 +10,16 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "cpu/winograd_matrices.h"
 #include "nin_block_checks.h"
 
 namespace nin_ext {
 namespace cpu {
-
-// The transform matrices of F(m, r), row-major: AT (m x alpha), G (alpha x r), BT (alpha x alpha),
-// alpha = m + r - 1.
-struct WinogradTransform {
-  int m = 0, r = 0, alpha = 0;
-  std::vector<double> AT, G, BT;
-  std::vector<float> AT_float, BT_float;  // what the tile transforms use
-
-  WinogradTransform(int outputs, int taps) : m(outputs), r(taps), alpha(outputs + taps - 1) {
-    const double all_points[] = {0, 1, -1, 2, -2, 0.5, -0.5};
-    const int finite = alpha - 1;
-    const std::vector<double> points(all_points, all_points + finite);
-    AT.assign(m * alpha, 0);
-    G.assign(alpha * r, 0);
-    BT.assign(alpha * alpha, 0);
-    for (int j = 0; j < finite; ++j) {
-      double scale = 1;
-      for (int l = 0; l < finite; ++l) {
-        scale *= l == j ? 1 : points[j] - points[l];
-      }
-      for (int i = 0; i < m; ++i) {
-        AT[i * alpha + j] = std::pow(points[j], i);
-      }
-      for (int k = 0; k < r; ++k) {
-        G[j * r + k] = std::pow(points[j], k) / scale;
-      }
-    }
-    AT[m * alpha - 1] = 1;  // the point at infinity reaches the last output only
-    G[finite * r + r - 1] = 1;
-    // Row j of BT: the coefficients of prod_{l != j} (x - p_l); the last row, of prod_l (x - p_l).
-    for (int j = 0; j <= finite; ++j) {
-      std::vector<double> poly{1};
-      for (int l = 0; l < finite; ++l) {
-        if (l == j) {
-          continue;
-        }
-        std::vector<double> next(poly.size() + 1, 0);
-        for (size_t i = 0; i < poly.size(); ++i) {
-          next[i] -= points[l] * poly[i];
-          next[i + 1] += poly[i];
-        }
-        poly = next;
-      }
-      for (size_t k = 0; k < poly.size(); ++k) {
-        BT[j * alpha + k] = poly[k];
-      }
-    }
-    AT_float.assign(AT.begin(), AT.end());
-    BT_float.assign(BT.begin(), BT.end());
-  }
-};
-
-constexpr int kWinogradMinTile = 2, kWinogradMaxTile = 4;
-
-inline const WinogradTransform& winograd_transform(int m, int r) {
-  static const WinogradTransform table[][2] = {
-      {{2, 3}, {2, 5}}, {{3, 3}, {3, 5}}, {{4, 3}, {4, 5}}};
-  return table[m - kWinogradMinTile][r == 3 ? 0 : 1];
-}
 
 // -1: choose m per call (winograd_tile_size); 0: off; 2..4: that m. From NIN_EXT_CPU_WINOGRAD
 // ("0", "2", "3", "4"; anything else means choose), changeable at run time for tests and comparisons.
@@ -113,14 +52,14 @@ inline bool winograd_geometry(const NinBlockGeometry& g) {
 // micro-kernel: one (C_out x C_in) matrix per transform point xi, in MR-row panels, k-major:
 // u[((xi * panels + m / MR) * C_in + k) * MR + m % MR].
 struct PackedWinogradConv {
-  const WinogradTransform& transform;
+  const WinogradMatrices& transform;
   int64_t M, K, mr;
   std::vector<float> u;
 
   // From the direct path's packing of the same weight (`conv_panels`, MR-row panels of the
   // (C_out x C_in r r) matrix, k-major): the float weights, widened to double exactly.
   PackedWinogradConv(const float* conv_panels, int64_t out_channels, int64_t in_channels, int r, int m, int64_t mr_)
-      : transform(winograd_transform(m, r)), M(out_channels), K(in_channels), mr(mr_) {
+      : transform(winograd_matrices(m, r)), M(out_channels), K(in_channels), mr(mr_) {
     const int alpha = transform.alpha;
     const int64_t panels = (M + mr - 1) / mr;
     u.assign(alpha * alpha * panels * K * mr, 0.f);
@@ -136,7 +75,7 @@ struct PackedWinogradConv {
   template <int R>
   void transform_weights(const float* conv_panels, int64_t panels) {
     const int alpha = transform.alpha;
-    const double* G = transform.G.data();  // alpha x R
+    const auto& G = transform.G;
     const int64_t conv_k = K * R * R, point_stride = panels * K * mr;
     at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
@@ -148,12 +87,12 @@ struct PackedWinogradConv {
               g[i][j] = row[((k * R + i) * R + j) * mr];
             }
           }
-          double gg[8][R];  // G g
+          double gg[kWinogradMaxAlpha][R];  // G g
           for (int i = 0; i < alpha; ++i) {
             for (int j = 0; j < R; ++j) {
               double s = 0;
               for (int l = 0; l < R; ++l) {
-                s += G[i * R + l] * g[l][j];
+                s += G[i][l] * g[l][j];
               }
               gg[i][j] = s;
             }
@@ -163,7 +102,7 @@ struct PackedWinogradConv {
             for (int j = 0; j < alpha; ++j) {
               double s = 0;
               for (int l = 0; l < R; ++l) {
-                s += gg[i][l] * G[j * R + l];
+                s += gg[i][l] * G[j][l];
               }
               dst[(i * alpha + j) * point_stride] = static_cast<float>(s);
             }

@@ -1,94 +1,183 @@
 // The Winograd transforms' inner step, shared by the per-ISA translation units (like the
 // micro-kernel body): for LANES tiles side by side (one per SIMD lane),
-//   out[(i * rows + j) * out_stride + lane] = sum_{k, l} M[i][k] in[(k * inner + l) * in_stride + lane] M[j][l]
-// with M (rows x inner) row-major, inner <= 8. Input transform: M = BT; output transform: M = AT.
-// Each pass keeps a column of its input and the rows it makes in registers (Vec, as in
+//   out[(i * rows + j) * out_stride + lane] = sum_{k, l} C[i][k] in[(k * inner + l) * in_stride + lane] C[j][l]
+// with C = BT of F(m, r) (input transform, rows = inner = alpha) or AT (output transform, rows = m,
+// inner = alpha), winograd_matrices.h. The coefficients are compile-time constants: zeros vanish, +-1
+// become adds and subtracts, and each point pair +-p costs one multiply-add chain instead of two
+// (TransformMatrix below). Each pass keeps a column of its input in registers (Vec, as in
 // microkernel_register_blocked.h) for one vector of lanes at a time, so that every input is loaded
-// once; zero coefficients are skipped (the matrices are sparse). Also the portable patch gather and
-// output scatter of a tile's lanes (the AVX-512 ones are in microkernel_avx512.cpp).
+// once. Also the portable patch gather and output scatter of a tile's lanes (the AVX-512 ones are in
+// microkernel_avx512.cpp).
 #pragma once
 
 #include <cstdint>
 #include <cstdlib>
 
 #include "cpu/microkernel.h"
+#include "cpu/winograd_matrices.h"
 
 namespace nin_ext {
 namespace cpu {
 
-// out[i * out_i + c * out_c + lane] = sum_k M[i][k] in[k * in_k + c * in_c + lane] for i < ROWS,
+// One transform matrix C (rows x inner) as the passes use it. The rows of BT for points p and -p are
+// even/odd mirrors, C[i + 1][k] = (-1)^k C[i][k], when the finite points are symmetric (alpha even):
+// both rows come from E = sum_{k even} C[i][k] x_k and O = sum_{k odd}, as E + O and E - O. The
+// columns of AT for p and -p are mirrors by row, C[i][j + 1] = (-1)^i C[i][j]: with S = x_j + x_{j+1}
+// and D = x_j - x_{j+1}, row i takes C[i][j] S (i even) or C[i][j] D (i odd). Half the multiply-adds
+// of the seed's F(4x4, 5x5) transforms go.
+struct TransformMatrix {
+  int rows = 0, inner = 0;
+  float c[kWinogradMaxAlpha][kWinogradMaxAlpha] = {};
+  bool row_pair[kWinogradMaxAlpha] = {};     // rows i and i + 1 are mirrors
+  bool column_pair[kWinogradMaxAlpha] = {};  // columns j and j + 1 are mirrors (then no row pairs)
+};
+
+constexpr TransformMatrix make_transform_matrix(const double (*c)[kWinogradMaxAlpha], int rows, int inner) {
+  TransformMatrix t;
+  t.rows = rows;
+  t.inner = inner;
+  for (int i = 0; i < rows; ++i) {
+    for (int k = 0; k < inner; ++k) {
+      t.c[i][k] = static_cast<float>(c[i][k]);  // exact: sums of products of 0, +-1, +-2, +-1/2
+    }
+  }
+  bool any_column_pair = false;
+  for (int j = 0; j + 1 < inner; ++j) {
+    bool mirror = !(j > 0 && t.column_pair[j - 1]), odd_nonzero = false;
+    for (int i = 0; i < rows; ++i) {
+      mirror = mirror && t.c[i][j + 1] == (i % 2 ? -t.c[i][j] : t.c[i][j]);
+      odd_nonzero = odd_nonzero || (i % 2 && t.c[i][j] != 0);
+    }
+    t.column_pair[j] = mirror && odd_nonzero;
+    any_column_pair = any_column_pair || t.column_pair[j];
+  }
+  for (int i = 0; i + 1 < rows && !any_column_pair; ++i) {
+    bool mirror = !(i > 0 && t.row_pair[i - 1]), odd_nonzero = false;
+    for (int k = 0; k < inner; ++k) {
+      mirror = mirror && t.c[i + 1][k] == (k % 2 ? -t.c[i][k] : t.c[i][k]);
+      odd_nonzero = odd_nonzero || (k % 2 && t.c[i][k] != 0);
+    }
+    t.row_pair[i] = mirror && odd_nonzero;
+  }
+  return t;
+}
+
+template <int M, int R>
+struct WinogradTransformMatrices {
+  static constexpr const WinogradMatrices& f = winograd_matrices(M, R);
+  static constexpr TransformMatrix input = make_transform_matrix(f.BT, f.alpha, f.alpha);
+  static constexpr TransformMatrix output = make_transform_matrix(f.AT, M, f.alpha);
+};
+
+// acc = coefficient x (first term) or acc += coefficient x, with the constant folded: zero adds
+// nothing, +-1 is an add or a subtract.
+template <typename Vec>
+__attribute__((always_inline)) inline void accumulate_term(float coefficient, typename Vec::reg x,
+                                                           typename Vec::reg& acc, bool& first) {
+  if (coefficient == 0.f) {
+    return;
+  }
+  if (first) {
+    acc = coefficient == 1.f    ? x
+          : coefficient == -1.f ? Vec::sub(Vec::zero(), x)
+                                : Vec::mul(Vec::broadcast(&coefficient), x);
+  } else {
+    acc = coefficient == 1.f    ? Vec::add(acc, x)
+          : coefficient == -1.f ? Vec::sub(acc, x)
+                                : Vec::fmadd(Vec::broadcast(&coefficient), x, acc);
+  }
+  first = false;
+}
+
+// out[i * out_i + c * out_c + lane] = sum_k T.c[i][k] in[k * in_k + c * in_c + lane] for i < T.rows,
 // c < columns and the LANES lanes (NV vectors, which share each coefficient's broadcast).
-template <typename Vec, int LANES, int ROWS, int INNER>
-__attribute__((always_inline)) inline void transform_pass(const float* M, int columns, const float* in, int64_t in_k,
-                                                          int64_t in_c, float* out, int64_t out_i, int64_t out_c) {
+template <typename Vec, int LANES, const TransformMatrix& T>
+__attribute__((always_inline)) inline void transform_pass(int columns, const float* in, int64_t in_k, int64_t in_c,
+                                                          float* out, int64_t out_i, int64_t out_c) {
   constexpr int NV = LANES / Vec::lanes;
+  using reg = typename Vec::reg;
   for (int c = 0; c < columns; ++c) {
-    typename Vec::reg x[INNER][NV];
+    reg x[kWinogradMaxAlpha][NV];
 #pragma GCC unroll 8
-    for (int k = 0; k < INNER; ++k) {
+    for (int k = 0; k < T.inner; ++k) {
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         x[k][v] = Vec::load(in + k * in_k + c * in_c + v * Vec::lanes);
       }
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < ROWS; ++i) {
-      typename Vec::reg acc[NV];
+    for (int k = 0; k + 1 < T.inner; ++k) {  // mirrored columns j, j + 1 -> S, D in their places
+      if (T.column_pair[k]) {
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        acc[v] = Vec::zero();
-      }
-#pragma GCC unroll 8
-      for (int k = 0; k < INNER; ++k) {
-        if (M[i * INNER + k] != 0.f) {
-          const typename Vec::reg coefficient = Vec::broadcast(M + i * INNER + k);
-#pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) {
-            acc[v] = Vec::fmadd(coefficient, x[k][v], acc[v]);
-          }
+        for (int v = 0; v < NV; ++v) {
+          const reg s = Vec::add(x[k][v], x[k + 1][v]), d = Vec::sub(x[k][v], x[k + 1][v]);
+          x[k][v] = s;
+          x[k + 1][v] = d;
         }
       }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < T.rows; ++i) {
+      if (i > 0 && T.row_pair[i - 1]) {
+        continue;  // made with row i - 1
+      }
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
-        Vec::store(out + i * out_i + c * out_c + v * Vec::lanes, acc[v]);
+        reg even = Vec::zero(), odd = Vec::zero();  // odd: the odd k of a row pair only
+        bool no_even = true, no_odd = true;
+#pragma GCC unroll 8
+        for (int k = 0; k < T.inner; ++k) {
+          if (k > 0 && T.column_pair[k - 1]) {
+            continue;  // in column k - 1's S or D
+          }
+          const reg term = T.column_pair[k] ? x[k + i % 2][v] : x[k][v];
+          if (T.row_pair[i] && k % 2) {
+            accumulate_term<Vec>(T.c[i][k], term, odd, no_odd);
+          } else {
+            accumulate_term<Vec>(T.c[i][k], term, even, no_even);
+          }
+        }
+        float* row = out + i * out_i + c * out_c + v * Vec::lanes;
+        if (T.row_pair[i]) {
+          Vec::store(row, Vec::add(even, odd));
+          Vec::store(row + out_i, Vec::sub(even, odd));
+        } else {
+          Vec::store(row, even);
+        }
       }
     }
   }
 }
 
-// M in M^T for LANES lanes, ROWS x INNER fixed so that the passes unroll into registers.
-template <typename Vec, int LANES, int ROWS, int INNER>
-void transform_fixed(const float* M, const float* in, int64_t in_stride, float* out, int64_t out_stride) {
-  float half[ROWS * INNER * LANES];  // M in: [i][l][lane]
-  // half[i][l] = sum_k M[i][k] in[k][l]: column l of in, over k.
-  transform_pass<Vec, LANES, ROWS, INNER>(M, INNER, in, INNER * in_stride, in_stride, half, INNER * LANES, LANES);
-  // out[i][j] = sum_l M[j][l] half[i][l]: row i of half, over l.
-  transform_pass<Vec, LANES, ROWS, INNER>(M, ROWS, half, LANES, INNER * LANES, out, out_stride, ROWS * out_stride);
+// C in C^T for LANES lanes, the size fixed so that the passes unroll into registers.
+template <typename Vec, int LANES, const TransformMatrix& T>
+void transform_fixed(const float* in, int64_t in_stride, float* out, int64_t out_stride) {
+  constexpr int ROWS = T.rows, INNER = T.inner;
+  float half[ROWS * INNER * LANES];  // C in: [i][l][lane]
+  // half[i][l] = sum_k C[i][k] in[k][l]: column l of in, over k.
+  transform_pass<Vec, LANES, T>(INNER, in, INNER * in_stride, in_stride, half, INNER * LANES, LANES);
+  // out[i][j] = sum_l C[j][l] half[i][l]: row i of half, over l.
+  transform_pass<Vec, LANES, T>(ROWS, half, LANES, INNER * LANES, out, out_stride, ROWS * out_stride);
 }
 
-// The sizes that winograd_transform() builds: input transforms alpha x alpha (alpha = m + r - 1 for
-// m = 2..4, r = 3, 5), output transforms m x alpha.
-template <typename Vec, int LANES>
-void winograd_transform_lanes(const float* M, int rows, int inner, const float* in, int64_t in_stride, float* out,
-                              int64_t out_stride) {
-  switch (rows * 16 + inner) {
-#define NIN_EXT_TRANSFORM_SIZE(R, I) \
-  case R * 16 + I:                   \
-    return transform_fixed<Vec, LANES, R, I>(M, in, in_stride, out, out_stride);
-    NIN_EXT_TRANSFORM_SIZE(4, 4)
-    NIN_EXT_TRANSFORM_SIZE(5, 5)
-    NIN_EXT_TRANSFORM_SIZE(6, 6)
-    NIN_EXT_TRANSFORM_SIZE(7, 7)
-    NIN_EXT_TRANSFORM_SIZE(8, 8)
-    NIN_EXT_TRANSFORM_SIZE(2, 4)
-    NIN_EXT_TRANSFORM_SIZE(2, 6)
+// The input (BT d B, alpha x alpha) or the output (AT M A, m x m) transform of F(m x m, r x r).
+template <typename Vec, int LANES, bool OUTPUT>
+void winograd_transform_lanes(int m, int r, const float* in, int64_t in_stride, float* out, int64_t out_stride) {
+  switch (m * 16 + r) {
+#define NIN_EXT_TRANSFORM_SIZE(M, R)                                                                              \
+  case M * 16 + R:                                                                                               \
+    return transform_fixed<Vec, LANES,                                                                           \
+                           OUTPUT ? WinogradTransformMatrices<M, R>::output : WinogradTransformMatrices<M, R>::input>( \
+        in, in_stride, out, out_stride);
+    NIN_EXT_TRANSFORM_SIZE(2, 3)
+    NIN_EXT_TRANSFORM_SIZE(2, 5)
+    NIN_EXT_TRANSFORM_SIZE(3, 3)
     NIN_EXT_TRANSFORM_SIZE(3, 5)
-    NIN_EXT_TRANSFORM_SIZE(3, 7)
-    NIN_EXT_TRANSFORM_SIZE(4, 6)
-    NIN_EXT_TRANSFORM_SIZE(4, 8)
+    NIN_EXT_TRANSFORM_SIZE(4, 3)
+    NIN_EXT_TRANSFORM_SIZE(4, 5)
 #undef NIN_EXT_TRANSFORM_SIZE
   }
-  std::abort();  // unreachable: winograd_transform() builds no other size
+  std::abort();  // unreachable: kWinogradMatrices has no other size
 }
 
 // The input patches of `length` consecutive m x m blocks, the first at block column bx, side by side:
@@ -126,6 +215,9 @@ struct ScalarVec {
   static reg load(const float* p) { return *p; }
   static reg broadcast(const float* p) { return *p; }
   static reg fmadd(reg a, reg b, reg acc) { return acc + a * b; }
+  static reg add(reg a, reg b) { return a + b; }
+  static reg sub(reg a, reg b) { return a - b; }
+  static reg mul(reg a, reg b) { return a * b; }
   static void store(float* p, reg v) { *p = v; }
 };
 
