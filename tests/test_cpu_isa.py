@@ -32,13 +32,14 @@ ISAS = [
 # paddings, both memory formats, both ops; the 200-channel 3x3 case takes the shifted products
 # (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the next two take the
 # Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too;
-# the last one, an RGB block 1 (11x11, stride 4), runs Winograd tiles in its polyphase form.
+# the last one, an RGB block 1 (11x11, stride 4), runs Winograd tiles in its polyphase form. The
+# cases that take Winograd tiles run again with every m forced (each m has its own transforms).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference
 nin_ext.set_backend("cpu")
 torch.manual_seed(0)
-worst = 0.0
+worst, winograd_cases = 0.0, 0
 for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 5, 2, 2, 23, 19, 1),
                                      (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2),
                                      (200, 13, 5, 3, 1, 1, 5, 6, 3),
@@ -49,12 +50,19 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
     w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1
     w2, b2 = torch.randn(c2, c1, 1, 1) * 0.3, torch.randn(c2) * 0.1
     params = (w0, b0, w1, b1, w2, b2)
-    for memory_format in (torch.contiguous_format, torch.channels_last):
-        xm = x.contiguous(memory_format=memory_format)
-        expected = reference.nin_block_reference(xm.double(), *(t.double() for t in params), s, p)
-        for got, want in ((nin_ext.ops.nin_block(xm, *params, s, p), expected),
-                          (nin_ext.ops.nin_block_gap(xm, *params, s, p), expected.mean((2, 3)))):
-            worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
+    pair = lambda v: (v, v) if isinstance(v, int) else v
+    nin_ext._C.set_winograd_mode(2)  # forced, the path takes every shape it applies to
+    winograd = nin_ext._C.winograd_tile_size(tuple(x.shape), tuple(w0.shape), c1, c2, pair(s), pair(p)) > 0
+    winograd_cases += winograd
+    for mode in (-1, 2, 3, 4) if winograd else (-1,):
+        nin_ext._C.set_winograd_mode(mode)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            xm = x.contiguous(memory_format=memory_format)
+            expected = reference.nin_block_reference(xm.double(), *(t.double() for t in params), s, p)
+            for got, want in ((nin_ext.ops.nin_block(xm, *params, s, p), expected),
+                              (nin_ext.ops.nin_block_gap(xm, *params, s, p), expected.mean((2, 3)))):
+                worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
+    nin_ext._C.set_winograd_mode(-1)
 # max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels are compiled per ISA too: every
 # stride-2 window position, row tails of every vector width, paddings, a NaN that must win; values
 # and indices must equal torch's exactly.
@@ -72,7 +80,7 @@ for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (
     pool_mismatches += int(not torch.equal(got_index.long(), want_index))
 polyphase_tile = nin_ext._C.winograd_tile_size((2, 3, 61, 57), (64, 3, 11, 11), 64, 9, (4, 4), (1, 1))
 print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches,
-                  "polyphase_tile": polyphase_tile}))
+                  "polyphase_tile": polyphase_tile, "winograd_cases": winograd_cases}))
 """
 
 
@@ -85,6 +93,7 @@ def test_microkernel_parity(isa):
     assert report["worst"] < 1e-5
     assert report["pool_mismatches"] == 0
     assert report["polyphase_tile"] > 0, "the RGB block 1 case did not take the polyphase form"
+    assert report["winograd_cases"] == 3, "the 3x3, 5x5 and RGB block 1 cases run every m"
 
 
 def test_unknown_isa_is_an_import_error_that_falls_back():
