@@ -23,8 +23,9 @@ namespace cpu {
 // even/odd mirrors, C[i + 1][k] = (-1)^k C[i][k], when the finite points are symmetric (alpha even):
 // both rows come from E = sum_{k even} C[i][k] x_k and O = sum_{k odd}, as E + O and E - O. The
 // columns of AT for p and -p are mirrors by row, C[i][j + 1] = (-1)^i C[i][j]: with S = x_j + x_{j+1}
-// and D = x_j - x_{j+1}, row i takes C[i][j] S (i even) or C[i][j] D (i odd). Half the multiply-adds
-// of the seed's F(4x4, 5x5) transforms go.
+// and D = x_j - x_{j+1}, row i takes C[i][j] S (i even) or C[i][j] D (i odd). The seed's F(4x4, 5x5)
+// passes take 30 (input) and 16 (output) operations per vector of lanes instead of about 50 and 26
+// multiply-adds.
 struct TransformMatrix {
   int rows = 0, inner = 0;
   float c[kWinogradMaxAlpha][kWinogradMaxAlpha] = {};
