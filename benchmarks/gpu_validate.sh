@@ -18,6 +18,9 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
+# The scripts under benchmarks/ import nin_ext from this tree also when it is not pip-installed
+# (NIN_VALIDATE_PREBUILT).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BUDGET=${NIN_VALIDATE_BUDGET_S:-1140}
 START=$(date +%s)
 

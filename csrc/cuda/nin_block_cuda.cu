@@ -22,8 +22,11 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = kThreads / 32;
-static_assert(kWarps * 16 == kChannelChunk, "each warp owns 16 output channels of a chunk");
+constexpr int kColumnWarps = kChannelChunk / 16;  // warps side by side across a chunk's channels
+constexpr int kRowWarps = kWarps / kColumnWarps;  // warps stacked over the tile's pixels
+static_assert(kWarps % kColumnWarps == 0, "WmmaMath: each warp owns 16 output channels of a chunk");
 static_assert(kThreads % kChannelChunk == 0, "SimtMath gives each thread one channel of a chunk");
+static_assert(kThreads % kReductionChunk == 0, "gather_im2col gives each thread one column of a chunk");
 
 // FFMA: thread t computes channel t % kChannelChunk of the chunk for pixels t / kChannelChunk + i * kRowGroups.
 template <typename T>
@@ -87,16 +90,23 @@ struct WmmaInput<__nv_bfloat16> {
   static constexpr int k = 16;
 };
 
-// Tensor cores: warp w computes channels [16 w, 16 w + 16) of the chunk for all P pixels
-// (P / 16 accumulator fragments of 16 x 16).
+// Tensor cores: warp w computes channels [16 c, 16 c + 16) of the chunk, c = w % kColumnWarps, for
+// the tile's 16-pixel row fragments r, r + kRowWarps, ... with r = w / kColumnWarps (one fragment per
+// warp at the largest tile).
 template <typename T>
 struct WmmaMath {
   using Elem = T;
   using Acc = float;
   using In = typename WmmaInput<T>::type;
   static constexpr int kK = WmmaInput<T>::k;
-  static constexpr int kRowFragments = kMaxTilePixels / 16;
+  static constexpr int kRowFragments = (kMaxTilePixels / 16 + kRowWarps - 1) / kRowWarps;  // per warp
   static_assert(kReductionChunk % kK == 0, "the reduction chunk is a whole number of WMMA steps");
+
+  __device__ static int column_of_warp() { return static_cast<int>(threadIdx.x / 32) % kColumnWarps; }
+  // the tile row (in 16-pixel fragments) of the warp's fragment f
+  __device__ static int row_of_fragment(int f) {
+    return static_cast<int>(threadIdx.x / 32) / kColumnWarps + f * kRowWarps;
+  }
   struct Fragment {
     nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, kK, float> v[kRowFragments];
   };
@@ -116,17 +126,19 @@ struct WmmaMath {
 
   __device__ static void mma(Fragment& f, const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
     using namespace nvcuda;
-    const int warp = threadIdx.x / 32;
+    const int column = column_of_warp();
+    if (row_of_fragment(0) * 16 >= P) return;  // a small tile leaves this warp without rows
 #pragma unroll
     for (int kk = 0; kk < kReductionChunk; kk += kK) {
       wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
-      wmma::load_matrix_sync(b_frag, b + warp * 16 * b_ld + kk, static_cast<unsigned>(b_ld));
+      wmma::load_matrix_sync(b_frag, b + column * 16 * b_ld + kk, static_cast<unsigned>(b_ld));
       round_to_input(b_frag);
 #pragma unroll
       for (int i = 0; i < kRowFragments; ++i) {
-        if (i * 16 < P) {
+        const int row = row_of_fragment(i);
+        if (row * 16 < P) {
           wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a_frag;
-          wmma::load_matrix_sync(a_frag, a + i * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
+          wmma::load_matrix_sync(a_frag, a + row * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
           round_to_input(a_frag);
           wmma::mma_sync(f.v[i], a_frag, b_frag, f.v[i]);
         }
@@ -135,11 +147,12 @@ struct WmmaMath {
   }
 
   __device__ static void store(const Fragment& f, float* c, int64_t c_ld, int P) {
-    const int warp = threadIdx.x / 32;
+    const int column = column_of_warp();
 #pragma unroll
     for (int i = 0; i < kRowFragments; ++i) {
-      if (i * 16 < P) {
-        nvcuda::wmma::store_matrix_sync(c + i * 16 * c_ld + warp * 16, f.v[i], static_cast<unsigned>(c_ld),
+      const int row = row_of_fragment(i);
+      if (row * 16 < P) {
+        nvcuda::wmma::store_matrix_sync(c + row * 16 * c_ld + column * 16, f.v[i], static_cast<unsigned>(c_ld),
                                         nvcuda::wmma::mem_row_major);
       }
     }
@@ -223,8 +236,8 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   T* b_tile = reinterpret_cast<T*>(smem + p.smem.b_offset);
   Acc* c_tile = reinterpret_cast<Acc*>(smem + p.smem.c_offset);
   const int P = static_cast<int>(p.tiling.tile_pixels);
-  int64_t* x_offset = reinterpret_cast<int64_t*>(smem + p.smem.pixels_offset);
-  int64_t* ih0 = x_offset + P;
+  int64_t* x_corner = reinterpret_cast<int64_t*>(smem + p.smem.pixels_offset);
+  int64_t* ih0 = x_corner + P;
   int64_t* iw0 = ih0 + P;
   int64_t* out_offset = iw0 + P;
 
@@ -242,32 +255,34 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   for (int i = threadIdx.x; i < P; i += kThreads) {
     if (i < count) {
       const PixelCoord q = pixel_coord(first + i, p.OH, p.OW);
-      x_offset[i] = q.n * p.x_stride[0];
       ih0[i] = q.oh * p.SH - p.PH;
       iw0[i] = q.ow * p.SW - p.PW;
+      x_corner[i] = q.n * p.x_stride[0] + ih0[i] * p.x_stride[2] + iw0[i] * p.x_stride[3];
       out_offset[i] = q.n * p.out_stride[0] + q.oh * p.out_stride[2] + q.ow * p.out_stride[3];
     } else {
-      x_offset[i] = ih0[i] = iw0[i] = out_offset[i] = 0;
+      x_corner[i] = ih0[i] = iw0[i] = out_offset[i] = 0;
     }
   }
   // (tile_layer's first __syncthreads publishes the pixel table)
 
   const int64_t K0 = p.C0 * p.KH * p.KW;
+  // Each thread stages one column kk of the chunk, for every (kThreads / kReductionChunk)-th pixel,
+  // so it decodes its kernel tap once per chunk rather than once per element.
   auto gather_im2col = [&](int64_t k0, int64_t& a_ld) -> const T* {
     a_ld = p.smem.a_ld;
-    for (int e = threadIdx.x; e < P * kReductionChunk; e += kThreads) {
-      const int i = e / kReductionChunk;
-      const int64_t k = k0 + e % kReductionChunk;
+    const int kk = threadIdx.x % kReductionChunk;
+    const int64_t k = k0 + kk;
+    const bool k_valid = k < K0;
+    const ReductionCoord rc = reduction_coord(k_valid ? k : 0, p.KH, p.KW);
+    const int64_t tap_offset = rc.c * p.x_stride[1] + rc.r * p.x_stride[2] + rc.s * p.x_stride[3];
+    for (int i = threadIdx.x / kReductionChunk; i < P; i += kThreads / kReductionChunk) {
       T v = from_acc<T>(0);
-      if (i < count && k < K0) {
-        const ReductionCoord rc = reduction_coord(k, p.KH, p.KW);
+      if (k_valid && i < count) {
         const int64_t ih = ih0[i] + rc.r;
         const int64_t iw = iw0[i] + rc.s;
-        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
-          v = x[x_offset[i] + rc.c * p.x_stride[1] + ih * p.x_stride[2] + iw * p.x_stride[3]];
-        }
+        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) v = x[x_corner[i] + tap_offset];
       }
-      a_tile[i * a_ld + (e % kReductionChunk)] = v;
+      a_tile[i * a_ld + kk] = v;
     }
     return a_tile;
   };

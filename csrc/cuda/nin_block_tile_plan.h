@@ -15,7 +15,7 @@
 namespace nin_ext {
 namespace cuda {
 
-constexpr int kThreads = 128;            // 4 warps per CTA
+constexpr int kThreads = 512;            // 16 warps per CTA: the wide layers fit one CTA per SM
 constexpr int kChannelChunk = 64;        // output channels per pass: 4 warps x 16 WMMA columns
 constexpr int kReductionChunk = 32;      // reduction elements (K) staged in shared memory per pass
 constexpr int kRowPad = 8;               // extra elements per shared-memory row (WMMA ldm is a multiple of 8)
@@ -94,8 +94,8 @@ NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int64_t k, int64_t KH, int
 //   a       [tile_pixels][a_ld]   elem   the im2col chunk of the spatial convolution
 //   b       [kChannelChunk][b_ld] elem   a chunk of a weight matrix, [out channel][k]
 //   c       [tile_pixels][c_ld]   acc    the accumulators of one output-channel chunk
-//   pixels  4 x [tile_pixels]     int64  per pixel: x offset of its image, first input row and
-//                                        column, output offset
+//   pixels  4 x [tile_pixels]     int64  per pixel: x offset of its window's top-left corner, first
+//                                        input row and column, output offset
 struct SmemLayout {
   int64_t h0_ld, h1_ld, a_ld, b_ld, c_ld;  // row strides in elements
   int64_t h0_offset, h1_offset, a_offset, b_offset, c_offset, pixels_offset;
