@@ -49,11 +49,15 @@ static bool disjoint(int64_t a, int64_t a_bytes, int64_t b, int64_t b_bytes) {
   return a + a_bytes <= b || b + b_bytes <= a;
 }
 
-static void check_layout(int64_t tile_pixels, int64_t cc, int64_t c1, int64_t elem, int64_t acc) {
-  const SmemLayout s = make_smem_layout(tile_pixels, cc, c1, elem, acc);
+static void check_layout(int64_t tile_pixels, int64_t cc, int64_t c1, int64_t elem, int64_t acc, int group) {
+  const SmemLayout s = make_smem_layout(tile_pixels, cc, c1, elem, acc, group);
   const int64_t offsets[6] = {s.h0_offset, s.h1_offset, s.a_offset, s.b_offset, s.c_offset, s.pixels_offset};
   const int64_t sizes[6] = {tile_pixels * s.h0_ld * elem, tile_pixels * s.h1_ld * elem, tile_pixels * s.a_ld * elem,
-                            kChannelChunk * s.b_ld * elem, tile_pixels * s.c_ld * acc, 4 * tile_pixels * 8};
+                            s.b_rows * s.b_ld * elem, tile_pixels * s.c_ld * acc, 4 * tile_pixels * 8};
+  // b holds every pass's weight rows: the spatial convolution's first (widest) pass and a 1x1 chunk.
+  CHECK(s.conv_group >= 1 && s.conv_group <= group && s.b_rows == s.conv_group * int64_t(kChannelChunk) &&
+            s.conv_group == chunks_per_pass(cc, group),
+        "b holds %lld rows for %lld channels in groups of %d", (long long)s.b_rows, (long long)cc, group);
   for (int i = 0; i < 6; ++i) {
     CHECK(offsets[i] % kSmemAlign == 0, "region %d offset %lld not aligned", i, (long long)offsets[i]);
     CHECK(offsets[i] + sizes[i] <= s.bytes, "region %d past the end", i);
@@ -85,6 +89,18 @@ int main() {
       }
     }
   }
+  // passes of the spatial convolution: whole groups, then the rest; never more than b holds
+  for (int group = 1; group <= kMaxConvChunkGroup; ++group) {
+    for (int64_t c : {1, 63, 64, 65, 255, 256, 257, 384, 1000}) {
+      int64_t covered = 0;
+      while (covered < c) {
+        const int chunks = chunks_per_pass(c - covered, group);
+        CHECK(chunks >= 1 && chunks <= group && chunks <= chunks_per_pass(c, group), "C=%lld", (long long)c);
+        covered += int64_t(chunks) * kChannelChunk;
+      }
+      CHECK(covered < c + kChannelChunk, "C=%lld passes cover %lld channels", (long long)c, (long long)covered);
+    }
+  }
   // a 64-bit pixel number (batch x huge image) decomposes without overflow
   const PixelCoord big = pixel_coord(int64_t(3) << 33, int64_t(1) << 16, int64_t(1) << 16);
   CHECK(big.n == 6 && big.oh == 0 && big.ow == 0, "64-bit pixel");
@@ -99,9 +115,11 @@ int main() {
   }
   for (int64_t p : {8, 16, 32, 64}) {
     for (int64_t c : {1, 10, 63, 64, 65, 96, 384, 1000, 1024}) {
-      check_layout(p, c, 2 * c / 3 + 1, 4, 4);
-      check_layout(p, c, c, 2, 4);
-      check_layout(p, c, c, 8, 8);
+      for (int group = 1; group <= kMaxConvChunkGroup; ++group) {
+        check_layout(p, c, 2 * c / 3 + 1, 4, 4, group);
+        check_layout(p, c, c, 2, 4, group);
+        check_layout(p, c, c, 8, 8, group);
+      }
     }
   }
 
@@ -125,6 +143,14 @@ int main() {
   CHECK(wide.tile_pixels == 16, "C=1024 fp32 needs 16-pixel tiles, got %lld", (long long)wide.tile_pixels);
   const TilePlan batch1 = plan_nin_block_tile(384, 384, 4, 4, 16, h100, 1, 144, false, 132);
   CHECK(batch1.tile_pixels == 16, "batch 1 shrinks the tile to feed the GPU, got %lld", (long long)batch1.tile_pixels);
+  const TilePlan block2 = plan_nin_block_tile(256, 256, 4, 4, 16, h100, 256, 27 * 27, false, 132);
+  CHECK(block2.tile_pixels == kMaxTilePixels && block2.smem.conv_group == 4,
+        "block 2 at batch 256 gathers once for its 256 channels, got %lld pixels, group %d",
+        (long long)block2.tile_pixels, block2.smem.conv_group);
+  const TilePlan wide_a100 = plan_nin_block_tile(1024, 1024, 4, 4, 16, a100, 256, 144, false, 108);
+  CHECK(wide_a100.tile_pixels == 16 && wide_a100.smem.conv_group < kMaxConvChunkGroup,
+        "C=1024 fp32 on an A100 fits with a smaller group, got %lld pixels, group %d",
+        (long long)wide_a100.tile_pixels, wide_a100.smem.conv_group);
   const TilePlan none = plan_nin_block_tile(8192, 8192, 4, 4, 16, h100, 1, 1, false, 132);
   CHECK(none.tile_pixels == 0, "channels too wide must give no plan");
 

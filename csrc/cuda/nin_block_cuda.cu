@@ -5,7 +5,9 @@
 // the activations it keeps in shared memory (h0, h1), and an epilogue that stores the block output
 // or, for nin_block_gap, sums it per channel over the tile. Every layer is computed in chunks of
 // kChannelChunk output channels and kReductionChunk reduction elements, so any channel count works;
-// only the tile's pixel count shrinks (host plan, nin_block_tile_plan.h) when h0 and h1 are wide.
+// only the tile's pixel count shrinks (host plan, nin_block_tile_plan.h) when h0 and h1 are wide. The
+// spatial convolution accumulates a group of channel chunks from each gathered im2col chunk, so that
+// the gather runs once per group rather than once per chunk.
 //
 // The inner product of a chunk is a policy: WmmaMath (tensor cores through WMMA: TF32, fp16, bf16
 // with fp32 accumulation; sm_80+) or SimtMath (FFMA: exact fp32, and fp64).
@@ -44,19 +46,27 @@ struct SimtMath {
     for (int i = 0; i < kRowsPerThread; ++i) f.v[i] = Acc(0);
   }
 
-  // f += a[0:P, 0:kReductionChunk] @ b[0:kChannelChunk, 0:kReductionChunk]^T
-  __device__ static void mma(Fragment& f, const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
+  // f[g] += a[0:P, 0:kReductionChunk] @ b[g * kChannelChunk + (0:kChannelChunk), 0:kReductionChunk]^T
+  // for the first `chunks` of the G fragments
+  template <int G>
+  __device__ static void mma(Fragment (&f)[G], int chunks, const T* a, int64_t a_ld, const T* b, int64_t b_ld,
+                             int P) {
     const int col = threadIdx.x % kChannelChunk;
     const int row0 = threadIdx.x / kChannelChunk;
-    const T* b_row = b + col * b_ld;
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int p = row0 + i * kRowGroups;
       if (p < P) {
         const T* a_row = a + p * a_ld;
-        Acc s = f.v[i];
-        for (int k = 0; k < kReductionChunk; ++k) s = fma(to_acc(a_row[k]), to_acc(b_row[k]), s);
-        f.v[i] = s;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          if (g < chunks) {
+            const T* b_row = b + (g * kChannelChunk + col) * b_ld;
+            Acc s = f[g].v[i];
+            for (int k = 0; k < kReductionChunk; ++k) s = fma(to_acc(a_row[k]), to_acc(b_row[k]), s);
+            f[g].v[i] = s;
+          }
+        }
       }
     }
   }
@@ -124,15 +134,16 @@ struct WmmaMath {
     }
   }
 
-  __device__ static void mma(Fragment& f, const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
+  // As SimtMath::mma: the warp's fragments of the first `chunks` channel chunks; each A fragment is
+  // loaded once for all of them.
+  template <int G>
+  __device__ static void mma(Fragment (&f)[G], int chunks, const T* a, int64_t a_ld, const T* b, int64_t b_ld,
+                             int P) {
     using namespace nvcuda;
     const int column = column_of_warp();
     if (row_of_fragment(0) * 16 >= P) return;  // a small tile leaves this warp without rows
 #pragma unroll
     for (int kk = 0; kk < kReductionChunk; kk += kK) {
-      wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
-      wmma::load_matrix_sync(b_frag, b + column * 16 * b_ld + kk, static_cast<unsigned>(b_ld));
-      round_to_input(b_frag);
 #pragma unroll
       for (int i = 0; i < kRowFragments; ++i) {
         const int row = row_of_fragment(i);
@@ -140,7 +151,16 @@ struct WmmaMath {
           wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a_frag;
           wmma::load_matrix_sync(a_frag, a + row * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
           round_to_input(a_frag);
-          wmma::mma_sync(f.v[i], a_frag, b_frag, f.v[i]);
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            if (g < chunks) {
+              wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
+              wmma::load_matrix_sync(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk,
+                                     static_cast<unsigned>(b_ld));
+              round_to_input(b_frag);
+              wmma::mma_sync(f[g].v[i], a_frag, b_frag, f[g].v[i]);
+            }
+          }
         }
       }
     }
@@ -161,19 +181,25 @@ struct WmmaMath {
 
 // One layer of the block for the tile: for each chunk of kChannelChunk output channels,
 // acc = A[0:P, 0:K] @ weight[chunk, 0:K]^T, then epilogue(n0, acc tile) with the accumulators in c.
-// stage_a(k0) makes A's columns [k0, k0 + kReductionChunk) readable and returns (pointer, row stride);
-// A and the weight chunk are zero beyond K.
-template <typename Math, typename StageA, typename Epilogue>
-__device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t out_channels, int P,
+// A pass computes `group` (at most G) chunks from each staged A chunk (group > 1 for the spatial
+// convolution, whose A is gathered from x). stage_a(k0) makes A's columns [k0, k0 + kReductionChunk)
+// readable and returns (pointer, row stride); A and the weight chunks are zero beyond K. b_tile holds
+// `group` chunks.
+template <typename Math, int G, typename StageA, typename Epilogue>
+__device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t out_channels, int group, int P,
                            typename Math::Elem* b_tile, int64_t b_ld, typename Math::Acc* c_tile, int64_t c_ld,
                            StageA stage_a, Epilogue epilogue) {
   using T = typename Math::Elem;
-  for (int64_t n0 = 0; n0 < out_channels; n0 += kChannelChunk) {
-    typename Math::Fragment acc;
-    Math::zero(acc);
+  const int per_pass = group < G ? group : G;
+  for (int64_t n0 = 0; n0 < out_channels; n0 += int64_t(per_pass) * kChannelChunk) {
+    // the same in every thread: the barriers below are uniform
+    const int chunks = chunks_per_pass(out_channels - n0, per_pass);
+    typename Math::Fragment acc[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) Math::zero(acc[g]);
     for (int64_t k0 = 0; k0 < K; k0 += kReductionChunk) {
       __syncthreads();  // the previous chunk's readers of a and b are done
-      for (int e = threadIdx.x; e < kChannelChunk * kReductionChunk; e += kThreads) {
+      for (int e = threadIdx.x; e < chunks * kChannelChunk * kReductionChunk; e += kThreads) {
         const int n = e / kReductionChunk;
         const int k = e % kReductionChunk;
         const int64_t gn = n0 + n;
@@ -183,12 +209,17 @@ __device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t
       int64_t a_ld = 0;
       const T* a = stage_a(k0, a_ld);
       __syncthreads();
-      Math::mma(acc, a, a_ld, b_tile, b_ld, P);
+      Math::mma(acc, chunks, a, a_ld, b_tile, b_ld, P);
     }
-    __syncthreads();  // the previous epilogue's readers of c are done (also when K == 0)
-    Math::store(acc, c_tile, c_ld, P);
-    __syncthreads();
-    epilogue(n0);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g < chunks) {
+        __syncthreads();  // the previous epilogue's readers of c are done (also when K == 0)
+        Math::store(acc[g], c_tile, c_ld, P);
+        __syncthreads();
+        epilogue(n0 + int64_t(g) * kChannelChunk);
+      }
+    }
   }
 }
 
@@ -296,13 +327,13 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   };
   const int64_t c_ld = p.smem.c_ld;
   using ToSmem = ReluToSmem<T, Acc>;
-  tile_layer<Math>(w, K0, p.CC, P, b_tile, p.smem.b_ld, c_tile, c_ld, gather_im2col,
-                   ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
-  tile_layer<Math>(w1, p.CC, p.C1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
-                   ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
+  tile_layer<Math, kMaxConvChunkGroup>(w, K0, p.CC, p.smem.conv_group, P, b_tile, p.smem.b_ld, c_tile, c_ld,
+                                      gather_im2col, ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
+  tile_layer<Math, 1>(w1, p.CC, p.C1, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
+                      ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
   if (p.gap) {
     Acc* partial = static_cast<Acc*>(p.gap_partial) + tile * p.C2;
-    tile_layer<Math>(w2, p.C1, p.C2, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math, 1>(w2, p.C1, p.C2, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int n = threadIdx.x; n < kChannelChunk; n += kThreads) {
         const int64_t c = n0 + n;
         if (c < p.C2) {
@@ -318,7 +349,7 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
     // Consecutive threads take consecutive channels when they are adjacent in memory (channels_last),
     // else consecutive pixels.
     const bool channels_fastest = p.out_stride[1] == 1;
-    tile_layer<Math>(w2, p.C1, p.C2, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math, 1>(w2, p.C1, p.C2, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int e = threadIdx.x; e < P * kChannelChunk; e += kThreads) {
         const int i = channels_fastest ? e / kChannelChunk : e % P;
         const int n = channels_fastest ? e % kChannelChunk : e / P;

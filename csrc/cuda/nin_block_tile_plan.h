@@ -20,12 +20,22 @@ constexpr int kChannelChunk = 64;        // output channels per pass: 4 warps x 
 constexpr int kReductionChunk = 32;      // reduction elements (K) staged in shared memory per pass
 constexpr int kRowPad = 8;               // extra elements per shared-memory row (WMMA ldm is a multiple of 8)
 constexpr int kMaxTilePixels = 64;       // pixels per tile, at most; 4 WMMA row fragments
+// The spatial convolution computes up to this many channel chunks from each staged im2col chunk: the
+// gather, its costliest staging, then runs once per group of chunks rather than once per chunk. The
+// plan picks the group (SmemLayout::conv_group) that fits, since b holds a whole group's weights.
+constexpr int kMaxConvChunkGroup = 4;
 constexpr int kTensorCoreMinTilePixels = 16;  // one WMMA row fragment
 constexpr int kSimtMinTilePixels = 8;
 constexpr int64_t kSmemAlign = 128;
 
 NIN_HOST_DEVICE constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 NIN_HOST_DEVICE constexpr int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
+
+// Channel chunks a layer's pass computes when `channels` output channels are left: a group of
+// `group` chunks, or fewer at the end.
+NIN_HOST_DEVICE constexpr int chunks_per_pass(int64_t channels, int group) {
+  return channels >= int64_t(group) * kChannelChunk ? group : static_cast<int>(ceil_div(channels, kChannelChunk));
+}
 
 // Output pixels are numbered image by image, row by row: pixel = (n * OH + oh) * OW + ow. They are
 // grouped in segments that no tile straddles: the whole batch for nin_block (a tile may span two
@@ -92,24 +102,29 @@ NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int64_t k, int64_t KH, int
 //   h0      [tile_pixels][h0_ld]  elem   relu(conv) of the tile, channels padded to kChannelChunk with zeros
 //   h1      [tile_pixels][h1_ld]  elem   relu(1x1 conv) of h0
 //   a       [tile_pixels][a_ld]   elem   the im2col chunk of the spatial convolution
-//   b       [kChannelChunk][b_ld] elem   a chunk of a weight matrix, [out channel][k]
+//   b       [b_rows][b_ld]        elem   a chunk of a weight matrix, [out channel][k]: one channel
+//                                        chunk, or conv_group of them for the spatial convolution
 //   c       [tile_pixels][c_ld]   acc    the accumulators of one output-channel chunk
 //   pixels  4 x [tile_pixels]     int64  per pixel: x offset of its window's top-left corner, first
 //                                        input row and column, output offset
 struct SmemLayout {
   int64_t h0_ld, h1_ld, a_ld, b_ld, c_ld;  // row strides in elements
+  int conv_group;                          // channel chunks per pass of the spatial convolution
+  int64_t b_rows;                          // weight rows b holds: the most one pass stages
   int64_t h0_offset, h1_offset, a_offset, b_offset, c_offset, pixels_offset;
   int64_t bytes;
 };
 
 NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t conv_channels, int64_t c1,
-                                                   int64_t elem_bytes, int64_t acc_bytes) {
+                                                   int64_t elem_bytes, int64_t acc_bytes, int conv_group) {
   SmemLayout s;
   s.h0_ld = round_up(conv_channels, kChannelChunk) + kRowPad;
   s.h1_ld = round_up(c1, kChannelChunk) + kRowPad;
   s.a_ld = kReductionChunk + kRowPad;
   s.b_ld = kReductionChunk + kRowPad;
   s.c_ld = kChannelChunk + kRowPad;
+  s.conv_group = chunks_per_pass(conv_channels > 0 ? conv_channels : 1, conv_group);
+  s.b_rows = int64_t(s.conv_group) * kChannelChunk;
   int64_t at = 0;
   auto take = [&at](int64_t bytes) {
     const int64_t offset = at;
@@ -119,7 +134,7 @@ NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t 
   s.h0_offset = take(tile_pixels * s.h0_ld * elem_bytes);
   s.h1_offset = take(tile_pixels * s.h1_ld * elem_bytes);
   s.a_offset = take(tile_pixels * s.a_ld * elem_bytes);
-  s.b_offset = take(int64_t(kChannelChunk) * s.b_ld * elem_bytes);
+  s.b_offset = take(s.b_rows * s.b_ld * elem_bytes);
   s.c_offset = take(tile_pixels * s.c_ld * acc_bytes);
   s.pixels_offset = take(4 * tile_pixels * int64_t(sizeof(int64_t)));
   s.bytes = at;
@@ -131,19 +146,20 @@ struct TilePlan {
   SmemLayout smem;
 };
 
-// The largest tile (kMaxTilePixels, halved down to min_tile_pixels) whose shared memory fits
-// smem_limit bytes, halved further while the grid would leave multiprocessors idle (fewer than
-// two tiles per multiprocessor), e.g. at batch 1.
+// The largest tile (kMaxTilePixels, halved down to min_tile_pixels), with the largest convolution
+// group at that tile, whose shared memory fits smem_limit bytes; the tile is halved further while the
+// grid would leave multiprocessors idle (fewer than two tiles per multiprocessor), e.g. at batch 1.
 inline TilePlan plan_nin_block_tile(int64_t conv_channels, int64_t c1, int64_t elem_bytes, int64_t acc_bytes,
                                     int64_t min_tile_pixels, int64_t smem_limit, int64_t images,
                                     int64_t pixels_per_image, bool per_image, int64_t multiprocessors) {
   TilePlan plan{0, SmemLayout{}};
-  int64_t p = kMaxTilePixels;
-  for (; p >= min_tile_pixels; p /= 2) {
-    const SmemLayout s = make_smem_layout(p, conv_channels, c1, elem_bytes, acc_bytes);
-    if (s.bytes <= smem_limit) {
-      plan = TilePlan{p, s};
-      break;
+  for (int64_t p = kMaxTilePixels; p >= min_tile_pixels && plan.tile_pixels == 0; p /= 2) {
+    for (int group = kMaxConvChunkGroup; group >= 1; --group) {
+      const SmemLayout s = make_smem_layout(p, conv_channels, c1, elem_bytes, acc_bytes, group);
+      if (s.bytes <= smem_limit) {
+        plan = TilePlan{p, s};
+        break;
+      }
     }
   }
   if (plan.tile_pixels == 0) {
@@ -152,7 +168,7 @@ inline TilePlan plan_nin_block_tile(int64_t conv_channels, int64_t c1, int64_t e
   while (plan.tile_pixels > min_tile_pixels &&
          make_pixel_tiling(images, pixels_per_image, per_image, plan.tile_pixels).tiles() < 2 * multiprocessors) {
     const int64_t p2 = plan.tile_pixels / 2;
-    plan = TilePlan{p2, make_smem_layout(p2, conv_channels, c1, elem_bytes, acc_bytes)};
+    plan = TilePlan{p2, make_smem_layout(p2, conv_channels, c1, elem_bytes, acc_bytes, plan.smem.conv_group)};
   }
   return plan;
 }

@@ -82,7 +82,7 @@ at::Tensor run_nin_block(bool gap, const at::Tensor& x, const at::Tensor& w, con
                                             device_attribute(cudaDevAttrMultiProcessorCount, device));
   TORCH_CHECK(plan.tile_pixels > 0, op, ": w has ", g.CC, " and w1 has ", g.C1,
               " output channels; the fused CUDA kernel keeps both for ", min_tile, " pixels in shared memory (",
-              make_smem_layout(min_tile, g.CC, g.C1, elem_bytes, acc_bytes).bytes, " bytes), more than the ",
+              make_smem_layout(min_tile, g.CC, g.C1, elem_bytes, acc_bytes, 1).bytes, " bytes), more than the ",
               smem_limit, " bytes this GPU allows");
 
   NinBlockLaunch p{};
