@@ -10,13 +10,15 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_validate.sh")
+LEASE_SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_lease.sh")
 REPORT = os.path.join(ROOT, "benchmarks", "gpu_report.py")
 
 
-def test_gpu_validate_script_parses():
+@pytest.mark.parametrize("script", [SCRIPT, LEASE_SCRIPT], ids=os.path.basename)
+def test_gpu_scripts_parse(script):
     if shutil.which("bash") is None:
         pytest.skip("no bash")
-    result = subprocess.run(["bash", "-n", SCRIPT], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", "-n", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
