@@ -28,7 +28,7 @@ constexpr int kColumnWarps = kChannelChunk / 16;  // warps side by side across a
 constexpr int kRowWarps = kWarps / kColumnWarps;  // warps stacked over the tile's pixels
 static_assert(kWarps % kColumnWarps == 0, "WmmaMath: each warp owns 16 output channels of a chunk");
 static_assert(kThreads % kChannelChunk == 0, "SimtMath gives each thread one channel of a chunk");
-static_assert(kThreads % kReductionChunk == 0, "gather_im2col gives each thread one column of a chunk");
+static_assert(kThreads % kReductionChunk == 0, "the stages give each thread one column of a chunk");
 
 // FFMA: thread t computes channel t % kChannelChunk of the chunk for pixels t / kChannelChunk + i * kRowGroups.
 template <typename T>
@@ -179,42 +179,85 @@ struct WmmaMath {
   }
 };
 
+// A [rows][kReductionChunk] chunk of a weight matrix ([out channel][k], zero past out_channels and
+// K), staged through registers: load() issues the global loads of the next chunk before the current
+// chunk's products, store() puts them into shared memory after them, so that their latency overlaps
+// the tensor-core work. kThreads is a multiple of kReductionChunk: a thread keeps one column k.
+template <typename T, int kMaxRows>
+struct WeightStage {
+  static constexpr int kRowStep = kThreads / kReductionChunk;
+  static constexpr int kPerThread = kMaxRows / kRowStep;
+  static_assert(kMaxRows % kRowStep == 0, "whole rows per thread");
+  T v[kPerThread];
+
+  __device__ void load(const T* weight, int64_t K, int64_t out_channels, int64_t n0, int rows, int64_t k0) {
+    const int64_t gk = k0 + threadIdx.x % kReductionChunk;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int n = threadIdx.x / kReductionChunk + j * kRowStep;
+      const int64_t gn = n0 + n;
+      v[j] = (n < rows && gn < out_channels && gk < K) ? weight[gn * K + gk] : from_acc<T>(0);
+    }
+  }
+  __device__ void store(T* b_tile, int64_t b_ld, int rows) const {
+    const int k = threadIdx.x % kReductionChunk;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int n = threadIdx.x / kReductionChunk + j * kRowStep;
+      if (n < rows) b_tile[n * b_ld + k] = v[j];
+    }
+  }
+};
+
 // One layer of the block for the tile: for each chunk of kChannelChunk output channels,
 // acc = A[0:P, 0:K] @ weight[chunk, 0:K]^T, then epilogue(n0, acc tile) with the accumulators in c.
 // A pass computes `group` (at most G) chunks from each staged A chunk (group > 1 for the spatial
-// convolution, whose A is gathered from x). stage_a(k0) makes A's columns [k0, k0 + kReductionChunk)
-// readable and returns (pointer, row stride); A and the weight chunks are zero beyond K. b_tile holds
-// `group` chunks.
-template <typename Math, int G, typename StageA, typename Epilogue>
+// convolution, whose A is gathered from x); b_tile holds `group` chunks. a_stage provides A's
+// columns [k0, k0 + kReductionChunk): load(k0) and store() stage them (as WeightStage does, or
+// nothing when A is already in shared memory), tile(k0) and ld() read them; A and the weight chunks
+// are zero beyond K.
+template <typename Math, int G, typename AStage, typename Epilogue>
 __device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t out_channels, int group, int P,
                            typename Math::Elem* b_tile, int64_t b_ld, typename Math::Acc* c_tile, int64_t c_ld,
-                           StageA stage_a, Epilogue epilogue) {
+                           AStage& a_stage, Epilogue epilogue) {
   using T = typename Math::Elem;
   const int per_pass = group < G ? group : G;
+  const int64_t steps = ceil_div(K, kReductionChunk);
   for (int64_t n0 = 0; n0 < out_channels; n0 += int64_t(per_pass) * kChannelChunk) {
     // the same in every thread: the barriers below are uniform
     const int chunks = chunks_per_pass(out_channels - n0, per_pass);
+    const int rows = chunks * kChannelChunk;
     typename Math::Fragment acc[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) Math::zero(acc[g]);
-    for (int64_t k0 = 0; k0 < K; k0 += kReductionChunk) {
-      __syncthreads();  // the previous chunk's readers of a and b are done
-      for (int e = threadIdx.x; e < chunks * kChannelChunk * kReductionChunk; e += kThreads) {
-        const int n = e / kReductionChunk;
-        const int k = e % kReductionChunk;
-        const int64_t gn = n0 + n;
-        const int64_t gk = k0 + k;
-        b_tile[n * b_ld + k] = (gn < out_channels && gk < K) ? weight[gn * K + gk] : from_acc<T>(0);
-      }
-      int64_t a_ld = 0;
-      const T* a = stage_a(k0, a_ld);
+    WeightStage<T, G * kChannelChunk> b_stage;
+    if (steps > 0) {
+      __syncthreads();  // the previous pass's readers of a and b are done
+      b_stage.load(weight, K, out_channels, n0, rows, 0);
+      a_stage.load(0);
+      b_stage.store(b_tile, b_ld, rows);
+      a_stage.store();
       __syncthreads();
-      Math::mma(acc, chunks, a, a_ld, b_tile, b_ld, P);
+    }
+    for (int64_t step = 0; step < steps; ++step) {
+      const int64_t k0 = step * kReductionChunk;
+      const bool more = step + 1 < steps;
+      if (more) {  // the next chunk's global loads, in flight during the products
+        b_stage.load(weight, K, out_channels, n0, rows, k0 + kReductionChunk);
+        a_stage.load(k0 + kReductionChunk);
+      }
+      Math::mma(acc, chunks, a_stage.tile(k0), a_stage.ld(), b_tile, b_ld, P);
+      if (more) {
+        __syncthreads();  // the products' readers of a and b are done
+        b_stage.store(b_tile, b_ld, rows);
+        a_stage.store();
+        __syncthreads();
+      }
     }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       if (g < chunks) {
-        __syncthreads();  // the previous epilogue's readers of c are done (also when K == 0)
+        __syncthreads();  // the products' and the previous epilogue's readers of c are done
         Math::store(acc[g], c_tile, c_ld, P);
         __syncthreads();
         epilogue(n0 + int64_t(g) * kChannelChunk);
@@ -254,6 +297,64 @@ struct ReluToSmem {
       h[i * h_ld + c] = from_acc<T>(v);
     }
   }
+};
+
+// A of the spatial convolution: the im2col chunk, gathered from x through registers (as
+// WeightStage). Each thread stages one column kk of the chunk, for every (kThreads /
+// kReductionChunk)-th pixel, so it decodes its kernel tap once per chunk rather than once per element.
+template <typename T>
+struct Im2colStage {
+  static constexpr int kRowStep = kThreads / kReductionChunk;
+  static constexpr int kPerThread = (kMaxTilePixels + kRowStep - 1) / kRowStep;
+  const T* x;
+  const int64_t* x_corner;  // per pixel: offset of its window's top-left corner (may be padding)
+  const int64_t* ih0;
+  const int64_t* iw0;
+  T* a_tile;
+  int64_t a_ld;
+  int64_t K;  // C0 * KH * KW
+  int64_t KH, KW, sc, sh, sw, H, W;
+  int count, P;
+  T v[kPerThread];
+
+  __device__ void load(int64_t k0) {
+    const int64_t k = k0 + threadIdx.x % kReductionChunk;
+    const bool k_valid = k < K;
+    const ReductionCoord rc = reduction_coord(k_valid ? k : 0, KH, KW);
+    const int64_t tap_offset = rc.c * sc + rc.r * sh + rc.s * sw;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = threadIdx.x / kReductionChunk + j * kRowStep;
+      T value = from_acc<T>(0);
+      if (k_valid && i < count) {
+        const int64_t ih = ih0[i] + rc.r;
+        const int64_t iw = iw0[i] + rc.s;
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W) value = x[x_corner[i] + tap_offset];
+      }
+      v[j] = value;
+    }
+  }
+  __device__ void store() const {
+    const int kk = threadIdx.x % kReductionChunk;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = threadIdx.x / kReductionChunk + j * kRowStep;
+      if (i < P) a_tile[i * a_ld + kk] = v[j];
+    }
+  }
+  __device__ const T* tile(int64_t) const { return a_tile; }
+  __device__ int64_t ld() const { return a_ld; }
+};
+
+// A of a 1x1 layer: the previous layer's activations, already in shared memory.
+template <typename T>
+struct SmemRows {
+  const T* h;
+  int64_t h_ld;
+  __device__ void load(int64_t) {}
+  __device__ void store() const {}
+  __device__ const T* tile(int64_t k0) const { return h + k0; }
+  __device__ int64_t ld() const { return h_ld; }
 };
 
 template <typename Math>
@@ -296,39 +397,14 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   }
   // (tile_layer's first __syncthreads publishes the pixel table)
 
-  const int64_t K0 = p.C0 * p.KH * p.KW;
-  // Each thread stages one column kk of the chunk, for every (kThreads / kReductionChunk)-th pixel,
-  // so it decodes its kernel tap once per chunk rather than once per element.
-  auto gather_im2col = [&](int64_t k0, int64_t& a_ld) -> const T* {
-    a_ld = p.smem.a_ld;
-    const int kk = threadIdx.x % kReductionChunk;
-    const int64_t k = k0 + kk;
-    const bool k_valid = k < K0;
-    const ReductionCoord rc = reduction_coord(k_valid ? k : 0, p.KH, p.KW);
-    const int64_t tap_offset = rc.c * p.x_stride[1] + rc.r * p.x_stride[2] + rc.s * p.x_stride[3];
-    for (int i = threadIdx.x / kReductionChunk; i < P; i += kThreads / kReductionChunk) {
-      T v = from_acc<T>(0);
-      if (k_valid && i < count) {
-        const int64_t ih = ih0[i] + rc.r;
-        const int64_t iw = iw0[i] + rc.s;
-        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) v = x[x_corner[i] + tap_offset];
-      }
-      a_tile[i * a_ld + kk] = v;
-    }
-    return a_tile;
-  };
-  auto from_h0 = [&](int64_t k0, int64_t& a_ld) -> const T* {
-    a_ld = p.smem.h0_ld;
-    return h0 + k0;
-  };
-  auto from_h1 = [&](int64_t k0, int64_t& a_ld) -> const T* {
-    a_ld = p.smem.h1_ld;
-    return h1 + k0;
-  };
+  Im2colStage<T> gather{x, x_corner, ih0, iw0, a_tile, p.smem.a_ld, p.C0 * p.KH * p.KW, p.KH, p.KW,
+                        p.x_stride[1], p.x_stride[2], p.x_stride[3], p.H, p.W, count, P};
+  SmemRows<T> from_h0{h0, p.smem.h0_ld};
+  SmemRows<T> from_h1{h1, p.smem.h1_ld};
   const int64_t c_ld = p.smem.c_ld;
   using ToSmem = ReluToSmem<T, Acc>;
-  tile_layer<Math, kMaxConvChunkGroup>(w, K0, p.CC, p.smem.conv_group, P, b_tile, p.smem.b_ld, c_tile, c_ld,
-                                      gather_im2col, ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
+  tile_layer<Math, kMaxConvChunkGroup>(w, gather.K, p.CC, p.smem.conv_group, P, b_tile, p.smem.b_ld, c_tile,
+                                      c_ld, gather, ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
   tile_layer<Math, 1>(w1, p.CC, p.C1, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
                       ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
   if (p.gap) {
