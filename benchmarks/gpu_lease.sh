@@ -9,12 +9,16 @@
 # Timings (OUTDIR/quick-*.txt and .json): the NiN at batch 256 in TF32 and bf16 and at batch 1 in
 # TF32, eager against nin_ext's `auto` backend and the triton backend, no torch.compile.
 # Environment: as gpu_validate.sh (NIN_VALIDATE_PREBUILT=1 and NIN_VALIDATE_COMMIT for a `_C` from
-# `make gpu-prebuild`); NIN_LEASE_BUDGET_S (default 420) bounds the whole run.
+# `make gpu-prebuild`); NIN_LEASE_BUDGET_S (default 420) bounds the whole run. NIN_LEASE_AB_TREE, a
+# folder holding another build's nin_ext package (e.g. an earlier commit's, carried to the machine),
+# adds its batch-256 TF32 and bf16 timings (quick-ab-*), run alternately with this tree's.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUTDIR=${1:?usage: gpu_lease.sh OUTDIR TARBALL}
-TARBALL=${2:?usage: gpu_lease.sh OUTDIR TARBALL}
+OUTDIR=$(realpath -m "${1:?usage: gpu_lease.sh OUTDIR TARBALL}")
+TARBALL=$(realpath -m "${2:?usage: gpu_lease.sh OUTDIR TARBALL}")
 PY=${PYTHON:-python3}
+# a relative path must work from the A/B tree too (absolute, but not resolved: a venv's python is a link)
+[[ "$PY" == */* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 BUDGET=${NIN_LEASE_BUDGET_S:-420}
 START=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,18 +30,27 @@ pack() { tar czf "$TARBALL.tmp" -C "$parent" "$name" 2> /dev/null && mv "$TARBAL
 (while sleep 10; do pack; done) &
 packer=$!
 
-# quick NAME ARGS...: one benchmark run with a time limit; its table is printed and kept.
+# quick NAME ARGS...: one benchmark run with a time limit; its table is printed and kept. With
+# QUICK_TREE set, nin_ext is imported from that folder instead of this tree.
 quick() {
   local name=$1
   shift
   echo "== quick-$name"
-  timeout -k 10 90 $PY -m nin_ext bench --device cuda --no-compile --no-stage-compile --quiet \
-    --json "$OUTDIR/quick-$name.json" "$@" > "$OUTDIR/quick-$name.txt" 2>&1
+  # `python -m` puts the working directory first on sys.path: run from the tree that is timed.
+  (cd "${QUICK_TREE:-.}" && timeout -k 10 90 $PY -m nin_ext bench --device cuda --no-compile --no-stage-compile \
+    --quiet --json "$OUTDIR/quick-$name.json" "$@" > "$OUTDIR/quick-$name.txt" 2>&1)
   echo "   rc $?"
   sed -n '/^stage/,/^images/p' "$OUTDIR/quick-$name.txt"
 }
-quick b256-tf32 --batch 256 --repeat 10 --warmup 3 --dtype float32 --tf32 on --extra-backends triton
-quick b256-bf16 --batch 256 --repeat 10 --warmup 3 --dtype bfloat16 --extra-backends triton
+B256_TF32="--batch 256 --repeat 10 --warmup 3 --dtype float32 --tf32 on"
+B256_BF16="--batch 256 --repeat 10 --warmup 3 --dtype bfloat16"
+quick b256-tf32 $B256_TF32 --extra-backends triton
+if [ -n "${NIN_LEASE_AB_TREE:-}" ]; then
+  QUICK_TREE=$NIN_LEASE_AB_TREE quick ab-b256-tf32 $B256_TF32 --extra-backends none
+  quick b256-tf32-again $B256_TF32 --extra-backends none
+  QUICK_TREE=$NIN_LEASE_AB_TREE quick ab-b256-bf16 $B256_BF16 --extra-backends none
+fi
+quick b256-bf16 $B256_BF16 --extra-backends triton
 quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra-backends triton
 
 left=$(( BUDGET - ($(date +%s) - START) - 30 ))
