@@ -79,10 +79,11 @@ def test_wide_layer_paths(narrow_tiles, cc, c1, c2):
     _check_block_and_gap(x, params, (1, 1), (1, 1))
 
 
-@pytest.mark.parametrize("cc, c1, c2", [(1024, 24, 1024), (24, 1024, 24)])
+@pytest.mark.parametrize("cc, c1, c2", [(1024, 24, 1024), (24, 1024, 24), (24, 24, 384)])
 def test_1024_channels(cc, c1, c2):
     """The widest layers the backend promises, with the real tile bounds (streamed conv, split outputs,
-    many chunks of the first 1x1 layer); one wide layer at a time keeps the interpreter's time down."""
+    many chunks of the first 1x1 layer; 384 outputs, the seed's block 3, in one program); one wide
+    layer at a time keeps the interpreter's time down."""
     x = make_input(1, 3, 2, 3, "contiguous", device=_dev())
     params = make_params(3, cc, c2, (3, 3), device=_dev())
     params[2:4] = [torch.randn(c1, cc, 1, 1, device=_dev()) / cc ** 0.5, torch.randn(c1, device=_dev()) * 0.1]
@@ -246,17 +247,17 @@ for dtype, precision, gap, resident in [("fp32", "tf32", False, True), ("fp16", 
     if dtype != "fp64":
         assert "mma" in kernel.asm["ptx"], (dtype, "no tensor-core instruction")
 
-# The widest resident layer (512 channels of h0, 256 output channels) in fp32: the configurations the
+# The widest resident layer (512 channels of h0, 512 output channels) in fp32: the configurations the
 # pruning keeps there must fit an H100's 227 KiB of shared memory, with the estimate at or above it.
 for tile in _NIN_BLOCK_GPU_TILES:
     p, k, c1, warps, stages = tile
-    estimate = nin_block_shared_memory_bytes(p, k, c1, stages, 512, 256, True, 4)
-    if estimate <= H100_SHARED_MEMORY and p * (512 + 256) <= 128 * 32 * warps:
-        shared = compile_block("fp32", "tf32", False, True, 512, 256, tile).metadata.shared
+    estimate = nin_block_shared_memory_bytes(p, k, c1, stages, 512, 512, True, 4)
+    if estimate <= H100_SHARED_MEMORY and p * (512 + 512) <= 128 * 32 * warps:
+        shared = compile_block("fp32", "tf32", False, True, 512, 512, tile).metadata.shared
         assert shared <= min(estimate, H100_SHARED_MEMORY), (tile, shared, estimate)
         print("fits", tile, shared, estimate)
 # Without autotuning (the test suite on a GPU) one configuration runs every layer, in every dtype.
-shared = compile_block("fp64", "ieee", False, True, 512, 256, _NIN_BLOCK_UNTUNED_TILE).metadata.shared
+shared = compile_block("fp64", "ieee", False, True, 512, 512, _NIN_BLOCK_UNTUNED_TILE).metadata.shared
 assert shared <= H100_SHARED_MEMORY, shared
 compile_sm90(spatial_mean_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32"}, dict(ACC_DTYPE=tl.float32, BLOCK_C=64),
              num_warps=4)
@@ -304,6 +305,8 @@ def test_pruning_keeps_the_configurations_that_fit(monkeypatch):
 
     # 512 resident channels in fp32: only the two 32-pixel tiles fit, and both are kept to be tried.
     assert kept(BLOCK_CC=512, BLOCK_C2=256, H0_RESIDENT=True) == [(32, 16, 16, 8, 1), (32, 32, 32, 8, 2)]
+    # and with 512 output channels in one program (the widest tile)
+    assert kept(BLOCK_CC=512, BLOCK_C2=512, H0_RESIDENT=True) == [(32, 16, 16, 8, 1), (32, 32, 32, 8, 2)]
     # narrow layers keep every tile whose accumulators fit in registers
     assert len(kept(BLOCK_CC=16, BLOCK_C2=16, H0_RESIDENT=True)) == len(configs)
     # when nothing fits, the least shared memory is still tried

@@ -30,7 +30,11 @@ from .config import accumulator_dtype, autotune_configs, dot_input_precision, pr
 # Bounds of the register tiles, chosen so that h0 and the output accumulator of a tile stay on chip.
 H0_RESIDENT_MAX_CHANNELS = 512
 STREAMED_CC_CHUNK = 64
-MAX_C2_TILE = 256
+# Up to 512 output channels in one program: a split recomputes h0 and h1 per part (the seed's block 3,
+# 384 channels, did 1.9x its work as two 256-channel parts); compiled for sm_90, the 32-pixel tiles
+# that hold 512 of h0 and 512 outputs use the registers and shared memory of 256 outputs (184 against
+# 168 registers, one program per SM either way, in fp32).
+MAX_C2_TILE = 512
 MIN_DOT_SIZE = 16   # tl.dot needs every dimension >= 16
 GAP_GROUP = MIN_DOT_SIZE  # pixels per partial sum of nin_block_gap; divides every BLOCK_P
 
