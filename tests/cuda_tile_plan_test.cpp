@@ -53,11 +53,11 @@ static void check_layout(int64_t tile_pixels, int64_t cc, int64_t c1, int64_t el
   const SmemLayout s = make_smem_layout(tile_pixels, cc, c1, elem, acc, group);
   const int64_t offsets[6] = {s.h0_offset, s.h1_offset, s.a_offset, s.b_offset, s.c_offset, s.pixels_offset};
   const int64_t sizes[6] = {tile_pixels * s.h0_ld * elem, tile_pixels * s.h1_ld * elem, tile_pixels * s.a_ld * elem,
-                            s.b_rows * s.b_ld * elem, tile_pixels * s.c_ld * acc, 4 * tile_pixels * 8};
+                            s.conv_group * kChannelChunk * s.b_ld * elem, tile_pixels * s.c_ld * acc,
+                            4 * tile_pixels * 8};
   // b holds every pass's weight rows: the spatial convolution's first (widest) pass and a 1x1 chunk.
-  CHECK(s.conv_group >= 1 && s.conv_group <= group && s.b_rows == s.conv_group * int64_t(kChannelChunk) &&
-            s.conv_group == chunks_per_pass(cc, group),
-        "b holds %lld rows for %lld channels in groups of %d", (long long)s.b_rows, (long long)cc, group);
+  CHECK(s.conv_group >= 1 && s.conv_group <= group && s.conv_group == chunks_per_pass(cc, group),
+        "b holds %d chunks for %lld channels in groups of %d", s.conv_group, (long long)cc, group);
   for (int i = 0; i < 6; ++i) {
     CHECK(offsets[i] % kSmemAlign == 0, "region %d offset %lld not aligned", i, (long long)offsets[i]);
     CHECK(offsets[i] + sizes[i] <= s.bytes, "region %d past the end", i);

@@ -16,7 +16,7 @@ namespace nin_ext {
 namespace cuda {
 
 constexpr int kThreads = 512;            // 16 warps per CTA: the wide layers fit one CTA per SM
-constexpr int kChannelChunk = 64;        // output channels per pass: 4 warps x 16 WMMA columns
+constexpr int kChannelChunk = 64;        // output channels per chunk: 4 warps side by side x 16 WMMA columns
 constexpr int kReductionChunk = 32;      // reduction elements (K) staged in shared memory per pass
 constexpr int kRowPad = 8;               // extra elements per shared-memory row (WMMA ldm is a multiple of 8)
 constexpr int kMaxTilePixels = 64;       // pixels per tile, at most; 4 WMMA row fragments
@@ -102,7 +102,8 @@ NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int64_t k, int64_t KH, int
 //   h0      [tile_pixels][h0_ld]  elem   relu(conv) of the tile, channels padded to kChannelChunk with zeros
 //   h1      [tile_pixels][h1_ld]  elem   relu(1x1 conv) of h0
 //   a       [tile_pixels][a_ld]   elem   the im2col chunk of the spatial convolution
-//   b       [b_rows][b_ld]        elem   a chunk of a weight matrix, [out channel][k]: one channel
+//   b       [conv_group * kChannelChunk][b_ld]
+//                                 elem   a chunk of a weight matrix, [out channel][k]: one channel
 //                                        chunk, or conv_group of them for the spatial convolution
 //   c       [tile_pixels][c_ld]   acc    the accumulators of one output-channel chunk
 //   pixels  4 x [tile_pixels]     int64  per pixel: x offset of its window's top-left corner, first
@@ -110,7 +111,6 @@ NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int64_t k, int64_t KH, int
 struct SmemLayout {
   int64_t h0_ld, h1_ld, a_ld, b_ld, c_ld;  // row strides in elements
   int conv_group;                          // channel chunks per pass of the spatial convolution
-  int64_t b_rows;                          // weight rows b holds: the most one pass stages
   int64_t h0_offset, h1_offset, a_offset, b_offset, c_offset, pixels_offset;
   int64_t bytes;
 };
@@ -124,7 +124,6 @@ NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t 
   s.b_ld = kReductionChunk + kRowPad;
   s.c_ld = kChannelChunk + kRowPad;
   s.conv_group = chunks_per_pass(conv_channels > 0 ? conv_channels : 1, conv_group);
-  s.b_rows = int64_t(s.conv_group) * kChannelChunk;
   int64_t at = 0;
   auto take = [&at](int64_t bytes) {
     const int64_t offset = at;
@@ -134,7 +133,7 @@ NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t 
   s.h0_offset = take(tile_pixels * s.h0_ld * elem_bytes);
   s.h1_offset = take(tile_pixels * s.h1_ld * elem_bytes);
   s.a_offset = take(tile_pixels * s.a_ld * elem_bytes);
-  s.b_offset = take(s.b_rows * s.b_ld * elem_bytes);
+  s.b_offset = take(int64_t(s.conv_group) * kChannelChunk * s.b_ld * elem_bytes);
   s.c_offset = take(tile_pixels * s.c_ld * acc_bytes);
   s.pixels_offset = take(4 * tile_pixels * int64_t(sizeof(int64_t)));
   s.bytes = at;
