@@ -29,6 +29,7 @@ constexpr int kRowWarps = kWarps / kColumnWarps;  // warps stacked over the tile
 static_assert(kWarps % kColumnWarps == 0, "WmmaMath: each warp owns 16 output channels of a chunk");
 static_assert(kThreads % kChannelChunk == 0, "SimtMath gives each thread one channel of a chunk");
 static_assert(kThreads % kReductionChunk == 0, "the stages give each thread one column of a chunk");
+constexpr int kStageRowStep = kThreads / kReductionChunk;  // rows apart that one thread stages
 
 // FFMA: thread t computes channel t % kChannelChunk of the chunk for pixels t / kChannelChunk + i * kRowGroups.
 template <typename T>
@@ -185,16 +186,15 @@ struct WmmaMath {
 // the tensor-core work. kThreads is a multiple of kReductionChunk: a thread keeps one column k.
 template <typename T, int kMaxRows>
 struct WeightStage {
-  static constexpr int kRowStep = kThreads / kReductionChunk;
-  static constexpr int kPerThread = kMaxRows / kRowStep;
-  static_assert(kMaxRows % kRowStep == 0, "whole rows per thread");
+  static constexpr int kPerThread = kMaxRows / kStageRowStep;
+  static_assert(kMaxRows % kStageRowStep == 0, "whole rows per thread");
   T v[kPerThread];
 
   __device__ void load(const T* weight, int64_t K, int64_t out_channels, int64_t n0, int rows, int64_t k0) {
     const int64_t gk = k0 + threadIdx.x % kReductionChunk;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int n = threadIdx.x / kReductionChunk + j * kRowStep;
+      const int n = threadIdx.x / kReductionChunk + j * kStageRowStep;
       const int64_t gn = n0 + n;
       v[j] = (n < rows && gn < out_channels && gk < K) ? weight[gn * K + gk] : from_acc<T>(0);
     }
@@ -203,7 +203,7 @@ struct WeightStage {
     const int k = threadIdx.x % kReductionChunk;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int n = threadIdx.x / kReductionChunk + j * kRowStep;
+      const int n = threadIdx.x / kReductionChunk + j * kStageRowStep;
       if (n < rows) b_tile[n * b_ld + k] = v[j];
     }
   }
@@ -304,8 +304,7 @@ struct ReluToSmem {
 // kReductionChunk)-th pixel, so it decodes its kernel tap once per chunk rather than once per element.
 template <typename T>
 struct Im2colStage {
-  static constexpr int kRowStep = kThreads / kReductionChunk;
-  static constexpr int kPerThread = (kMaxTilePixels + kRowStep - 1) / kRowStep;
+  static constexpr int kPerThread = (kMaxTilePixels + kStageRowStep - 1) / kStageRowStep;
   const T* x;
   const int64_t* x_corner;  // per pixel: offset of its window's top-left corner (may be padding)
   const int64_t* ih0;
@@ -324,7 +323,7 @@ struct Im2colStage {
     const int64_t tap_offset = rc.c * sc + rc.r * sh + rc.s * sw;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int i = threadIdx.x / kReductionChunk + j * kRowStep;
+      const int i = threadIdx.x / kReductionChunk + j * kStageRowStep;
       T value = from_acc<T>(0);
       if (k_valid && i < count) {
         const int64_t ih = ih0[i] + rc.r;
@@ -338,7 +337,7 @@ struct Im2colStage {
     const int kk = threadIdx.x % kReductionChunk;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int i = threadIdx.x / kReductionChunk + j * kRowStep;
+      const int i = threadIdx.x / kReductionChunk + j * kStageRowStep;
       if (i < P) a_tile[i * a_ld + kk] = v[j];
     }
   }
