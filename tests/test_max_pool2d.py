@@ -75,6 +75,21 @@ def test_seed_shapes(backend):
         assert torch.equal(ops.max_pool2d(x, 3, 2), F.max_pool2d(x, 3, 2))
 
 
+@pytest.mark.parametrize("h, w", [(3, 3), (5, 17), (7, 32), (9, 33), (4, 34), (11, 35), (6, 66), (13, 100)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_3x3_stride2_rows_of_any_width(native_backend, h, w, ceil_mode):
+    """The NiN pools' shape has a kernel of its own on AVX-512 CPUs, 16 outputs (33 input columns)
+    at a time: widths around its chunk boundaries, NaN and -inf in the windows that straddle them."""
+    x = torch.randn(2, 3, h, w, device=device_for(native_backend))
+    for col in {0, w // 2, min(w - 1, 32), min(w - 1, 33), w - 1}:
+        x[0, 1, h // 2, col] = float("nan")
+        x[1, 2, 0, col] = float("-inf")
+    y = ops.max_pool2d(x, 3, 2, 0, ceil_mode)
+    expected = F.max_pool2d(x, 3, 2, 0, ceil_mode=ceil_mode)
+    assert torch.equal(y.isnan(), expected.isnan())
+    assert torch.equal(y.nan_to_num(), expected.nan_to_num())
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_gradient_matches_torch(native_backend, layout, dtype):
