@@ -64,10 +64,11 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
                 worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
     nin_ext._C.set_winograd_mode(-1)
 # max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels are compiled per ISA too: every
-# stride-2 window position, row tails of every vector width, paddings, a NaN that must win; values
-# and indices must equal torch's exactly.
+# stride-2 window position, row tails of every vector width (the 3x3 stride-2 kernels' chunks of 8
+# and 16 outputs too), paddings, a NaN that must win; values and indices must equal torch's exactly.
 pool_mismatches = 0
-for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (7, 37, 3, 2, 1), (9, 70, 5, 2, 2),
+for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (5, 17, 3, 2, 0), (9, 33, 3, 2, 0),
+                      (4, 35, 3, 2, 0), (11, 100, 3, 2, 0), (7, 37, 3, 2, 1), (9, 70, 5, 2, 2),
                       (5, 33, 2, 2, 0), (6, 17, 3, 1, 1), (8, 19, 3, 3, 0), (1, 3, 3, 2, 1)]:
     x = torch.randn(2, 3, h, w)
     x[1, 2, h // 2, w // 2] = float("nan")

@@ -116,12 +116,6 @@ inline __m512 shift_by_two(__m512 lo, __m512 hi) {
   return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 2));
 }
 
-// The NiN pools' shape: 3x3 windows at stride 2, no padding, every window inside the plane.
-bool is_inner_3x3_stride2(const MaxPool2dGeometry& g) {
-  return g.KH == 3 && g.KW == 3 && g.SH == 2 && g.SW == 2 && g.PH == 0 && g.PW == 0 && 2 * g.OH + 1 <= g.H &&
-         2 * g.OW + 1 <= g.W;
-}
-
 // That shape without a row buffer: per output row and 16 outputs, the three rows' max of input
 // columns [32k, 32k + 48) stays in registers and the windows' three columns come from permutes of
 // it. The general path stores the rows' max and reloads it at offsets 0, 1 and 2 with masked loads,

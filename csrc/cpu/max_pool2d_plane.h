@@ -53,6 +53,13 @@ inline std::pair<int64_t, int64_t> inner_windows(const MaxPool2dGeometry& g) {
   return {inner_begin, inner_end};
 }
 
+// The NiN pools' shape, which the vector ISAs' plane kernels run without a row buffer: 3x3
+// windows at stride 2, no padding, every window inside the plane.
+inline bool is_inner_3x3_stride2(const MaxPool2dGeometry& g) {
+  return g.KH == 3 && g.KW == 3 && g.SH == 2 && g.SW == 2 && g.PH == 0 && g.PW == 0 && 2 * g.OH + 1 <= g.H &&
+         2 * g.OW + 1 <= g.W;
+}
+
 // The steps in plain C++ (the compiler vectorises the contiguous one). `Isa` only tells the
 // instantiations apart: a translation unit compiled for another ISA (max_pool2d_avx512.cpp's
 // fallbacks) passes a type of its own, so that a copy it emits can never stand in for the baseline
