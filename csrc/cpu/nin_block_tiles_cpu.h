@@ -649,31 +649,41 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
   });
 }
 
-// The m x m blocks per Winograd tile: NR, or fewer so that the tiles divide evenly among the threads.
-// A tile's products cost the same whatever its count of blocks, but its transforms and 1x1 layers
-// shrink with it: 25 tiles of 32 blocks on two threads leave one idle for a tile's time, 26 tiles of
-// 31 keep both busy. Each block is computed the same way in any tile, so the result does not change.
-inline int64_t winograd_tile_blocks(int64_t blocks, int64_t nr) {
+// The batch's m x m blocks in Winograd tiles of at most NR consecutive blocks: as many tiles as the
+// least multiple of the thread count that can hold them, tile t blocks [t B / T, (t + 1) B / T), so
+// that tile sizes differ by one block at most. A tile's products cost the same whatever its count of
+// blocks, but its transforms and 1x1 layers shrink with it: the seed's block 2 at batch 16 is 26
+// tiles of 30 or 31 blocks (the threads' halves 392 blocks each; 25 full tiles would leave one thread
+// idle for a tile's time, and 25 of 31 and one of 9 gave them 403 and 381), at batch 32 50 tiles of
+// 31 or 32 (49 of 32 before: 25 and 24). Each block is computed the same way in any tile, so the
+// result does not change.
+struct WinogradTiles {
+  int64_t blocks, count;
+
+  int64_t first_block(int64_t tile) const { return tile * blocks / count; }
+  int64_t blocks_in(int64_t tile) const { return first_block(tile + 1) - first_block(tile); }
+  int64_t tile_of(int64_t block) const { return ((block + 1) * count - 1) / blocks; }
+};
+
+inline WinogradTiles winograd_tiles(int64_t blocks, int64_t nr) {
   const int64_t threads = at::get_num_threads(), full_tiles = (blocks + nr - 1) / nr;
   const int64_t tiles =
       full_tiles < threads ? std::min(threads, blocks) : (full_tiles + threads - 1) / threads * threads;
-  return (blocks + tiles - 1) / tiles;
+  return {blocks, tiles};
 }
 
-// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch: winograd_tile_blocks
-// consecutive m x m output blocks (the last tile fewer), in parallel over tiles; tiles may span
-// images.
+// Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch (winograd_tiles: tb consecutive
+// m x m output blocks from b0), in parallel over tiles; tiles may span images.
 template <typename scalar_t, typename TileFn>
 void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                             const PackedWinogradConv& winograd, InputPhases phases, const TileFn& tile_fn) {
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
-  const int64_t tile_blocks = winograd_tile_blocks(blocks, nr);
-  at::parallel_for(0, (blocks + tile_blocks - 1) / tile_blocks, 1, [&](int64_t begin, int64_t end) {
+  const WinogradTiles tiles = winograd_tiles(blocks, nr);
+  at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases);
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t b0 = tile * tile_blocks;
-      tile_fn(worker, b0, std::min(tile_blocks, blocks - b0));
+      tile_fn(worker, tiles.first_block(tile), tiles.blocks_in(tile));
     }
   });
 }
