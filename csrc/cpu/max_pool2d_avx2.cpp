@@ -107,48 +107,37 @@ struct Avx2PoolSteps {
   }
 };
 
-// max_pool2d_3x3_stride2_plane in max_pool2d_avx512.cpp with 8 outputs (17 input columns) at a time:
-// the rows' max of columns [16k, 16k + 24) in three registers, the windows' columns permuted and
-// blended out of them.
-void max_pool2d_3x3_stride2_plane(const float* in, float* out, const MaxPool2dGeometry& g) {
-  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6), odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
-  const __m256i even_shifted = _mm256_setr_epi32(2, 4, 6, 0, 2, 4, 6, 0);
-  const int64_t columns = 2 * g.OW + 1;  // the input columns the windows read
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    const float* r0 = in + 2 * oh * g.W;
-    const float* r1 = r0 + g.W;
-    const float* r2 = r1 + g.W;
-    // The three rows' max of columns [c, c + 8), zero past `columns` (plain loads where whole).
-    auto rows_max = [&](int64_t c) {
-      if (c + 8 <= columns) {
-        return nan_max8(nan_max8(_mm256_loadu_ps(r0 + c), _mm256_loadu_ps(r1 + c)), _mm256_loadu_ps(r2 + c));
-      }
-      const __m256i k = lanes_below(columns - c);
-      return nan_max8(nan_max8(_mm256_maskload_ps(r0 + c, k), _mm256_maskload_ps(r1 + c, k)),
-                      _mm256_maskload_ps(r2 + c, k));
-    };
-    __m256 v0 = rows_max(0);
-    for (int64_t ow = 0; ow < g.OW; ow += 8) {
-      const int64_t c = 2 * ow;
-      const __m256 v1 = c + 8 < columns ? rows_max(c + 8) : _mm256_setzero_ps();
-      const __m256 v2 = c + 16 < columns ? rows_max(c + 16) : _mm256_setzero_ps();
-      // Columns c, c + 2, ..., c + 14; c + 1, ..., c + 15; c + 2, ..., c + 16.
-      const __m256 left = _mm256_blend_ps(_mm256_permutevar8x32_ps(v0, even), _mm256_permutevar8x32_ps(v1, even), 0xF0);
-      const __m256 middle = _mm256_blend_ps(_mm256_permutevar8x32_ps(v0, odd), _mm256_permutevar8x32_ps(v1, odd), 0xF0);
-      const __m256 right = _mm256_blend_ps(
-          _mm256_blend_ps(_mm256_permutevar8x32_ps(v0, even_shifted), _mm256_permutevar8x32_ps(v1, even_shifted), 0x78),
-          _mm256_permutevar8x32_ps(v2, even_shifted), 0x80);
-      _mm256_maskstore_ps(out + oh * g.OW + ow, lanes_below(g.OW - ow), nan_max8(nan_max8(left, middle), right));
-      v0 = v2;
-    }
+// max_pool2d_3x3_stride2_plane's steps: 8 windows per vector, the even and odd lanes of two
+// registers gathered by a permute of each and a blend.
+struct Avx2Pool3x3Steps {
+  using reg = __m256;
+  static constexpr int64_t lanes = 8;
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg load_first(const float* p, int64_t n) { return _mm256_maskload_ps(p, lanes_below(n)); }
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg nan_max(reg m, reg v) { return nan_max8(m, v); }
+  static reg even(reg lo, reg hi) { return halves(lo, hi, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)); }
+  static reg odd(reg lo, reg hi) { return halves(lo, hi, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)); }
+  // Columns 2, 4, ..., 16: lo's 2, 4, 6, hi's 0, 2, 4, 6, next's 0.
+  static reg even_next(reg lo, reg hi, reg next) {
+    const __m256i shifted = _mm256_setr_epi32(2, 4, 6, 0, 2, 4, 6, 0);
+    return _mm256_blend_ps(_mm256_blend_ps(_mm256_permutevar8x32_ps(lo, shifted), _mm256_permutevar8x32_ps(hi, shifted), 0x78),
+                           _mm256_permutevar8x32_ps(next, shifted), 0x80);
   }
-}
+  static void store_first(float* p, int64_t n, reg v) { _mm256_maskstore_ps(p, lanes_below(n), v); }
+
+ private:
+  // Lanes 0-3 of lo permuted by `index`, then lanes 4-7 of hi permuted by it.
+  static reg halves(reg lo, reg hi, __m256i index) {
+    return _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, index), _mm256_permutevar8x32_ps(hi, index), 0xF0);
+  }
+};
 
 }  // namespace
 
 void max_pool2d_plane_avx2(const float* in, float* out, const MaxPool2dGeometry& g, float* row) {
   if (is_inner_3x3_stride2(g)) {
-    max_pool2d_3x3_stride2_plane(in, out, g);
+    max_pool2d_3x3_stride2_plane<Avx2Pool3x3Steps>(in, out, g);
     return;
   }
   max_pool2d_plane<float, Avx2PoolSteps>(in, out, g, row);

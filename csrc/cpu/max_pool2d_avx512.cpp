@@ -111,53 +111,36 @@ struct Avx512PoolSteps {
   }
 };
 
-// Lanes 2..15 of lo, then lanes 0 and 1 of hi.
-inline __m512 shift_by_two(__m512 lo, __m512 hi) {
-  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 2));
-}
-
-// That shape without a row buffer: per output row and 16 outputs, the three rows' max of input
-// columns [32k, 32k + 48) stays in registers and the windows' three columns come from permutes of
-// it. The general path stores the rows' max and reloads it at offsets 0, 1 and 2 with masked loads,
-// which wait for the stores. The same comparisons in the same order as the general path (rows, then
-// columns), so the results are the same to the bit.
-void max_pool2d_3x3_stride2_plane(const float* in, float* out, const MaxPool2dGeometry& g) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const int64_t columns = 2 * g.OW + 1;  // the input columns the windows read
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    const float* r0 = in + 2 * oh * g.W;
-    const float* r1 = r0 + g.W;
-    const float* r2 = r1 + g.W;
-    // The three rows' max of columns [c, c + 16), zero past `columns` (plain loads where whole:
-    // max_of_rows says why).
-    auto rows_max = [&](int64_t c) {
-      if (c + 16 <= columns) {
-        return nan_max16(nan_max16(_mm512_loadu_ps(r0 + c), _mm512_loadu_ps(r1 + c)), _mm512_loadu_ps(r2 + c));
-      }
-      const __mmask16 k = tail_mask(columns - c);
-      return nan_max16(nan_max16(_mm512_maskz_loadu_ps(k, r0 + c), _mm512_maskz_loadu_ps(k, r1 + c)),
-                       _mm512_maskz_loadu_ps(k, r2 + c));
-    };
-    __m512 v0 = rows_max(0);
-    for (int64_t ow = 0; ow < g.OW; ow += 16) {
-      const int64_t c = 2 * ow;
-      const __m512 v1 = c + 16 < columns ? rows_max(c + 16) : _mm512_setzero_ps();
-      const __m512 v2 = c + 32 < columns ? rows_max(c + 32) : _mm512_setzero_ps();
-      const __m512 left = _mm512_permutex2var_ps(v0, even, v1);   // columns c, c + 2, ..., c + 30
-      const __m512 middle = _mm512_permutex2var_ps(v0, odd, v1);  // c + 1, ..., c + 31
-      const __m512 right = _mm512_permutex2var_ps(shift_by_two(v0, v1), even, shift_by_two(v1, v2));  // c + 2, ..., c + 32
-      _mm512_mask_storeu_ps(out + oh * g.OW + ow, tail_mask(g.OW - ow), nan_max16(nan_max16(left, middle), right));
-      v0 = v2;
-    }
+// max_pool2d_3x3_stride2_plane's steps: 16 windows per vector.
+struct Avx512Pool3x3Steps {
+  using reg = __m512;
+  static constexpr int64_t lanes = 16;
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg nan_max(reg m, reg v) { return nan_max16(m, v); }
+  static reg even(reg lo, reg hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
   }
-}
+  static reg odd(reg lo, reg hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi);
+  }
+  // Columns 2, 4, ..., 32: the even lanes of (lo, hi) and (hi, next) shifted by two.
+  static reg even_next(reg lo, reg hi, reg next) { return even(shift_by_two(lo, hi), shift_by_two(hi, next)); }
+  static void store_first(float* p, int64_t n, reg v) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+
+ private:
+  // Lanes 2..15 of lo, then lanes 0 and 1 of hi.
+  static reg shift_by_two(reg lo, reg hi) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 2));
+  }
+};
 
 }  // namespace
 
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row) {
   if (is_inner_3x3_stride2(g)) {
-    max_pool2d_3x3_stride2_plane(in, out, g);
+    max_pool2d_3x3_stride2_plane<Avx512Pool3x3Steps>(in, out, g);
     return;
   }
   max_pool2d_plane<float, Avx512PoolSteps>(in, out, g, row);

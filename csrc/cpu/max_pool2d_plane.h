@@ -60,6 +60,43 @@ inline bool is_inner_3x3_stride2(const MaxPool2dGeometry& g) {
          2 * g.OW + 1 <= g.W;
 }
 
+// That shape's plane kernel, V::lanes outputs at a time: the three rows' max of input columns
+// [2 ow, 2 ow + 3 lanes) stays in three registers, and the windows' three columns are permuted out of
+// them (V::even: columns 0, 2, ... of two registers; V::odd: 1, 3, ...; V::even_next: 2, 4, ... of
+// three). max_pool2d_plane stores the rows' max and reloads it at offsets 0, 1 and 2, loads that wait
+// for those stores: 2-3x slower on the NiN pools (benchmarks/NOTES.md, v15). The same comparisons in
+// the same order (rows, then columns), so the results are the same to the bit. V (per ISA): reg,
+// lanes, load, load_first(p, n) (lanes past n zero), zero, nan_max, even, odd, even_next,
+// store_first(p, n, v).
+template <typename V>
+void max_pool2d_3x3_stride2_plane(const float* in, float* out, const MaxPool2dGeometry& g) {
+  constexpr int64_t L = V::lanes;
+  const int64_t columns = 2 * g.OW + 1;  // the input columns the windows read
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const float* r0 = in + 2 * oh * g.W;
+    const float* r1 = r0 + g.W;
+    const float* r2 = r1 + g.W;
+    // The three rows' max of columns [c, c + L), zero past `columns`. Plain loads where whole:
+    // masked ones for every vector ran a pool whose input streams from memory 2.3x slower.
+    auto rows_max = [&](int64_t c) {
+      if (c + L <= columns) {
+        return V::nan_max(V::nan_max(V::load(r0 + c), V::load(r1 + c)), V::load(r2 + c));
+      }
+      const int64_t n = columns - c;
+      return V::nan_max(V::nan_max(V::load_first(r0 + c, n), V::load_first(r1 + c, n)), V::load_first(r2 + c, n));
+    };
+    typename V::reg v0 = rows_max(0);
+    for (int64_t ow = 0; ow < g.OW; ow += L) {
+      const int64_t c = 2 * ow;
+      const typename V::reg v1 = c + L < columns ? rows_max(c + L) : V::zero();
+      const typename V::reg v2 = c + 2 * L < columns ? rows_max(c + 2 * L) : V::zero();
+      V::store_first(out + oh * g.OW + ow, g.OW - ow,
+                     V::nan_max(V::nan_max(V::even(v0, v1), V::odd(v0, v1)), V::even_next(v0, v1, v2)));
+      v0 = v2;
+    }
+  }
+}
+
 // The steps in plain C++ (the compiler vectorises the contiguous one). `Isa` only tells the
 // instantiations apart: a translation unit compiled for another ISA (max_pool2d_avx512.cpp's
 // fallbacks) passes a type of its own, so that a copy it emits can never stand in for the baseline
