@@ -78,8 +78,9 @@ def test_seed_shapes(backend):
 @pytest.mark.parametrize("h, w", [(3, 3), (5, 17), (7, 32), (9, 33), (4, 34), (11, 35), (6, 66), (13, 100)])
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_3x3_stride2_rows_of_any_width(native_backend, h, w, ceil_mode):
-    """The NiN pools' shape has a kernel of its own on AVX-512 CPUs, 16 outputs (33 input columns)
-    at a time: widths around its chunk boundaries, NaN and -inf in the windows that straddle them."""
+    """The NiN pools' shape has a plane kernel of its own on AVX-512 and AVX2 CPUs, 16 or 8 outputs
+    (33 or 17 input columns) at a time: widths around their chunk boundaries, NaN and -inf in the
+    windows that straddle them (test_cpu_isa runs the other ISA's)."""
     x = torch.randn(2, 3, h, w, device=device_for(native_backend))
     for col in {0, w // 2, min(w - 1, 32), min(w - 1, 33), w - 1}:
         x[0, 1, h // 2, col] = float("nan")
