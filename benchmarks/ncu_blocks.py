@@ -1,0 +1,24 @@
+"""Blocks 2 and 3 of the NiN at batch 256 in TF32, once each inside a CUDA profiler range, for Nsight
+Compute: `ncu --profile-from-start off --set full -c 1 python benchmarks/ncu_blocks.py` profiles
+block 2's kernel (`-c 2` adds block 3's)."""
+import torch
+
+import nin_ext
+
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+torch.manual_seed(0)
+block2 = nin_ext.NiNBlock(96, 256, 5, 1, 2).cuda()
+block3 = nin_ext.NiNBlock(256, 384, 3, 1, 1).cuda()
+x2 = torch.randn(256, 96, 26, 26, device="cuda")
+x3 = torch.randn(256, 256, 12, 12, device="cuda")
+with torch.no_grad():
+    for _ in range(2):  # compile-free warm-up: plans, caches, lazy module loading
+        block2(x2)
+        block3(x3)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    block2(x2)
+    block3(x3)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
