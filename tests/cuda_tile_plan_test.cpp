@@ -53,19 +53,22 @@ static void check_layout(int64_t tile_pixels, int64_t cc, int64_t c1, int64_t el
   const SmemLayout s = make_smem_layout(tile_pixels, cc, c1, elem, acc, group);
   const int64_t offsets[6] = {s.h0_offset, s.h1_offset, s.a_offset, s.b_offset, s.c_offset, s.pixels_offset};
   const int64_t sizes[6] = {tile_pixels * s.h0_ld * elem, tile_pixels * s.h1_ld * elem, tile_pixels * s.a_ld * elem,
-                            s.conv_group * kChannelChunk * s.b_ld * elem, tile_pixels * s.c_ld * acc,
-                            4 * tile_pixels * 8};
+                            s.chunk_group * kChannelChunk * s.b_ld * elem, tile_pixels * s.c_ld * acc,
+                            tile_pixels * kPixelTableBytes};
   // b holds every pass's weight rows: the spatial convolution's first (widest) pass and a 1x1 chunk.
-  CHECK(s.conv_group >= 1 && s.conv_group <= group && s.conv_group == chunks_per_pass(cc, group),
-        "b holds %d chunks for %lld channels in groups of %d", s.conv_group, (long long)cc, group);
+  CHECK(s.chunk_group >= 1 && s.chunk_group <= group && s.chunk_group == chunks_per_pass(cc, group),
+        "b holds %d chunks for %lld channels in groups of %d", s.chunk_group, (long long)cc, group);
   for (int i = 0; i < 6; ++i) {
     CHECK(offsets[i] % kSmemAlign == 0, "region %d offset %lld not aligned", i, (long long)offsets[i]);
     CHECK(offsets[i] + sizes[i] <= s.bytes, "region %d past the end", i);
     for (int j = i + 1; j < 6; ++j) CHECK(disjoint(offsets[i], sizes[i], offsets[j], sizes[j]), "regions %d %d", i, j);
   }
-  // WMMA: ldm a multiple of 8 elements (16-bit) / 4 (32-bit); 16-row and kK-column steps stay 32-byte aligned.
-  const int64_t lds[5] = {s.h0_ld, s.h1_ld, s.a_ld, s.b_ld, s.c_ld};
-  for (int64_t ld : lds) CHECK(ld % 8 == 0 && (16 * ld * elem) % 32 == 0, "ld %lld", (long long)ld);
+  // WMMA: ldm a multiple of 16 bytes; 16-row steps stay 32-byte aligned. Rows an odd number of 16-byte
+  // units apart: a fragment's 8 rows x 4 words fall in 32 different banks.
+  const int64_t row_bytes[5] = {s.h0_ld * elem, s.h1_ld * elem, s.a_ld * elem, s.b_ld * elem, s.c_ld * acc};
+  for (int64_t bytes : row_bytes) {
+    CHECK(bytes % 16 == 0 && (bytes / 16) % 2 == 1 && (16 * bytes) % 32 == 0, "row of %lld bytes", (long long)bytes);
+  }
   // The next layer reads h up to the reduction chunk past the channel count: inside the row.
   CHECK(round_up(cc, kReductionChunk) <= s.h0_ld && round_up(cc, kChannelChunk) <= s.h0_ld, "h0 row too short");
   CHECK(round_up(c1, kReductionChunk) <= s.h1_ld && round_up(c1, kChannelChunk) <= s.h1_ld, "h1 row too short");
@@ -90,7 +93,7 @@ int main() {
     }
   }
   // passes of the spatial convolution: whole groups, then the rest; never more than b holds
-  for (int group = 1; group <= kMaxConvChunkGroup; ++group) {
+  for (int group = 1; group <= kMaxChunkGroup; ++group) {
     for (int64_t c : {1, 63, 64, 65, 255, 256, 257, 384, 1000}) {
       int64_t covered = 0;
       while (covered < c) {
@@ -115,7 +118,7 @@ int main() {
   }
   for (int64_t p : {8, 16, 32, 64}) {
     for (int64_t c : {1, 10, 63, 64, 65, 96, 384, 1000, 1024}) {
-      for (int group = 1; group <= kMaxConvChunkGroup; ++group) {
+      for (int group = 1; group <= kMaxChunkGroup; ++group) {
         check_layout(p, c, 2 * c / 3 + 1, 4, 4, group);
         check_layout(p, c, c, 2, 4, group);
         check_layout(p, c, c, 8, 8, group);
@@ -144,13 +147,13 @@ int main() {
   const TilePlan batch1 = plan_nin_block_tile(384, 384, 4, 4, 16, h100, 1, 144, false, 132);
   CHECK(batch1.tile_pixels == 16, "batch 1 shrinks the tile to feed the GPU, got %lld", (long long)batch1.tile_pixels);
   const TilePlan block2 = plan_nin_block_tile(256, 256, 4, 4, 16, h100, 256, 27 * 27, false, 132);
-  CHECK(block2.tile_pixels == kMaxTilePixels && block2.smem.conv_group == 4,
+  CHECK(block2.tile_pixels == kMaxTilePixels && block2.smem.chunk_group == 4,
         "block 2 at batch 256 gathers once for its 256 channels, got %lld pixels, group %d",
-        (long long)block2.tile_pixels, block2.smem.conv_group);
+        (long long)block2.tile_pixels, block2.smem.chunk_group);
   const TilePlan wide_a100 = plan_nin_block_tile(1024, 1024, 4, 4, 16, a100, 256, 144, false, 108);
-  CHECK(wide_a100.tile_pixels == 16 && wide_a100.smem.conv_group < kMaxConvChunkGroup,
+  CHECK(wide_a100.tile_pixels == 16 && wide_a100.smem.chunk_group < kMaxChunkGroup,
         "C=1024 fp32 on an A100 fits with a smaller group, got %lld pixels, group %d",
-        (long long)wide_a100.tile_pixels, wide_a100.smem.conv_group);
+        (long long)wide_a100.tile_pixels, wide_a100.smem.chunk_group);
   const TilePlan none = plan_nin_block_tile(8192, 8192, 4, 4, 16, h100, 1, 1, false, 132);
   CHECK(none.tile_pixels == 0, "channels too wide must give no plan");
 

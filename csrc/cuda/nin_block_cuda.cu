@@ -5,9 +5,9 @@
 // the activations it keeps in shared memory (h0, h1), and an epilogue that stores the block output
 // or, for nin_block_gap, sums it per channel over the tile. Every layer is computed in chunks of
 // kChannelChunk output channels and kReductionChunk reduction elements, so any channel count works;
-// only the tile's pixel count shrinks (host plan, nin_block_tile_plan.h) when h0 and h1 are wide. The
-// spatial convolution accumulates a group of channel chunks from each gathered im2col chunk, so that
-// the gather runs once per group rather than once per chunk.
+// only the tile's pixel count shrinks (host plan, nin_block_tile_plan.h) when h0 and h1 are wide. Each
+// layer accumulates a group of channel chunks from each staged chunk of its A, so that the im2col
+// gather runs once per group rather than once per chunk.
 //
 // The inner product of a chunk is a policy: WmmaMath (tensor cores through WMMA: TF32, fp16, bf16
 // with fp32 accumulation; sm_80+) or SimtMath (FFMA: exact fp32, and fp64).
@@ -192,11 +192,14 @@ struct WeightStage {
 
   __device__ void load(const T* weight, int64_t K, int64_t out_channels, int64_t n0, int rows, int64_t k0) {
     const int64_t gk = k0 + threadIdx.x % kReductionChunk;
+    const int n_first = threadIdx.x / kReductionChunk;
+    // rows this thread may read: below `rows` and out_channels, and none past K
+    const int64_t rows_here = gk < K ? (out_channels - n0 < rows ? out_channels - n0 : rows) : 0;
+    const T* element = weight + (n0 + n_first) * K + gk;  // stepped by a pointer add, not a 64-bit multiply
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int n = threadIdx.x / kReductionChunk + j * kStageRowStep;
-      const int64_t gn = n0 + n;
-      v[j] = (n < rows && gn < out_channels && gk < K) ? weight[gn * K + gk] : from_acc<T>(0);
+      v[j] = n_first + j * kStageRowStep < rows_here ? *element : from_acc<T>(0);
+      element += kStageRowStep * K;
     }
   }
   __device__ void store(T* b_tile, int64_t b_ld, int rows) const {
@@ -211,16 +214,17 @@ struct WeightStage {
 
 // One layer of the block for the tile: for each chunk of kChannelChunk output channels,
 // acc = A[0:P, 0:K] @ weight[chunk, 0:K]^T, then epilogue(n0, acc tile) with the accumulators in c.
-// A pass computes `group` (at most G) chunks from each staged A chunk (group > 1 for the spatial
-// convolution, whose A is gathered from x); b_tile holds `group` chunks. a_stage provides A's
+// A pass computes `group` (at most kMaxChunkGroup) chunks from each staged A chunk; b_tile holds
+// `group` chunks. a_stage provides A's
 // columns [k0, k0 + kReductionChunk): load(k0) and store() stage them (as WeightStage does, or
 // nothing when A is already in shared memory), tile(k0) and ld() read them; A and the weight chunks
 // are zero beyond K.
-template <typename Math, int G, typename AStage, typename Epilogue>
+template <typename Math, typename AStage, typename Epilogue>
 __device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t out_channels, int group, int P,
                            typename Math::Elem* b_tile, int64_t b_ld, typename Math::Acc* c_tile, int64_t c_ld,
                            AStage& a_stage, Epilogue epilogue) {
   using T = typename Math::Elem;
+  constexpr int G = kMaxChunkGroup;
   const int per_pass = group < G ? group : G;
   const int64_t steps = ceil_div(K, kReductionChunk);
   for (int64_t n0 = 0; n0 < out_channels; n0 += int64_t(per_pass) * kChannelChunk) {
@@ -307,17 +311,19 @@ struct Im2colStage {
   static constexpr int kPerThread = (kMaxTilePixels + kStageRowStep - 1) / kStageRowStep;
   const T* x;
   const int64_t* x_corner;  // per pixel: offset of its window's top-left corner (may be padding)
-  const int64_t* ih0;
-  const int64_t* iw0;
+  const int32_t* ih0;
+  const int32_t* iw0;
   T* a_tile;
   int64_t a_ld;
-  int64_t K;  // C0 * KH * KW
-  int64_t KH, KW, sc, sh, sw, H, W;
+  int32_t K;  // C0 * KH * KW
+  int32_t KH, KW;
+  int64_t sc, sh, sw;
+  int32_t H, W;
   int count, P;
   T v[kPerThread];
 
   __device__ void load(int64_t k0) {
-    const int64_t k = k0 + threadIdx.x % kReductionChunk;
+    const int32_t k = static_cast<int32_t>(k0) + static_cast<int32_t>(threadIdx.x % kReductionChunk);
     const bool k_valid = k < K;
     const ReductionCoord rc = reduction_coord(k_valid ? k : 0, KH, KW);
     const int64_t tap_offset = rc.c * sc + rc.r * sh + rc.s * sw;
@@ -326,9 +332,10 @@ struct Im2colStage {
       const int i = threadIdx.x / kReductionChunk + j * kStageRowStep;
       T value = from_acc<T>(0);
       if (k_valid && i < count) {
-        const int64_t ih = ih0[i] + rc.r;
-        const int64_t iw = iw0[i] + rc.s;
-        if (ih >= 0 && ih < H && iw >= 0 && iw < W) value = x[x_corner[i] + tap_offset];
+        // unsigned compares: a row or column above or left of the image wraps to a large value
+        const uint32_t ih = static_cast<uint32_t>(ih0[i] + rc.r);
+        const uint32_t iw = static_cast<uint32_t>(iw0[i] + rc.s);
+        if (ih < static_cast<uint32_t>(H) && iw < static_cast<uint32_t>(W)) value = x[x_corner[i] + tap_offset];
       }
       v[j] = value;
     }
@@ -368,9 +375,9 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   Acc* c_tile = reinterpret_cast<Acc*>(smem + p.smem.c_offset);
   const int P = static_cast<int>(p.tiling.tile_pixels);
   int64_t* x_corner = reinterpret_cast<int64_t*>(smem + p.smem.pixels_offset);
-  int64_t* ih0 = x_corner + P;
-  int64_t* iw0 = ih0 + P;
-  int64_t* out_offset = iw0 + P;
+  int64_t* out_offset = x_corner + P;
+  int32_t* ih0 = reinterpret_cast<int32_t*>(out_offset + P);
+  int32_t* iw0 = ih0 + P;
 
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.w);
@@ -386,9 +393,9 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   for (int i = threadIdx.x; i < P; i += kThreads) {
     if (i < count) {
       const PixelCoord q = pixel_coord(first + i, p.OH, p.OW);
-      ih0[i] = q.oh * p.SH - p.PH;
-      iw0[i] = q.ow * p.SW - p.PW;
-      x_corner[i] = q.n * p.x_stride[0] + ih0[i] * p.x_stride[2] + iw0[i] * p.x_stride[3];
+      ih0[i] = static_cast<int32_t>(q.oh * p.SH - p.PH);
+      iw0[i] = static_cast<int32_t>(q.ow * p.SW - p.PW);
+      x_corner[i] = q.n * p.x_stride[0] + int64_t(ih0[i]) * p.x_stride[2] + int64_t(iw0[i]) * p.x_stride[3];
       out_offset[i] = q.n * p.out_stride[0] + q.oh * p.out_stride[2] + q.ow * p.out_stride[3];
     } else {
       x_corner[i] = ih0[i] = iw0[i] = out_offset[i] = 0;
@@ -396,19 +403,23 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   }
   // (tile_layer's first __syncthreads publishes the pixel table)
 
-  Im2colStage<T> gather{x, x_corner, ih0, iw0, a_tile, p.smem.a_ld, p.C0 * p.KH * p.KW, p.KH, p.KW,
-                        p.x_stride[1], p.x_stride[2], p.x_stride[3], p.H, p.W, count, P};
+  // (the host checks that K, H and W plus padding fit in int32)
+  Im2colStage<T> gather{x, x_corner, ih0, iw0, a_tile, p.smem.a_ld,
+                        static_cast<int32_t>(p.C0 * p.KH * p.KW), static_cast<int32_t>(p.KH),
+                        static_cast<int32_t>(p.KW), p.x_stride[1], p.x_stride[2], p.x_stride[3],
+                        static_cast<int32_t>(p.H), static_cast<int32_t>(p.W), count, P};
   SmemRows<T> from_h0{h0, p.smem.h0_ld};
   SmemRows<T> from_h1{h1, p.smem.h1_ld};
   const int64_t c_ld = p.smem.c_ld;
   using ToSmem = ReluToSmem<T, Acc>;
-  tile_layer<Math, kMaxConvChunkGroup>(w, gather.K, p.CC, p.smem.conv_group, P, b_tile, p.smem.b_ld, c_tile,
-                                      c_ld, gather, ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
-  tile_layer<Math, 1>(w1, p.CC, p.C1, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
-                      ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
+  const int group = p.smem.chunk_group;
+  tile_layer<Math>(w, gather.K, p.CC, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, gather,
+                   ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
+  tile_layer<Math>(w1, p.CC, p.C1, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
+                   ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
   if (p.gap) {
     Acc* partial = static_cast<Acc*>(p.gap_partial) + tile * p.C2;
-    tile_layer<Math, 1>(w2, p.C1, p.C2, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int n = threadIdx.x; n < kChannelChunk; n += kThreads) {
         const int64_t c = n0 + n;
         if (c < p.C2) {
@@ -424,7 +435,7 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
     // Consecutive threads take consecutive channels when they are adjacent in memory (channels_last),
     // else consecutive pixels.
     const bool channels_fastest = p.out_stride[1] == 1;
-    tile_layer<Math, 1>(w2, p.C1, p.C2, 1, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int e = threadIdx.x; e < P * kChannelChunk; e += kThreads) {
         const int i = channels_fastest ? e / kChannelChunk : e % P;
         const int n = channels_fastest ? e % kChannelChunk : e / P;

@@ -18,15 +18,20 @@ namespace cuda {
 constexpr int kThreads = 512;            // 16 warps per CTA: the wide layers fit one CTA per SM
 constexpr int kChannelChunk = 64;        // output channels per chunk: 4 warps side by side x 16 WMMA columns
 constexpr int kReductionChunk = 32;      // reduction elements (K) staged in shared memory per pass
-constexpr int kRowPad = 8;               // extra elements per shared-memory row (WMMA ldm is a multiple of 8)
+// Extra bytes per shared-memory row. 16 bytes keep WMMA's ldm a multiple of 16 bytes and make every
+// row stride an odd number of 16-byte units: the 8 rows x 4 words that a fragment load reads then
+// fall in 32 different banks (a 32-byte pad put rows r and r + 4 in the same bank: 2-way conflicts).
+constexpr int64_t kRowPadBytes = 16;
 constexpr int kMaxTilePixels = 64;       // pixels per tile, at most; 4 WMMA row fragments
-// The spatial convolution computes up to this many channel chunks from each staged im2col chunk: the
-// gather, its costliest staging, then runs once per group of chunks rather than once per chunk. The
-// plan picks the group (SmemLayout::conv_group) that fits, since b holds a whole group's weights.
-constexpr int kMaxConvChunkGroup = 4;
+// Each layer computes up to this many channel chunks from each staged chunk of its A: the spatial
+// convolution's gather, its costliest staging, then runs once per group of chunks rather than once per
+// chunk, and each warp reuses an A fragment for the whole group. The plan picks the group
+// (SmemLayout::chunk_group) that fits, since b holds a whole group's weights.
+constexpr int kMaxChunkGroup = 4;
 constexpr int kTensorCoreMinTilePixels = 16;  // one WMMA row fragment
 constexpr int kSimtMinTilePixels = 8;
 constexpr int64_t kSmemAlign = 128;
+constexpr int64_t kPixelTableBytes = 2 * 8 + 2 * 4;  // per pixel: two int64 offsets, two int32 coordinates
 
 NIN_HOST_DEVICE constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 NIN_HOST_DEVICE constexpr int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
@@ -69,14 +74,16 @@ NIN_HOST_DEVICE inline PixelTiling make_pixel_tiling(int64_t images, int64_t pix
 }
 
 // The three coordinates of a row-major index into dimensions (any, d1, d2).
+template <typename I>
 struct Unraveled3 {
-  int64_t i, j, k;
+  I i, j, k;
 };
-NIN_HOST_DEVICE inline Unraveled3 unravel3(int64_t index, int64_t d1, int64_t d2) {
-  const int64_t i = index / (d1 * d2);
-  const int64_t rest = index - i * (d1 * d2);
-  const int64_t j = rest / d2;
-  return Unraveled3{i, j, rest - j * d2};
+template <typename I>
+NIN_HOST_DEVICE inline Unraveled3<I> unravel3(I index, I d1, I d2) {
+  const I i = index / (d1 * d2);
+  const I rest = index - i * (d1 * d2);
+  const I j = rest / d2;
+  return Unraveled3<I>{i, j, rest - j * d2};
 }
 
 // (image, output row, output column) of an output pixel number.
@@ -84,46 +91,49 @@ struct PixelCoord {
   int64_t n, oh, ow;
 };
 NIN_HOST_DEVICE inline PixelCoord pixel_coord(int64_t pixel, int64_t OH, int64_t OW) {
-  const Unraveled3 u = unravel3(pixel, OH, OW);
+  const Unraveled3<int64_t> u = unravel3(pixel, OH, OW);
   return PixelCoord{u.i, u.j, u.k};
 }
 
 // (input channel, kernel row, kernel column) of a reduction index k of the spatial convolution; k
-// follows the weight's [C_out][C_in][KH][KW] layout: k = (c * KH + r) * KW + s.
+// follows the weight's [C_out][C_in][KH][KW] layout: k = (c * KH + r) * KW + s. In 32 bits (the host
+// checks that C_in * KH * KW fits): the kernel decodes one k per thread and K step, and a 64-bit
+// division costs several times a 32-bit one.
 struct ReductionCoord {
-  int64_t c, r, s;
+  int32_t c, r, s;
 };
-NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int64_t k, int64_t KH, int64_t KW) {
-  const Unraveled3 u = unravel3(k, KH, KW);
-  return ReductionCoord{u.i, u.j, u.k};
+NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int32_t k, int32_t KH, int32_t KW) {
+  const Unraveled3<uint32_t> u = unravel3<uint32_t>(k, KH, KW);
+  return ReductionCoord{int32_t(u.i), int32_t(u.j), int32_t(u.k)};
 }
 
 // Shared memory of one CTA, offsets in bytes from the (128-byte aligned) base:
 //   h0      [tile_pixels][h0_ld]  elem   relu(conv) of the tile, channels padded to kChannelChunk with zeros
 //   h1      [tile_pixels][h1_ld]  elem   relu(1x1 conv) of h0
 //   a       [tile_pixels][a_ld]   elem   the im2col chunk of the spatial convolution
-//   b       [conv_group * kChannelChunk][b_ld]
-//                                 elem   a chunk of a weight matrix, [out channel][k]: one channel
-//                                        chunk, or conv_group of them for the spatial convolution
+//   b       [chunk_group * kChannelChunk][b_ld]
+//                                 elem   a chunk of a weight matrix, [out channel][k]: a group of
+//                                        chunk_group channel chunks
 //   c       [tile_pixels][c_ld]   acc    the accumulators of one output-channel chunk
-//   pixels  4 x [tile_pixels]     int64  per pixel: x offset of its window's top-left corner, first
-//                                        input row and column, output offset
+//   pixels  2 x [tile_pixels]     int64  per pixel: x offset of its window's top-left corner, output offset
+//           2 x [tile_pixels]     int32  per pixel: first input row and column
 struct SmemLayout {
   int64_t h0_ld, h1_ld, a_ld, b_ld, c_ld;  // row strides in elements
-  int conv_group;                          // channel chunks per pass of the spatial convolution
+  int chunk_group;  // channel chunks per pass of each layer (at most the spatial convolution's chunks)
   int64_t h0_offset, h1_offset, a_offset, b_offset, c_offset, pixels_offset;
   int64_t bytes;
 };
 
 NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t conv_channels, int64_t c1,
-                                                   int64_t elem_bytes, int64_t acc_bytes, int conv_group) {
+                                                   int64_t elem_bytes, int64_t acc_bytes, int chunk_group) {
   SmemLayout s;
-  s.h0_ld = round_up(conv_channels, kChannelChunk) + kRowPad;
-  s.h1_ld = round_up(c1, kChannelChunk) + kRowPad;
-  s.a_ld = kReductionChunk + kRowPad;
-  s.b_ld = kReductionChunk + kRowPad;
-  s.c_ld = kChannelChunk + kRowPad;
-  s.conv_group = chunks_per_pass(conv_channels > 0 ? conv_channels : 1, conv_group);
+  const int64_t pad = kRowPadBytes / elem_bytes;
+  s.h0_ld = round_up(conv_channels, kChannelChunk) + pad;
+  s.h1_ld = round_up(c1, kChannelChunk) + pad;
+  s.a_ld = kReductionChunk + pad;
+  s.b_ld = kReductionChunk + pad;
+  s.c_ld = kChannelChunk + kRowPadBytes / acc_bytes;
+  s.chunk_group = chunks_per_pass(conv_channels > 0 ? conv_channels : 1, chunk_group);
   int64_t at = 0;
   auto take = [&at](int64_t bytes) {
     const int64_t offset = at;
@@ -133,9 +143,9 @@ NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t 
   s.h0_offset = take(tile_pixels * s.h0_ld * elem_bytes);
   s.h1_offset = take(tile_pixels * s.h1_ld * elem_bytes);
   s.a_offset = take(tile_pixels * s.a_ld * elem_bytes);
-  s.b_offset = take(int64_t(s.conv_group) * kChannelChunk * s.b_ld * elem_bytes);
+  s.b_offset = take(int64_t(s.chunk_group) * kChannelChunk * s.b_ld * elem_bytes);
   s.c_offset = take(tile_pixels * s.c_ld * acc_bytes);
-  s.pixels_offset = take(4 * tile_pixels * int64_t(sizeof(int64_t)));
+  s.pixels_offset = take(tile_pixels * kPixelTableBytes);
   s.bytes = at;
   return s;
 }
@@ -145,15 +155,15 @@ struct TilePlan {
   SmemLayout smem;
 };
 
-// The largest tile (kMaxTilePixels, halved down to min_tile_pixels), with the largest convolution
-// group at that tile, whose shared memory fits smem_limit bytes; the tile is halved further while the
+// The largest tile (kMaxTilePixels, halved down to min_tile_pixels), with the largest chunk group at
+// that tile, whose shared memory fits smem_limit bytes; the tile is halved further while the
 // grid would leave multiprocessors idle (fewer than two tiles per multiprocessor), e.g. at batch 1.
 inline TilePlan plan_nin_block_tile(int64_t conv_channels, int64_t c1, int64_t elem_bytes, int64_t acc_bytes,
                                     int64_t min_tile_pixels, int64_t smem_limit, int64_t images,
                                     int64_t pixels_per_image, bool per_image, int64_t multiprocessors) {
   TilePlan plan{0, SmemLayout{}};
   for (int64_t p = kMaxTilePixels; p >= min_tile_pixels && plan.tile_pixels == 0; p /= 2) {
-    for (int group = kMaxConvChunkGroup; group >= 1; --group) {
+    for (int group = kMaxChunkGroup; group >= 1; --group) {
       const SmemLayout s = make_smem_layout(p, conv_channels, c1, elem_bytes, acc_bytes, group);
       if (s.bytes <= smem_limit) {
         plan = TilePlan{p, s};
@@ -167,7 +177,7 @@ inline TilePlan plan_nin_block_tile(int64_t conv_channels, int64_t c1, int64_t e
   while (plan.tile_pixels > min_tile_pixels &&
          make_pixel_tiling(images, pixels_per_image, per_image, plan.tile_pixels).tiles() < 2 * multiprocessors) {
     const int64_t p2 = plan.tile_pixels / 2;
-    plan = TilePlan{p2, make_smem_layout(p2, conv_channels, c1, elem_bytes, acc_bytes, plan.smem.conv_group)};
+    plan = TilePlan{p2, make_smem_layout(p2, conv_channels, c1, elem_bytes, acc_bytes, plan.smem.chunk_group)};
   }
   return plan;
 }

@@ -60,6 +60,12 @@ at::Tensor run_nin_block(bool gap, const at::Tensor& x, const at::Tensor& w, con
   const NinBlockGeometry g = check_nin_block_args(x, w, b, w1, b1, w2, b2, stride, padding, op);
   TORCH_CHECK(x.is_cuda(), op, ": x is on ", x.device(), "; the CUDA kernels need CUDA tensors");
   const ElemType dtype = elem_type(x, op);
+  // the kernel's gather decodes reduction indices and input coordinates in 32 bits
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(g.C0 * g.KH * g.KW <= kInt32Max, op, ": w has ", g.C0 * g.KH * g.KW,
+              " weights per output channel; the CUDA kernels take at most ", kInt32Max);
+  TORCH_CHECK(g.H + g.PH + g.KH <= kInt32Max && g.W + g.PW + g.KW <= kInt32Max, op, ": x is ", g.H, " x ", g.W,
+              " with padding ", g.PH, " x ", g.PW, "; the CUDA kernels take rows and columns below 2^31");
   const c10::cuda::CUDAGuard guard(x.device());
   const int device = x.get_device();
   TORCH_CHECK(device_attribute(cudaDevAttrComputeCapabilityMajor, device) >= 8, op,
