@@ -47,6 +47,8 @@ struct SimtMath {
     for (int i = 0; i < kRowsPerThread; ++i) f.v[i] = Acc(0);
   }
 
+  __device__ static T to_input(T v) { return v; }
+
   // f[g] += a[0:P, 0:kReductionChunk] @ b[g * kChannelChunk + (0:kChannelChunk), 0:kReductionChunk]^T
   // for the first `chunks` of the G fragments
   template <int G>
@@ -83,22 +85,61 @@ struct SimtMath {
   }
 };
 
+// Fragment loads from shared memory. nvcc emits the WMMA API's TF32 and bf16 loads as generic-space
+// loads (64-bit address arithmetic per load; the fp16 ones come out as .shared), so those two are
+// issued here as the same PTX instruction with the .shared state space: the fragment layout is the
+// instruction's, unchanged. Each fragment is 4 registers.
+#define NIN_WMMA_LOAD_SHARED(name, instruction)                                                          \
+  template <typename Frag, typename T>                                                                  \
+  __device__ __forceinline__ void name(Frag& frag, const T* p, unsigned ld) {                           \
+    static_assert(sizeof(frag.x) == 16, "a 4-register fragment");                                       \
+    unsigned* r = reinterpret_cast<unsigned*>(frag.x);                                                  \
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(p));                        \
+    asm volatile(instruction " {%0, %1, %2, %3}, [%4], %5;"                                              \
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                                       \
+                 : "r"(address), "r"(ld)                                                                \
+                 : "memory");                                                                           \
+  }
+NIN_WMMA_LOAD_SHARED(load_tf32_a, "wmma.load.a.sync.aligned.row.m16n16k8.shared.tf32")
+NIN_WMMA_LOAD_SHARED(load_tf32_b, "wmma.load.b.sync.aligned.col.m16n16k8.shared.tf32")
+NIN_WMMA_LOAD_SHARED(load_bf16_a, "wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16")
+NIN_WMMA_LOAD_SHARED(load_bf16_b, "wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16")
+#undef NIN_WMMA_LOAD_SHARED
+
+// Per input type: the WMMA element type, the K of a fragment, the tensor cores' value of an element
+// (TF32 rounds fp32 to nearest; done once when a value is staged into shared memory rather than in
+// every fragment load of every warp), and the fragment loads from shared memory.
 template <typename T>
 struct WmmaInput;
 template <>
 struct WmmaInput<float> {
   using type = nvcuda::wmma::precision::tf32;
   static constexpr int k = 8;
+  __device__ static float to_input(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+  template <typename Frag>
+  __device__ static void load_a(Frag& f, const float* p, unsigned ld) { load_tf32_a(f, p, ld); }
+  template <typename Frag>
+  __device__ static void load_b(Frag& f, const float* p, unsigned ld) { load_tf32_b(f, p, ld); }
 };
 template <>
 struct WmmaInput<__half> {
   using type = __half;
   static constexpr int k = 16;
+  __device__ static __half to_input(__half v) { return v; }
+  template <typename Frag>
+  __device__ static void load_a(Frag& f, const __half* p, unsigned ld) { nvcuda::wmma::load_matrix_sync(f, p, ld); }
+  template <typename Frag>
+  __device__ static void load_b(Frag& f, const __half* p, unsigned ld) { nvcuda::wmma::load_matrix_sync(f, p, ld); }
 };
 template <>
 struct WmmaInput<__nv_bfloat16> {
   using type = __nv_bfloat16;
   static constexpr int k = 16;
+  __device__ static __nv_bfloat16 to_input(__nv_bfloat16 v) { return v; }
+  template <typename Frag>
+  __device__ static void load_a(Frag& f, const __nv_bfloat16* p, unsigned ld) { load_bf16_a(f, p, ld); }
+  template <typename Frag>
+  __device__ static void load_b(Frag& f, const __nv_bfloat16* p, unsigned ld) { load_bf16_b(f, p, ld); }
 };
 
 // Tensor cores: warp w computes channels [16 c, 16 c + 16) of the chunk, c = w % kColumnWarps, for
@@ -127,13 +168,8 @@ struct WmmaMath {
     for (int i = 0; i < kRowFragments; ++i) nvcuda::wmma::fill_fragment(f.v[i], 0.0f);
   }
 
-  template <typename Frag>
-  __device__ static void round_to_input(Frag& frag) {
-    if constexpr (sizeof(T) == 4) {  // TF32 fragments are loaded as fp32 and must be rounded
-#pragma unroll
-      for (int t = 0; t < frag.num_elements; ++t) frag.x[t] = nvcuda::wmma::__float_to_tf32(frag.x[t]);
-    }
-  }
+  // Every value staged into a, b, h0 and h1 passes through this, so fragments load ready inputs.
+  __device__ static T to_input(T v) { return WmmaInput<T>::to_input(v); }
 
   // As SimtMath::mma: the warp's fragments of the first `chunks` channel chunks; each A fragment is
   // loaded once for all of them.
@@ -150,15 +186,13 @@ struct WmmaMath {
         const int row = row_of_fragment(i);
         if (row * 16 < P) {
           wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a_frag;
-          wmma::load_matrix_sync(a_frag, a + row * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
-          round_to_input(a_frag);
+          WmmaInput<T>::load_a(a_frag, a + row * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
 #pragma unroll
           for (int g = 0; g < G; ++g) {
             if (g < chunks) {
               wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
-              wmma::load_matrix_sync(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk,
-                                     static_cast<unsigned>(b_ld));
-              round_to_input(b_frag);
+              WmmaInput<T>::load_b(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk,
+                                   static_cast<unsigned>(b_ld));
               wmma::mma_sync(f[g].v[i], a_frag, b_frag, f[g].v[i]);
             }
           }
@@ -184,8 +218,9 @@ struct WmmaMath {
 // K), staged through registers: load() issues the global loads of the next chunk before the current
 // chunk's products, store() puts them into shared memory after them, so that their latency overlaps
 // the tensor-core work. kThreads is a multiple of kReductionChunk: a thread keeps one column k.
-template <typename T, int kMaxRows>
+template <typename Math, int kMaxRows>
 struct WeightStage {
+  using T = typename Math::Elem;
   static constexpr int kPerThread = kMaxRows / kStageRowStep;
   static_assert(kMaxRows % kStageRowStep == 0, "whole rows per thread");
   T v[kPerThread];
@@ -207,7 +242,7 @@ struct WeightStage {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
       const int n = threadIdx.x / kReductionChunk + j * kStageRowStep;
-      if (n < rows) b_tile[n * b_ld + k] = v[j];
+      if (n < rows) b_tile[n * b_ld + k] = Math::to_input(v[j]);
     }
   }
 };
@@ -234,7 +269,7 @@ __device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t
     typename Math::Fragment acc[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) Math::zero(acc[g]);
-    WeightStage<T, G * kChannelChunk> b_stage;
+    WeightStage<Math, G * kChannelChunk> b_stage;
     if (steps > 0) {
       __syncthreads();  // the previous pass's readers of a and b are done
       b_stage.load(weight, K, out_channels, n0, rows, 0);
@@ -282,8 +317,10 @@ __device__ __forceinline__ typename AccumulateOf<T>::type bias_at(const T* bias,
 
 // Epilogue of the first two layers: relu(acc + bias) into h. Channels past out_channels (up to the
 // chunk's end) become zeros, which the next layer's reduction reads.
-template <typename T, typename Acc>
+template <typename Math>
 struct ReluToSmem {
+  using T = typename Math::Elem;
+  using Acc = typename Math::Acc;
   T* h;
   int64_t h_ld;
   const T* bias;
@@ -298,7 +335,7 @@ struct ReluToSmem {
       const int n = e % kChannelChunk;
       const int64_t c = n0 + n;
       const Acc v = c < out_channels ? relu(c_tile[i * c_ld + n] + bias_at(bias, c)) : Acc(0);
-      h[i * h_ld + c] = from_acc<T>(v);
+      h[i * h_ld + c] = Math::to_input(from_acc<T>(v));
     }
   }
 };
@@ -306,8 +343,9 @@ struct ReluToSmem {
 // A of the spatial convolution: the im2col chunk, gathered from x through registers (as
 // WeightStage). Each thread stages one column kk of the chunk, for every (kThreads /
 // kReductionChunk)-th pixel, so it decodes its kernel tap once per chunk rather than once per element.
-template <typename T>
+template <typename Math>
 struct Im2colStage {
+  using T = typename Math::Elem;
   static constexpr int kPerThread = (kMaxTilePixels + kStageRowStep - 1) / kStageRowStep;
   const T* x;
   const int64_t* x_corner;  // per pixel: offset of its window's top-left corner (may be padding)
@@ -345,7 +383,7 @@ struct Im2colStage {
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
       const int i = threadIdx.x / kReductionChunk + j * kStageRowStep;
-      if (i < P) a_tile[i * a_ld + kk] = v[j];
+      if (i < P) a_tile[i * a_ld + kk] = Math::to_input(v[j]);
     }
   }
   __device__ const T* tile(int64_t) const { return a_tile; }
@@ -404,22 +442,24 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   // (tile_layer's first __syncthreads publishes the pixel table)
 
   // (the host checks that K, H and W plus padding fit in int32)
-  Im2colStage<T> gather{x, x_corner, ih0, iw0, a_tile, p.smem.a_ld,
+  // a, b and c strides as constants (the host's layout has the same values)
+  constexpr int64_t a_ld = staged_chunk_ld(sizeof(T)), b_ld = staged_chunk_ld(sizeof(T));
+  constexpr int64_t c_ld = acc_chunk_ld(sizeof(Acc));
+  Im2colStage<Math> gather{x, x_corner, ih0, iw0, a_tile, a_ld,
                         static_cast<int32_t>(p.C0 * p.KH * p.KW), static_cast<int32_t>(p.KH),
                         static_cast<int32_t>(p.KW), p.x_stride[1], p.x_stride[2], p.x_stride[3],
                         static_cast<int32_t>(p.H), static_cast<int32_t>(p.W), count, P};
   SmemRows<T> from_h0{h0, p.smem.h0_ld};
   SmemRows<T> from_h1{h1, p.smem.h1_ld};
-  const int64_t c_ld = p.smem.c_ld;
-  using ToSmem = ReluToSmem<T, Acc>;
+  using ToSmem = ReluToSmem<Math>;
   const int group = p.smem.chunk_group;
-  tile_layer<Math>(w, gather.K, p.CC, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, gather,
+  tile_layer<Math>(w, gather.K, p.CC, group, P, b_tile, b_ld, c_tile, c_ld, gather,
                    ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
-  tile_layer<Math>(w1, p.CC, p.C1, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h0,
+  tile_layer<Math>(w1, p.CC, p.C1, group, P, b_tile, b_ld, c_tile, c_ld, from_h0,
                    ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
   if (p.gap) {
     Acc* partial = static_cast<Acc*>(p.gap_partial) + tile * p.C2;
-    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int n = threadIdx.x; n < kChannelChunk; n += kThreads) {
         const int64_t c = n0 + n;
         if (c < p.C2) {
@@ -435,7 +475,7 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
     // Consecutive threads take consecutive channels when they are adjacent in memory (channels_last),
     // else consecutive pixels.
     const bool channels_fastest = p.out_stride[1] == 1;
-    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, p.smem.b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int e = threadIdx.x; e < P * kChannelChunk; e += kThreads) {
         const int i = channels_fastest ? e / kChannelChunk : e % P;
         const int n = channels_fastest ? e % kChannelChunk : e / P;
