@@ -26,13 +26,16 @@ inline __m256i lanes_below(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// Lanes 0-3 of lo permuted by `index`, then lanes 4-7 of hi permuted by it.
+inline __m256 permuted_halves(__m256 lo, __m256 hi, __m256i index) {
+  return _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, index), _mm256_permutevar8x32_ps(hi, index), 0xF0);
+}
+
 // p[0], p[2], ..., p[14], reading no further than p[left - 1] (zero past it): the starts of 8
 // stride-2 windows.
 inline __m256 even_lanes(const float* p, int64_t left) {
-  const __m256i even_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  const __m256 lo = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, lanes_below(left)), even_low);
-  const __m256 hi = _mm256_permutevar8x32_ps(_mm256_maskload_ps(p + 8, lanes_below(left - 8)), even_low);
-  return _mm256_blend_ps(lo, hi, 0xF0);
+  return permuted_halves(_mm256_maskload_ps(p, lanes_below(left)), _mm256_maskload_ps(p + 8, lanes_below(left - 8)),
+                         _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
 }
 
 // The other strides: the plain steps, compiled for AVX2 here.
@@ -116,8 +119,8 @@ struct Avx2Pool3x3Steps {
   static reg load_first(const float* p, int64_t n) { return _mm256_maskload_ps(p, lanes_below(n)); }
   static reg zero() { return _mm256_setzero_ps(); }
   static reg nan_max(reg m, reg v) { return nan_max8(m, v); }
-  static reg even(reg lo, reg hi) { return halves(lo, hi, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)); }
-  static reg odd(reg lo, reg hi) { return halves(lo, hi, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)); }
+  static reg even(reg lo, reg hi) { return permuted_halves(lo, hi, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)); }
+  static reg odd(reg lo, reg hi) { return permuted_halves(lo, hi, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)); }
   // Columns 2, 4, ..., 16: lo's 2, 4, 6, hi's 0, 2, 4, 6, next's 0.
   static reg even_next(reg lo, reg hi, reg next) {
     const __m256i shifted = _mm256_setr_epi32(2, 4, 6, 0, 2, 4, 6, 0);
@@ -125,12 +128,6 @@ struct Avx2Pool3x3Steps {
                            _mm256_permutevar8x32_ps(next, shifted), 0x80);
   }
   static void store_first(float* p, int64_t n, reg v) { _mm256_maskstore_ps(p, lanes_below(n), v); }
-
- private:
-  // Lanes 0-3 of lo permuted by `index`, then lanes 4-7 of hi permuted by it.
-  static reg halves(reg lo, reg hi, __m256i index) {
-    return _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, index), _mm256_permutevar8x32_ps(hi, index), 0xF0);
-  }
 };
 
 }  // namespace

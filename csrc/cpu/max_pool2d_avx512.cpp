@@ -27,13 +27,16 @@ inline __mmask16 tail_mask(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
+// Lanes 0, 2, ..., 30 of the 32 lanes of (lo, hi).
+inline __m512 even_of(__m512 lo, __m512 hi) {
+  return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
+}
+
 // p[0], p[2], ..., p[30], reading no further than p[left - 1] (zero past it): the starts of 16
 // stride-2 windows.
 inline __m512 even_lanes(const float* p, int64_t left) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), p);
-  const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), p + 16);
-  return _mm512_permutex2var_ps(lo, even, hi);
+  return even_of(_mm512_maskz_loadu_ps(tail_mask(left), p),
+                 _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), p + 16));
 }
 
 // The other strides and the argmax's windows: the plain steps, compiled for AVX-512 here.
@@ -119,9 +122,7 @@ struct Avx512Pool3x3Steps {
   static reg load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
   static reg zero() { return _mm512_setzero_ps(); }
   static reg nan_max(reg m, reg v) { return nan_max16(m, v); }
-  static reg even(reg lo, reg hi) {
-    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
-  }
+  static reg even(reg lo, reg hi) { return even_of(lo, hi); }
   static reg odd(reg lo, reg hi) {
     return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi);
   }
