@@ -11,7 +11,9 @@
 # Environment: as gpu_validate.sh (NIN_VALIDATE_PREBUILT=1 and NIN_VALIDATE_COMMIT for a `_C` from
 # `make gpu-prebuild`); NIN_LEASE_BUDGET_S (default 420) bounds the whole run. NIN_LEASE_AB_TREE, a
 # folder holding another build's nin_ext package (e.g. an earlier commit's, carried to the machine),
-# adds its batch-256 TF32 and bf16 timings (quick-ab-*), run alternately with this tree's.
+# adds its batch-256 TF32 and bf16 timings (quick-ab-*), run alternately with this tree's. Then, when
+# `ncu` is on the PATH or in /usr/local/cuda/bin, Nsight Compute's main sections for the CUDA kernel
+# of blocks 2 and 3 (benchmarks/ncu_blocks.py, about 20 s) into OUTDIR/ncu-blocks.txt.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=$(realpath -m "${1:?usage: gpu_lease.sh OUTDIR TARBALL}")
@@ -52,6 +54,17 @@ if [ -n "${NIN_LEASE_AB_TREE:-}" ]; then
 fi
 quick b256-bf16 $B256_BF16 --extra-backends triton
 quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra-backends triton
+
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null)
+if [ -n "$NCU" ]; then
+  echo "== ncu: blocks 2 and 3"
+  timeout -k 10 90 "$NCU" --profile-from-start off -c 2 --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section InstructionStats --section SourceCounters \
+    $PY benchmarks/ncu_blocks.py > "$OUTDIR/ncu-blocks.txt" 2>&1
+  echo "   rc $?"
+  grep -E "^  [a-z_ ]*void|Duration|Executed Instructions  |Issue Slots Busy" "$OUTDIR/ncu-blocks.txt"
+fi
 
 left=$(( BUDGET - ($(date +%s) - START) - 30 ))
 if (( left > 60 )); then
