@@ -25,6 +25,7 @@ _NIN_BLOCK_GPU_TILES = [
     (32, 32, 32, 8, 2),
     (32, 32, 64, 8, 2),
     (64, 32, 64, 4, 2),
+    (64, 32, 32, 8, 2),  # 256-channel layers (the seed's block 2) at 64 pixels: half the conv weight reads of 32
     (64, 64, 64, 8, 3),
     (128, 32, 32, 8, 2),
     (128, 64, 64, 8, 3),
