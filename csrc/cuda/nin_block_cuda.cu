@@ -443,8 +443,8 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
 
   // (the host checks that K, H and W plus padding fit in int32)
   // a, b and c strides as constants (the host's layout has the same values)
-  constexpr int64_t a_ld = staged_chunk_ld(sizeof(T)), b_ld = staged_chunk_ld(sizeof(T));
-  constexpr int64_t c_ld = acc_chunk_ld(sizeof(Acc));
+  constexpr int64_t a_ld = padded_row(kReductionChunk, sizeof(T)), b_ld = a_ld;
+  constexpr int64_t c_ld = padded_row(kChannelChunk, sizeof(Acc));
   Im2colStage<Math> gather{x, x_corner, ih0, iw0, a_tile, a_ld,
                         static_cast<int32_t>(p.C0 * p.KH * p.KW), static_cast<int32_t>(p.KH),
                         static_cast<int32_t>(p.KW), p.x_stride[1], p.x_stride[2], p.x_stride[3],

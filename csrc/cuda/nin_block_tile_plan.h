@@ -107,13 +107,13 @@ NIN_HOST_DEVICE inline ReductionCoord reduction_coord(int32_t k, int32_t KH, int
   return ReductionCoord{int32_t(u.i), int32_t(u.j), int32_t(u.k)};
 }
 
-// Row strides, in elements, of the staged chunks a and b and of the accumulator chunk c: fixed by the
-// element size, so the kernel has them as compile-time constants (fragment addresses then fold into
-// immediate offsets instead of a multiply per element).
-NIN_HOST_DEVICE constexpr int64_t staged_chunk_ld(int64_t elem_bytes) {
-  return kReductionChunk + kRowPadBytes / elem_bytes;
+// The row stride, in elements, of a shared-memory row of `elems` elements of `elem_bytes` each. The
+// staged chunks a and b and the accumulator chunk c have rows fixed by the element size, so the
+// kernel takes their strides as compile-time constants (fragment addresses then fold into immediate
+// offsets instead of a multiply per element).
+NIN_HOST_DEVICE constexpr int64_t padded_row(int64_t elems, int64_t elem_bytes) {
+  return elems + kRowPadBytes / elem_bytes;
 }
-NIN_HOST_DEVICE constexpr int64_t acc_chunk_ld(int64_t acc_bytes) { return kChannelChunk + kRowPadBytes / acc_bytes; }
 
 // Shared memory of one CTA, offsets in bytes from the (128-byte aligned) base:
 //   h0      [tile_pixels][h0_ld]  elem   relu(conv) of the tile, channels padded to kChannelChunk with zeros
@@ -135,12 +135,11 @@ struct SmemLayout {
 NIN_HOST_DEVICE inline SmemLayout make_smem_layout(int64_t tile_pixels, int64_t conv_channels, int64_t c1,
                                                    int64_t elem_bytes, int64_t acc_bytes, int chunk_group) {
   SmemLayout s;
-  const int64_t pad = kRowPadBytes / elem_bytes;
-  s.h0_ld = round_up(conv_channels, kChannelChunk) + pad;
-  s.h1_ld = round_up(c1, kChannelChunk) + pad;
-  s.a_ld = staged_chunk_ld(elem_bytes);
-  s.b_ld = staged_chunk_ld(elem_bytes);
-  s.c_ld = acc_chunk_ld(acc_bytes);
+  s.h0_ld = padded_row(round_up(conv_channels, kChannelChunk), elem_bytes);
+  s.h1_ld = padded_row(round_up(c1, kChannelChunk), elem_bytes);
+  s.a_ld = padded_row(kReductionChunk, elem_bytes);
+  s.b_ld = padded_row(kReductionChunk, elem_bytes);
+  s.c_ld = padded_row(kChannelChunk, acc_bytes);
   s.chunk_group = chunks_per_pass(conv_channels > 0 ? conv_channels : 1, chunk_group);
   int64_t at = 0;
   auto take = [&at](int64_t bytes) {
