@@ -44,15 +44,18 @@ using WinogradTransformFn = void (*)(int m, int r, const float* in, int64_t in_s
 using WinogradGatherFn = void (*)(const float* band, int64_t band_width, int m, int alpha, int64_t bx,
                                   int64_t length, float* d, int64_t nr);
 
-// A run of consecutive lanes of a Winograd output block (y[src, src + count)) and where it goes in the
-// tile's panels (out[dst, dst + count)); count <= nr.
-struct LaneRun {
+// A run of consecutive values, in[src, src + count), and where it goes, out[dst, dst + count): the
+// lanes of a Winograd output block into the tile's panels, or the input values of a tile's gather.
+struct CopyRun {
   int64_t src, count, dst;
 };
 
-// out[run.dst + i] = relu(y[run.src + i] + shift) for every run (winograd_transform_lanes.h,
-// winograd_scatter_portable), compiled for the same ISA.
-using WinogradScatterFn = void (*)(const float* y, float shift, const LaneRun* runs, int64_t run_count, float* out);
+// out[run.dst + i] = relu(y[run.src + i] + shift) for every run (count <= nr;
+// winograd_transform_lanes.h, winograd_scatter_portable), compiled for the same ISA.
+using WinogradScatterFn = void (*)(const float* y, float shift, const CopyRun* runs, int64_t run_count, float* out);
+
+// out[run.dst + i] = in[run.src + i] for every run (copy_runs.h), compiled for the same ISA.
+using CopyRunsFn = void (*)(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 
 // nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
 // same ISA.
@@ -71,6 +74,7 @@ struct MicroKernel {
   MaxPool2dArgmaxPlaneFn max_pool2d_argmax_plane = nullptr;
   WinogradGatherFn winograd_gather = nullptr;  // float kernels only
   WinogradScatterFn winograd_scatter = nullptr;
+  CopyRunsFn copy_runs = nullptr;  // float kernels only
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -142,7 +146,9 @@ void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t 
                                          int64_t out_stride);
 void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
                             float* d, int64_t nr);
-void winograd_scatter_avx512(const float* y, float shift, const LaneRun* runs, int64_t run_count, float* out);
+void winograd_scatter_avx512(const float* y, float shift, const CopyRun* runs, int64_t run_count, float* out);
+void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out);
+void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);
 void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

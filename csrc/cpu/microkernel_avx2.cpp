@@ -7,6 +7,7 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include "cpu/copy_runs.h"
 #include "cpu/microkernel_register_blocked.h"
 #include "cpu/winograd_transform_lanes.h"
 
@@ -50,6 +51,10 @@ void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_
 void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                        int64_t out_stride) {
   winograd_transform_lanes<Avx2, 16, true>(m, r, in, in_stride, out, out_stride);
+}
+
+void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out) {
+  copy_runs_vectors<Avx2>(in, runs, run_count, out);
 }
 
 }  // namespace cpu

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "cpu/copy_runs.h"
 #include "cpu/microkernel_register_blocked.h"
 #include "cpu/winograd_transform_lanes.h"
 
@@ -83,10 +84,10 @@ void winograd_gather_avx512(const float* band, int64_t band_width, int m, int al
 
 // winograd_scatter_portable with masked vectors: a run is at most 32 lanes, two masked loads and
 // stores (the scalar pass over every lane and a copy per run were 3% of the seed's block 2).
-void winograd_scatter_avx512(const float* y, float shift, const LaneRun* runs, int64_t run_count, float* out) {
+void winograd_scatter_avx512(const float* y, float shift, const CopyRun* runs, int64_t run_count, float* out) {
   const __m512 bias = _mm512_set1_ps(shift);
   for (int64_t r = 0; r < run_count; ++r) {
-    const LaneRun& run = runs[r];
+    const CopyRun& run = runs[r];
     for (int64_t i = 0; i < run.count; i += 16) {
       const int64_t n = std::min<int64_t>(16, run.count - i);
       const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
@@ -94,6 +95,10 @@ void winograd_scatter_avx512(const float* y, float shift, const LaneRun* runs, i
       _mm512_mask_storeu_ps(out + run.dst + i, mask, Avx512::relu(value));
     }
   }
+}
+
+void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out) {
+  copy_runs_vectors<Avx512>(in, runs, run_count, out);
 }
 
 }  // namespace cpu

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu/copy_runs.h"
 #include "cpu/max_pool2d_plane.h"
 #include "cpu/microkernel.h"
 #include "cpu/winograd_transform_lanes.h"
@@ -24,7 +25,8 @@ MicroKernel<float> choose_float_microkernel() {
                                     &max_pool2d_plane<float, PortablePoolSteps>,
                                     &max_pool2d_argmax_plane<float, PortablePoolSteps>,
                                     &winograd_gather_portable,
-                                    &winograd_scatter_portable};
+                                    &winograd_scatter_portable,
+                                    &copy_runs_portable<float>};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -36,7 +38,8 @@ MicroKernel<float> choose_float_microkernel() {
                                   &max_pool2d_plane_avx512,
                                   &max_pool2d_argmax_plane_avx512,
                                   &winograd_gather_avx512,
-                                  &winograd_scatter_avx512};
+                                  &winograd_scatter_avx512,
+                                  &copy_runs_avx512};
   const MicroKernel<float> avx2{6,
                                 16,
                                 &microkernel_avx2_6x16,
@@ -47,7 +50,8 @@ MicroKernel<float> choose_float_microkernel() {
                                 &max_pool2d_plane_avx2,
                                 &max_pool2d_argmax_plane_avx2,
                                 &winograd_gather_portable,
-                                &winograd_scatter_portable};
+                                &winograd_scatter_portable,
+                                &copy_runs_avx2};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/copy_runs.h"
 #include "cpu/microkernel.h"
 #include "cpu/polyphase_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
@@ -29,30 +30,6 @@
 
 namespace nin_ext {
 namespace cpu {
-
-// dst[0, n) = src[0, n) for the short runs of a gather, where a call to memmove per run would cost
-// more than the copy: runs under 64 bytes are two overlapping fixed-size copies (inlined moves).
-template <typename T>
-inline void copy_run(const T* src, int64_t n, T* dst) {
-  const size_t bytes = static_cast<size_t>(n) * sizeof(T);
-  auto two_copies = [&](auto size) {
-    std::memcpy(dst, src, size);
-    std::memcpy(reinterpret_cast<char*>(dst) + bytes - size, reinterpret_cast<const char*>(src) + bytes - size, size);
-  };
-  if (bytes >= 64) {
-    std::copy(src, src + n, dst);
-  } else if (bytes >= 32) {
-    two_copies(std::integral_constant<size_t, 32>{});
-  } else if (bytes >= 16) {
-    two_copies(std::integral_constant<size_t, 16>{});
-  } else if (bytes >= 8) {
-    two_copies(std::integral_constant<size_t, 8>{});
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      dst[i] = src[i];
-    }
-  }
-}
 
 // Prefetches every cache line of p[0, count) for writing.
 template <typename T>
@@ -288,7 +265,7 @@ class NinBlockTileWorker {
         }
         const int64_t j = static_cast<int64_t>(tile_pixels_.size());
         tile_pixels_.push_back({b / blocks_per_image, oh, ow});
-        LaneRun* last = lane_runs_.size() > first_run ? &lane_runs_.back() : nullptr;
+        CopyRun* last = lane_runs_.size() > first_run ? &lane_runs_.back() : nullptr;
         if (last != nullptr && last->src + last->count == q * nr + lane && j % nr != 0) {
           ++last->count;
         } else {
@@ -327,6 +304,7 @@ class NinBlockTileWorker {
       const int64_t column_stride = ph.SW * sw;
       for (const BlockRun& run : block_runs_) {
         const scalar_t* plane = xd + run.image_offset + ci / (ph.SH * ph.SW) * sc;
+        band_rows_.clear();
         for (int i = 0; i < alpha; ++i) {
           float* row = band + i * band_width + g.PW;  // the input row's column 0
           const int64_t ih = m * run.by - g.PH + i, xh = ph.SH * ih + a - ph.PH;  // its row in the input, in x
@@ -340,18 +318,17 @@ class NinBlockTileWorker {
           if (iw1 < g.W) {
             std::fill(row + iw1, row + g.W, 0.f);
           }
-          const scalar_t* src = plane + xh * sh + (ph.SW * iw0 + b - ph.PW) * sw;
-          if (column_stride == 1) {  // NCHW: one contiguous copy (rows of 12 floats in the seed's block 3)
-            if constexpr (std::is_same_v<scalar_t, float>) {
-              copy_run(src, iw1 - iw0, row + iw0);
-            } else {
-              std::copy(src, src + (iw1 - iw0), row + iw0);
-            }
+          const int64_t src = xh * sh + (ph.SW * iw0 + b - ph.PW) * sw;  // in plane
+          if (std::is_same_v<scalar_t, float> && column_stride == 1) {  // NCHW: one contiguous run per row
+            band_rows_.push_back({src, iw1 - iw0, row + iw0 - band});
           } else {
             for (int64_t iw = iw0; iw < iw1; ++iw) {
-              row[iw] = static_cast<float>(src[(iw - iw0) * column_stride]);
+              row[iw] = static_cast<float>(plane[src + (iw - iw0) * column_stride]);
             }
           }
+        }
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          copy_runs(plane, band_rows_, band);
         }
         packed_.kernel.winograd_gather(band, band_width, m, alpha, run.bx, run.length, d + run.lane, nr);
       }
@@ -440,7 +417,7 @@ class NinBlockTileWorker {
   // Writes activation `layer` of the last computed tile (pixels from p0 of image n) into t, an
   // (N, C, OH, OW) tensor in NCHW or channels_last layout: pixel p of channel c of image n sits at
   // n * s_n + c * s_c + p * s_p in both.
-  void write_rows(int layer, at::Tensor& t, int64_t n, int64_t p0) const {
+  void write_rows(int layer, at::Tensor& t, int64_t n, int64_t p0) {
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t s_n = t.stride(0), s_c = t.stride(1), s_p = t.stride(3);
     if (s_p == 1) {
@@ -450,15 +427,17 @@ class NinBlockTileWorker {
       // 16).
       const scalar_t* values = activation(layer);
       const int64_t channels = activation_channels(layer);
+      std::vector<CopyRun>& runs = output_runs_;  // channel 0's panel rows and where they go
+      runs.clear();
+      for (int64_t panel = 0; panel < panels_; ++panel) {
+        runs.push_back({panel * channels * nr_, std::min(nr_, pt_ - panel * nr_), panel * nr_});
+      }
       for (int64_t c = 0; c < channels; ++c) {
         scalar_t* dst = data + n * s_n + c * s_c + p0;
         if (c + kWritePrefetchChannels < channels) {
           prefetch_for_write(dst + kWritePrefetchChannels * s_c, pt_);
         }
-        for (int64_t panel = 0; panel < panels_; ++panel) {
-          const int64_t j0 = panel * nr_;
-          std::copy_n(values + (panel * channels + c) * nr_, std::min(nr_, pt_ - j0), dst + j0);
-        }
+        copy_runs(values + c * nr_, runs, dst);
       }
       return;
     }
@@ -512,6 +491,16 @@ class NinBlockTileWorker {
   // rows one point's product reads (one per channel) do not all fall in the same L1 sets.
   int64_t winograd_channel_floats() const { return (winograd_points() + 1) * nr_; }
 
+  // out[run.dst + i] = in[run.src + i] for every run, with the micro-kernel's ISA where it has one.
+  void copy_runs(const scalar_t* in, const std::vector<CopyRun>& runs, scalar_t* out) const {
+    const int64_t count = static_cast<int64_t>(runs.size());
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      packed_.kernel.copy_runs(in, runs.data(), count, out);
+    } else {
+      copy_runs_portable(in, runs.data(), count, out);
+    }
+  }
+
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
   // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel,
   // the input rows the tile reads are first copied into a zero-padded band (band column c is input
@@ -528,18 +517,17 @@ class NinBlockTileWorker {
     const int64_t band_rows = (oh_last - oh_first) * g.SH + g.KH, band_width = g.W + 2 * g.PW;
     const int64_t phase_width = (band_width + g.SW - 1) / g.SW;
     band_.resize(g.SW * band_rows * phase_width);
-    // The tile's pixels as row segments within panels: lanes [lane, lane + count) of the panel read
-    // band offsets [offset, offset + count) (plus the (ky, kx) offset).
-    row_segments_.clear();
-    segments_of_panel_.assign(panels + 1, 0);
+    // The tile's pixels as runs of one output row within one panel: band offsets [src, src + count)
+    // (plus the (ky, kx) offset) go to lanes [lane, lane + count) of the panel, at dst = panel K NR +
+    // lane (plus k NR) in the patch.
+    gather_runs_.clear();
     for (int64_t panel = 0; panel < panels; ++panel) {
       for (int64_t lane = 0, count = std::min(nr_, pt - panel * nr_); lane < count;) {
         const int64_t p = p0 + panel * nr_ + lane, oh = p / g.OW, ow = p % g.OW;
         const int64_t length = std::min(count - lane, g.OW - ow);
-        row_segments_.push_back({lane, length, (oh - oh_first) * g.SH * phase_width + ow});
+        gather_runs_.push_back({(oh - oh_first) * g.SH * phase_width + ow, length, panel * g.K() * nr_ + lane});
         lane += length;
       }
-      segments_of_panel_[panel + 1] = static_cast<int64_t>(row_segments_.size());
     }
     const int64_t sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
     const scalar_t* image = x_.const_data_ptr<scalar_t>() + n * x_.stride(0);
@@ -561,13 +549,7 @@ class NinBlockTileWorker {
         for (int64_t kx = 0; kx < g.KW; ++kx) {
           const int64_t k = (ci * g.KH + ky) * g.KW + kx;
           const scalar_t* base = band_.data() + ((kx % g.SW) * band_rows + ky) * phase_width + kx / g.SW;
-          for (int64_t panel = 0; panel < panels; ++panel) {
-            scalar_t* dst = patch_.data() + (panel * g.K() + k) * nr_;
-            for (int64_t i = segments_of_panel_[panel]; i < segments_of_panel_[panel + 1]; ++i) {
-              const GatherSegment& segment = row_segments_[i];
-              copy_run(base + segment.offset, segment.count, dst + segment.lane);
-            }
-          }
+          copy_runs(base, gather_runs_, patch_.data() + k * nr_);
           if (tail > 0) {
             scalar_t* last_row = patch_.data() + ((panels - 1) * g.K() + k) * nr_;
             std::fill(last_row + nr_ - tail, last_row + nr_, scalar_t(0));
@@ -595,7 +577,7 @@ class NinBlockTileWorker {
     int64_t n, oh, ow;
   };
   std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
-  std::vector<LaneRun> lane_runs_;                 // Winograd: where the output blocks' lanes go
+  std::vector<CopyRun> lane_runs_;                 // Winograd: where the output blocks' lanes go
   struct PixelCopy {
     int64_t src, dst;
   };
@@ -624,12 +606,10 @@ class NinBlockTileWorker {
   std::vector<int64_t> sorted_offsets_;  // Winograd: runs_of_offsets' scratch
   std::vector<WriteRun> write_runs_;     // Winograd: the output runs the last write's copies form
 
-  struct GatherSegment {
-    int64_t lane, count, offset;
-  };
-  std::vector<scalar_t> band_;                // gather: the input rows of one channel that the tile reads
-  std::vector<GatherSegment> row_segments_;   // gather: the tile's pixels by panel and output row
-  std::vector<int64_t> segments_of_panel_;    // gather: panel p's segments are [s[p], s[p + 1])
+  std::vector<scalar_t> band_;          // gather: the input rows of one channel that the tile reads
+  std::vector<CopyRun> gather_runs_;    // gather: the tile's pixels by panel and output row
+  std::vector<CopyRun> band_rows_;      // Winograd: the input rows of a block run, from x to the band
+  std::vector<CopyRun> output_runs_;    // write_rows: the tile's panel rows of one channel
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
 

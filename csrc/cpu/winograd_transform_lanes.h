@@ -197,8 +197,8 @@ inline void winograd_gather_portable(const float* band, int64_t band_width, int 
   }
 }
 
-// Bias + ReLU of an output block's lanes into the tile's panels, run by run (LaneRun, microkernel.h).
-inline void winograd_scatter_portable(const float* y, float shift, const LaneRun* runs, int64_t run_count,
+// Bias + ReLU of an output block's lanes into the tile's panels, run by run (CopyRun, microkernel.h).
+inline void winograd_scatter_portable(const float* y, float shift, const CopyRun* runs, int64_t run_count,
                                       float* out) {
   for (int64_t r = 0; r < run_count; ++r) {
     for (int64_t i = 0; i < runs[r].count; ++i) {
