@@ -32,7 +32,9 @@ ISAS = [
 # paddings, both memory formats, both ops; the 200-channel 3x3 case takes the shifted products
 # (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the next two take the
 # Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too;
-# the last one, an RGB block 1 (11x11, stride 4), runs Winograd tiles in its polyphase form. The
+# then an RGB block 1 (11x11, stride 4), which runs Winograd tiles in its polyphase form; the last two
+# have rows of 38 and 41 pixels, so that the gathers' and the band's copies (copy_runs.h) take runs of
+# several vectors plus a tail on every ISA (a 5x5 stride-2 direct path, a 3x3 Winograd one). The
 # cases that take Winograd tiles run again with every m forced (each m has its own transforms).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
@@ -44,7 +46,8 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
                                      (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2),
                                      (200, 13, 5, 3, 1, 1, 5, 6, 3),
                                      (33, 65, 9, 3, 1, 1, 6, 10, 2), (32, 70, 11, 5, 1, 2, 8, 4, 1),
-                                     (3, 64, 9, 11, 4, 1, 61, 57, 2)]:
+                                     (3, 64, 9, 11, 4, 1, 61, 57, 2),
+                                     (2, 12, 5, 5, 2, 2, 9, 79, 2), (32, 64, 7, 3, 1, 1, 5, 41, 1)]:
     x = torch.randn(n, c0, h, w)
     w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1
     w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1
@@ -94,7 +97,7 @@ def test_microkernel_parity(isa):
     assert report["worst"] < 1e-5
     assert report["pool_mismatches"] == 0
     assert report["polyphase_tile"] > 0, "the RGB block 1 case did not take the polyphase form"
-    assert report["winograd_cases"] == 3, "the 3x3, 5x5 and RGB block 1 cases run every m"
+    assert report["winograd_cases"] == 4, "the 3x3, 5x5, RGB block 1 and wide 3x3 cases run every m"
 
 
 def test_unknown_isa_is_an_import_error_that_falls_back():
