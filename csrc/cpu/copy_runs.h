@@ -1,7 +1,7 @@
-// The copies of the tile gathers: runs of consecutive values (CopyRun, microkernel.h) from an input
-// to the tile's buffers. A gather copies thousands of short runs per tile (the seed's block 1: 121
-// taps x 19 panels x 1-2 output rows; block 2: 104-byte input rows), where a memmove call per run
-// costs more than the copy itself.
+// The copies of the tiles' gathers and writes: runs of consecutive values (CopyRun, microkernel.h)
+// from an input to a tile's buffers, or from them to an output. A gather copies thousands of short
+// runs per tile (the seed's block 1: 121 taps x 19 panels x 1-2 output rows; block 2: 104-byte input
+// rows), where a memmove call per run costs more than the copy itself.
 #pragma once
 
 #include <cstdint>

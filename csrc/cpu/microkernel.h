@@ -45,7 +45,7 @@ using WinogradGatherFn = void (*)(const float* band, int64_t band_width, int m, 
                                   int64_t length, float* d, int64_t nr);
 
 // A run of consecutive values, in[src, src + count), and where it goes, out[dst, dst + count): the
-// lanes of a Winograd output block into the tile's panels, or the input values of a tile's gather.
+// lanes of a Winograd output block into the tile's panels, or what a tile's gather or write copies.
 struct CopyRun {
   int64_t src, count, dst;
 };
