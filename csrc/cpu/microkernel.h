@@ -44,15 +44,24 @@ using WinogradTransformFn = void (*)(int m, int r, const float* in, int64_t in_s
 using WinogradGatherFn = void (*)(const float* band, int64_t band_width, int m, int alpha, int64_t bx,
                                   int64_t length, float* d, int64_t nr);
 
-// A run of consecutive values, in[src, src + count), and where it goes, out[dst, dst + count): the
-// lanes of a Winograd output block into the tile's panels, or what a tile's gather or write copies.
+// A run of consecutive values, in[src, src + count), and where it goes, out[dst, dst + count): what a
+// tile's gather or write copies.
 struct CopyRun {
   int64_t src, count, dst;
 };
 
-// out[run.dst + i] = relu(y[run.src + i] + shift) for every run (count <= nr;
-// winograd_transform_lanes.h, winograd_scatter_portable), compiled for the same ISA.
-using WinogradScatterFn = void (*)(const float* y, float shift, const CopyRun* runs, int64_t run_count, float* out);
+// A piece of one output row of a run of consecutive m x m Winograd blocks, in raster order: the row's
+// values t in [t0, t0 + count), value t being column t % m of the block t / m lanes after the run's
+// first, y[src + (t % m) * nr + t / m] in the output transform's y (y[(dy m + dx) nr + lane]; src =
+// dy m nr + the first block's lane). They go to out[dst, dst + count): one panel's consecutive pixels.
+struct WinogradRowRun {
+  int64_t src, t0, count, dst;
+};
+
+// out[run.dst + i] = relu(y[run.src + (t % m) nr + t / m] + shift), t = run.t0 + i, for every run
+// (winograd_transform_lanes.h, winograd_scatter_portable), compiled for the same ISA.
+using WinogradScatterFn = void (*)(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
+                                   int64_t run_count, float* out);
 
 // out[run.dst + i] = in[run.src + i] for every run (copy_runs.h), compiled for the same ISA.
 using CopyRunsFn = void (*)(const float* in, const CopyRun* runs, int64_t run_count, float* out);
@@ -146,7 +155,10 @@ void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t 
                                          int64_t out_stride);
 void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
                             float* d, int64_t nr);
-void winograd_scatter_avx512(const float* y, float shift, const CopyRun* runs, int64_t run_count, float* out);
+void winograd_scatter_avx512(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
+                             int64_t run_count, float* out);
+void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
+                           int64_t run_count, float* out);
 void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -7,6 +7,8 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "cpu/copy_runs.h"
 #include "cpu/microkernel_register_blocked.h"
 #include "cpu/winograd_transform_lanes.h"
@@ -51,6 +53,40 @@ void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_
 void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                        int64_t out_stride) {
   winograd_transform_lanes<Avx2, 16, true>(m, r, in, in_stride, out, out_stride);
+}
+
+// winograd_scatter_portable with permutes: 8 raster values per vector, each column's lanes
+// permuted into place and blended where the value is that column's (the portable pass takes a load,
+// a store and the column and lane bookkeeping per value).
+void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
+                           int64_t run_count, float* out) {
+  const RowInterleaveTable& table = row_interleave_table();
+  const __m256 bias = _mm256_set1_ps(shift);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t r = 0; r < run_count; ++r) {
+    const WinogradRowRun& run = runs[r];
+    for (int64_t i = 0; i < run.count; i += 8) {
+      const int64_t n = std::min<int64_t>(8, run.count - i), t = run.t0 + i;
+      const int phase = static_cast<int>(t % m);
+      const float* src = y + run.src + t / m;
+      const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>((phase + n - 1) / m + 1)), iota);
+      const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.lane[m][phase]));
+      const __m256i column = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.column[m][phase]));
+      __m256 v = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src, lanes), lane);
+      for (int dx = 1; dx < m; ++dx) {
+        const __m256 value = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src + dx * nr, lanes), lane);
+        v = _mm256_blendv_ps(v, value, _mm256_castsi256_ps(_mm256_cmpeq_epi32(column, _mm256_set1_epi32(dx))));
+      }
+      v = Avx2::relu(_mm256_add_ps(v, bias));
+      if (n == 8) {
+        _mm256_storeu_ps(out + run.dst + i, v);
+      } else {
+        alignas(32) float values[8];
+        _mm256_store_ps(values, v);
+        std::copy(values, values + n, out + run.dst + i);
+      }
+    }
+  }
 }
 
 void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out) {

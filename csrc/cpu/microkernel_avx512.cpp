@@ -33,6 +33,10 @@ struct Avx512 {
   // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
   static reg relu(reg v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  // The first n <= 16 lanes (copy_runs_vectors, the scatter).
+  static reg load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(first_lanes(n), p); }
+  static void store_first(float* p, int64_t n, reg v) { _mm512_mask_storeu_ps(p, first_lanes(n), v); }
+  static __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
 };
 
 }  // namespace
@@ -82,17 +86,30 @@ void winograd_gather_avx512(const float* band, int64_t band_width, int m, int al
   }
 }
 
-// winograd_scatter_portable with masked vectors: a run is at most 32 lanes, two masked loads and
-// stores (the scalar pass over every lane and a copy per run were 3% of the seed's block 2).
-void winograd_scatter_avx512(const float* y, float shift, const CopyRun* runs, int64_t run_count, float* out) {
+// winograd_scatter_portable with permutes: 16 raster values per masked store, from masked loads of
+// the m columns' lanes (the raster order lets the tile's writes copy whole rows; a scalar pass there
+// was 4-6% of the seed's block 2).
+void winograd_scatter_avx512(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
+                             int64_t run_count, float* out) {
+  const RowInterleaveTable& table = row_interleave_table();
   const __m512 bias = _mm512_set1_ps(shift);
   for (int64_t r = 0; r < run_count; ++r) {
-    const CopyRun& run = runs[r];
+    const WinogradRowRun& run = runs[r];
     for (int64_t i = 0; i < run.count; i += 16) {
-      const int64_t n = std::min<int64_t>(16, run.count - i);
-      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
-      const __m512 value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y + run.src + i), bias);
-      _mm512_mask_storeu_ps(out + run.dst + i, mask, Avx512::relu(value));
+      const int64_t n = std::min<int64_t>(16, run.count - i), t = run.t0 + i;
+      const int phase = static_cast<int>(t % m);
+      const float* src = y + run.src + t / m;
+      const __mmask16 lanes = Avx512::first_lanes((phase + n - 1) / m + 1);
+      const __m512i index = _mm512_load_si512(table.pair_index[m][phase]);
+      __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lanes, src), index,
+                                        _mm512_maskz_loadu_ps(lanes, src + nr));
+      if (m > 2) {
+        const __m512 column2 = _mm512_maskz_loadu_ps(lanes, src + 2 * nr);
+        const __m512 column3 = m > 3 ? _mm512_maskz_loadu_ps(lanes, src + 3 * nr) : column2;
+        const __mmask16 high = _mm512_cmpge_epi32_mask(_mm512_load_si512(table.column[m][phase]), _mm512_set1_epi32(2));
+        v = _mm512_mask_blend_ps(high, v, _mm512_permutex2var_ps(column2, index, column3));
+      }
+      _mm512_mask_storeu_ps(out + run.dst + i, Avx512::first_lanes(n), Avx512::relu(_mm512_add_ps(v, bias)));
     }
   }
 }

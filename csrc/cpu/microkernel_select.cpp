@@ -50,7 +50,7 @@ MicroKernel<float> choose_float_microkernel() {
                                 &max_pool2d_plane_avx2,
                                 &max_pool2d_argmax_plane_avx2,
                                 &winograd_gather_portable,
-                                &winograd_scatter_portable,
+                                &winograd_scatter_avx2,
                                 &copy_runs_avx2};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");

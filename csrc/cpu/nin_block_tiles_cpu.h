@@ -227,9 +227,9 @@ class NinBlockTileWorker {
   // Computes the block's three activations for the m x m output blocks [b0, b0 + tb) of the batch
   // (block b is image b / (bh * bw), block row and column within it, bh = ceil(OH / m) and bw =
   // ceil(OW / m); tb <= NR) with the Winograd conv. The tile's pixels are its blocks' pixels that lie
-  // in the map, in order of position (dy, dx) in the block, then block: the 1x1 layers run on them
-  // packed densely, so blocks past the map's edge cost the products only (on the seed's 26x26 block
-  // 2, F(4x4) computes 28x28).
+  // in the map, in raster order per run of blocks in one block row (output row, then column): the
+  // 1x1 layers run on them packed densely, so blocks past the map's edge cost the products only (on
+  // the seed's 26x26 block 2, F(4x4) computes 28x28), and the writes copy whole rows.
   void compute_winograd(int64_t b0, int64_t tb) {
     const PackedWinogradConv& wino = *winograd_;
     const WinogradMatrices& t = wino.transform;
@@ -247,33 +247,28 @@ class NinBlockTileWorker {
     for (int64_t lane = 0; lane < tb;) {
       const int64_t b = b0 + lane, within = b % blocks_per_image, bx = within % bw;
       const int64_t length = std::min(tb - lane, bw - bx);
-      block_runs_.push_back({lane, length, b / blocks_per_image * sn, within / bw, bx});
+      block_runs_.push_back({lane, length, b / blocks_per_image, b / blocks_per_image * sn, within / bw, bx});
       lane += length;
     }
-    // The dense pixel order, as runs of lanes of one block position that stay within one panel: lanes
-    // [lane, lane + count) of position q (y[q * nr + lane]) are tile pixels [j, j + count), at
-    // (j / nr) * CC * nr + j % nr in channel 0's panels.
-    tile_pixels_.clear();
-    lane_runs_.clear();
-    for (int q = 0; q < m * m; ++q) {
-      const size_t first_run = lane_runs_.size();
-      for (int64_t lane = 0; lane < tb; ++lane) {
-        const int64_t b = b0 + lane, within = b % blocks_per_image;
-        const int64_t oh = m * (within / bw) + q / m, ow = m * (within % bw) + q % m;
-        if (oh >= g.OH || ow >= g.OW) {
-          continue;
-        }
-        const int64_t j = static_cast<int64_t>(tile_pixels_.size());
-        tile_pixels_.push_back({b / blocks_per_image, oh, ow});
-        CopyRun* last = lane_runs_.size() > first_run ? &lane_runs_.back() : nullptr;
-        if (last != nullptr && last->src + last->count == q * nr + lane && j % nr != 0) {
-          ++last->count;
-        } else {
-          lane_runs_.push_back({q * nr + lane, 1, (j / nr) * g.CC * nr + j % nr});
+    // The dense pixel order: per block run, its output rows within the map, each split where a panel
+    // ends. Tile pixels [j, j + count) are one row piece, at (j / nr) * CC * nr + j % nr in channel
+    // 0's panels.
+    tile_rows_.clear();
+    row_runs_.clear();
+    int64_t j = 0;
+    for (const BlockRun& run : block_runs_) {
+      const int64_t ow0 = m * run.bx, width = std::min(m * run.length, g.OW - ow0);
+      for (int64_t dy = 0; dy < m && m * run.by + dy < g.OH; ++dy) {
+        for (int64_t t = 0; t < width;) {
+          const int64_t count = std::min(width - t, nr - j % nr);
+          tile_rows_.push_back({run.n, m * run.by + dy, ow0 + t, count, j});
+          row_runs_.push_back({dy * m * nr + run.lane, t, count, (j / nr) * g.CC * nr + j % nr});
+          t += count;
+          j += count;
         }
       }
     }
-    pt_ = static_cast<int64_t>(tile_pixels_.size());
+    pt_ = j;
     panels_ = (pt_ + nr - 1) / nr;
     if (const int64_t tail = panels_ * nr - pt_) {  // the last panel's unused columns: zero, not stale
       for (int64_t c = 0; c < g.CC; ++c) {
@@ -352,8 +347,8 @@ class NinBlockTileWorker {
       }
       for (int64_t c = 0; c < channels; ++c) {
         packed_.kernel.winograd_output_transform(m, r, products + c * nr, chunk * nr, y, nr);
-        packed_.kernel.winograd_scatter(y, static_cast<float>(bias[c0 + c]), lane_runs_.data(),
-                                        static_cast<int64_t>(lane_runs_.size()),
+        packed_.kernel.winograd_scatter(y, m, nr, static_cast<float>(bias[c0 + c]), row_runs_.data(),
+                                        static_cast<int64_t>(row_runs_.size()),
                                         reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr);
       }
     }
@@ -369,32 +364,44 @@ class NinBlockTileWorker {
     const int64_t channels = t.size(1), images = t.size(0);
     scalar_t* data = t.data_ptr<scalar_t>();
     const int64_t sn = t.stride(0), sc = t.stride(1), sh = t.stride(2), sw = t.stride(3);
-    // The tile's pixels of these images only (a tile spans up to a few images, written one at a time
-    // by nin_block_max_pool): where each is in `values` (channel 0) and in t.
-    std::vector<PixelCopy>& copies = pixel_copies_;
-    copies.clear();
-    for (int64_t j = 0; j < pt_; ++j) {
-      const int64_t n = tile_pixels_[j].n - first_image;
+    // The tile's row pieces of these images only (a tile spans up to a few images, written one at a
+    // time by nin_block_max_pool): where each is in `values` (channel 0) and in t.
+    std::vector<CopyRun>& runs = output_runs_;
+    runs.clear();
+    for (const TileRow& row : tile_rows_) {
+      const int64_t n = row.n - first_image;
       if (n >= 0 && n < images) {
-        const TilePixel& pixel = tile_pixels_[j];
-        copies.push_back({j / nr_ * channels * nr_ + j % nr_, n * sn + pixel.oh * sh + pixel.ow * sw});
+        runs.push_back({row.j / nr_ * channels * nr_ + row.j % nr_, row.count, n * sn + row.oh * sh + row.ow * sw});
       }
     }
-    // Channel by channel, so that consecutive writes land in the same rows of the output; the lines
-    // of the channel kWritePrefetchChannels ahead are prefetched where the writes form runs (rows of
-    // an NCHW output, not the single pixels of channels_last).
-    const std::vector<WriteRun>& runs = runs_of_offsets(copies);
-    const bool prefetch = runs.size() * 2 <= copies.size();
-    for (int64_t c = 0; c < channels; ++c) {
-      scalar_t* dst = data + c * sc;
-      if (prefetch && c + kWritePrefetchChannels < channels) {
-        for (const WriteRun& run : runs) {
-          prefetch_for_write(dst + kWritePrefetchChannels * sc + run.offset, run.count);
+    if (sw == 1) {
+      // NCHW: channel by channel, each row piece one copy, the rows of the channel
+      // kWritePrefetchChannels ahead prefetched (the pieces of a row merged).
+      std::vector<CopyRun>& rows = output_rows_;
+      rows.clear();
+      for (const CopyRun& run : runs) {
+        if (!rows.empty() && rows.back().dst + rows.back().count == run.dst) {
+          rows.back().count += run.count;
+        } else {
+          rows.push_back(run);
         }
       }
-      const scalar_t* src = values + c * nr_;
-      for (const PixelCopy& copy : copies) {
-        dst[copy.dst] = src[copy.src];
+      for (int64_t c = 0; c < channels; ++c) {
+        scalar_t* dst = data + c * sc;
+        if (c + kWritePrefetchChannels < channels) {
+          for (const CopyRun& row : rows) {
+            prefetch_for_write(dst + kWritePrefetchChannels * sc + row.dst, row.count);
+          }
+        }
+        copy_runs(values + c * nr_, runs, dst);
+      }
+      return;
+    }
+    for (int64_t c = 0; c < channels; ++c) {  // other layouts (channels_last): pixel by pixel
+      for (const CopyRun& run : runs) {
+        for (int64_t i = 0; i < run.count; ++i) {
+          data[c * sc + run.dst + i * sw] = values[c * nr_ + run.src + i];
+        }
       }
     }
   }
@@ -570,46 +577,20 @@ class NinBlockTileWorker {
   ScratchBuffer<float> transform_scratch_;  // Winograd: the transforms' inputs and outputs
   struct BlockRun {
     int64_t lane, length;  // tile lanes [lane, lane + length)
-    int64_t image_offset, by, bx;  // the image's offset in x, the block row, the first block's column
+    int64_t n, image_offset, by, bx;  // the image and its offset in x, the block row, the first block's column
   };
-  std::vector<BlockRun> block_runs_;       // Winograd: the tile's blocks, by block row
-  struct TilePixel {
-    int64_t n, oh, ow;
+  std::vector<BlockRun> block_runs_;  // Winograd: the tile's blocks, by block row
+  struct TileRow {
+    int64_t n, oh, ow, count, j;  // tile pixels [j, j + count): image n, row oh, columns [ow, ow + count)
   };
-  std::vector<TilePixel> tile_pixels_;               // Winograd: the tile's pixels, densely
-  std::vector<CopyRun> lane_runs_;                 // Winograd: where the output blocks' lanes go
-  struct PixelCopy {
-    int64_t src, dst;
-  };
-  std::vector<PixelCopy> pixel_copies_;  // Winograd: where the tile's pixels go in an output
-
-  // The destination offsets of `copies` as runs of consecutive offsets.
-  struct WriteRun {
-    int64_t offset, count;
-  };
-  const std::vector<WriteRun>& runs_of_offsets(const std::vector<PixelCopy>& copies) {
-    std::vector<int64_t>& offsets = sorted_offsets_;
-    offsets.clear();
-    for (const PixelCopy& copy : copies) {
-      offsets.push_back(copy.dst);
-    }
-    std::sort(offsets.begin(), offsets.end());
-    write_runs_.clear();
-    for (const int64_t offset : offsets) {
-      if (write_runs_.empty() || write_runs_.back().offset + write_runs_.back().count != offset) {
-        write_runs_.push_back({offset, 0});
-      }
-      ++write_runs_.back().count;
-    }
-    return write_runs_;
-  }
-  std::vector<int64_t> sorted_offsets_;  // Winograd: runs_of_offsets' scratch
-  std::vector<WriteRun> write_runs_;     // Winograd: the output runs the last write's copies form
+  std::vector<TileRow> tile_rows_;           // Winograd: the tile's pixels, densely, as row pieces
+  std::vector<WinogradRowRun> row_runs_;     // Winograd: the same pieces, from the output blocks
 
   std::vector<scalar_t> band_;          // gather: the input rows of one channel that the tile reads
   std::vector<CopyRun> gather_runs_;    // gather: the tile's pixels by panel and output row
   std::vector<CopyRun> band_rows_;      // Winograd: the input rows of a block run, from x to the band
-  std::vector<CopyRun> output_runs_;    // write_rows: the tile's panel rows of one channel
+  std::vector<CopyRun> output_runs_;    // the writes: the tile's panel rows of one channel
+  std::vector<CopyRun> output_rows_;    // write_winograd_rows: its output runs merged into rows (dst, count)
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
 

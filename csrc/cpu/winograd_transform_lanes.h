@@ -6,8 +6,9 @@
 // become adds and subtracts, and each point pair +-p costs one multiply-add chain instead of two
 // (TransformMatrix below). Each pass keeps a column of its input in registers (Vec, as in
 // microkernel_register_blocked.h) for one vector of lanes at a time, so that every input is loaded
-// once. Also the portable patch gather and output scatter of a tile's lanes (the AVX-512 ones are in
-// microkernel_avx512.cpp).
+// once. Also the portable patch gather and output scatter of a tile's lanes, and the table the vector
+// scatters interleave by (the vector gather and scatters are in microkernel_avx512.cpp and
+// microkernel_avx2.cpp).
 #pragma once
 
 #include <cstdint>
@@ -197,15 +198,48 @@ inline void winograd_gather_portable(const float* band, int64_t band_width, int 
   }
 }
 
-// Bias + ReLU of an output block's lanes into the tile's panels, run by run (CopyRun, microkernel.h).
-inline void winograd_scatter_portable(const float* y, float shift, const CopyRun* runs, int64_t run_count,
-                                      float* out) {
+// Bias + ReLU of the output blocks' rows into the tile's panels in raster order, run by run
+// (WinogradRowRun, microkernel.h).
+inline void winograd_scatter_portable(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
+                                      int64_t run_count, float* out) {
   for (int64_t r = 0; r < run_count; ++r) {
-    for (int64_t i = 0; i < runs[r].count; ++i) {
-      const float value = y[runs[r].src + i] + shift;
-      out[runs[r].dst + i] = value < 0.f ? 0.f : value;  // NaN passes, as in torch.relu
+    const WinogradRowRun& run = runs[r];
+    int64_t dx = run.t0 % m, lane = run.t0 / m;  // value t's column and lane, stepped (no division per value)
+    for (int64_t i = 0; i < run.count; ++i) {
+      const float value = y[run.src + dx * nr + lane] + shift;
+      out[run.dst + i] = value < 0.f ? 0.f : value;  // NaN passes, as in torch.relu
+      if (++dx == m) {
+        dx = 0;
+        ++lane;
+      }
     }
   }
+}
+
+// The vector scatters' view of a row's raster order: 16 values from row value t, phase = t % m, are
+// value e = column[m][phase][e] of lane[m][phase][e] (lanes counted from value t's block); pair_index
+// is the same lane as a two-source permute index over columns (0, 1) or (2, 3).
+struct RowInterleaveTable {
+  alignas(64) int32_t lane[kWinogradMaxTile + 1][kWinogradMaxTile][16];
+  alignas(64) int32_t column[kWinogradMaxTile + 1][kWinogradMaxTile][16];
+  alignas(64) int32_t pair_index[kWinogradMaxTile + 1][kWinogradMaxTile][16];
+};
+
+inline const RowInterleaveTable& row_interleave_table() {
+  static const RowInterleaveTable table = [] {
+    RowInterleaveTable t{};
+    for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
+      for (int phase = 0; phase < m; ++phase) {
+        for (int e = 0; e < 16; ++e) {
+          t.lane[m][phase][e] = (phase + e) / m;
+          t.column[m][phase][e] = (phase + e) % m;
+          t.pair_index[m][phase][e] = (phase + e) % m % 2 * 16 + (phase + e) / m;
+        }
+      }
+    }
+    return t;
+  }();
+  return table;
 }
 
 // One float per "vector", for the portable kernel (the compiler vectorises what it can).
