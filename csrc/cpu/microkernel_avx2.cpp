@@ -63,30 +63,24 @@ void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const
   const RowInterleaveTable& table = row_interleave_table();
   const __m256 bias = _mm256_set1_ps(shift);
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int64_t r = 0; r < run_count; ++r) {
-    const WinogradRowRun& run = runs[r];
-    for (int64_t i = 0; i < run.count; i += 8) {
-      const int64_t n = std::min<int64_t>(8, run.count - i), t = run.t0 + i;
-      const int phase = static_cast<int>(t % m);
-      const float* src = y + run.src + t / m;
-      const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>((phase + n - 1) / m + 1)), iota);
-      const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.lane[m][phase]));
-      const __m256i column = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.column[m][phase]));
-      __m256 v = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src, lanes), lane);
-      for (int dx = 1; dx < m; ++dx) {
-        const __m256 value = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src + dx * nr, lanes), lane);
-        v = _mm256_blendv_ps(v, value, _mm256_castsi256_ps(_mm256_cmpeq_epi32(column, _mm256_set1_epi32(dx))));
-      }
-      v = Avx2::relu(_mm256_add_ps(v, bias));
-      if (n == 8) {
-        _mm256_storeu_ps(out + run.dst + i, v);
-      } else {
-        alignas(32) float values[8];
-        _mm256_store_ps(values, v);
-        std::copy(values, values + n, out + run.dst + i);
-      }
+  for_each_row_vector<8>(y, m, runs, run_count, out, [&](const float* src, int phase, int64_t n, float* dst) {
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>((phase + n - 1) / m + 1)), iota);
+    const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.lane[m][phase]));
+    const __m256i column = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.column[m][phase]));
+    __m256 v = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src, lanes), lane);
+    for (int dx = 1; dx < m; ++dx) {
+      const __m256 value = _mm256_permutevar8x32_ps(_mm256_maskload_ps(src + dx * nr, lanes), lane);
+      v = _mm256_blendv_ps(v, value, _mm256_castsi256_ps(_mm256_cmpeq_epi32(column, _mm256_set1_epi32(dx))));
     }
-  }
+    v = Avx2::relu(_mm256_add_ps(v, bias));
+    if (n == 8) {
+      _mm256_storeu_ps(dst, v);
+    } else {
+      alignas(32) float values[8];
+      _mm256_store_ps(values, v);
+      std::copy(values, values + n, dst);
+    }
+  });
 }
 
 void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out) {

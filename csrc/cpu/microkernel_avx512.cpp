@@ -93,25 +93,19 @@ void winograd_scatter_avx512(const float* y, int m, int64_t nr, float shift, con
                              int64_t run_count, float* out) {
   const RowInterleaveTable& table = row_interleave_table();
   const __m512 bias = _mm512_set1_ps(shift);
-  for (int64_t r = 0; r < run_count; ++r) {
-    const WinogradRowRun& run = runs[r];
-    for (int64_t i = 0; i < run.count; i += 16) {
-      const int64_t n = std::min<int64_t>(16, run.count - i), t = run.t0 + i;
-      const int phase = static_cast<int>(t % m);
-      const float* src = y + run.src + t / m;
-      const __mmask16 lanes = Avx512::first_lanes((phase + n - 1) / m + 1);
-      const __m512i index = _mm512_load_si512(table.pair_index[m][phase]);
-      __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lanes, src), index,
-                                        _mm512_maskz_loadu_ps(lanes, src + nr));
-      if (m > 2) {
-        const __m512 column2 = _mm512_maskz_loadu_ps(lanes, src + 2 * nr);
-        const __m512 column3 = m > 3 ? _mm512_maskz_loadu_ps(lanes, src + 3 * nr) : column2;
-        const __mmask16 high = _mm512_cmpge_epi32_mask(_mm512_load_si512(table.column[m][phase]), _mm512_set1_epi32(2));
-        v = _mm512_mask_blend_ps(high, v, _mm512_permutex2var_ps(column2, index, column3));
-      }
-      _mm512_mask_storeu_ps(out + run.dst + i, Avx512::first_lanes(n), Avx512::relu(_mm512_add_ps(v, bias)));
+  for_each_row_vector<16>(y, m, runs, run_count, out, [&](const float* src, int phase, int64_t n, float* dst) {
+    const __mmask16 lanes = Avx512::first_lanes((phase + n - 1) / m + 1);
+    const __m512i index = _mm512_load_si512(table.pair_index[m][phase]);
+    __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lanes, src), index,
+                                      _mm512_maskz_loadu_ps(lanes, src + nr));
+    if (m > 2) {
+      const __m512 column2 = _mm512_maskz_loadu_ps(lanes, src + 2 * nr);
+      const __m512 column3 = m > 3 ? _mm512_maskz_loadu_ps(lanes, src + 3 * nr) : column2;
+      const __mmask16 high = _mm512_cmpge_epi32_mask(_mm512_load_si512(table.column[m][phase]), _mm512_set1_epi32(2));
+      v = _mm512_mask_blend_ps(high, v, _mm512_permutex2var_ps(column2, index, column3));
     }
-  }
+    _mm512_mask_storeu_ps(dst, Avx512::first_lanes(n), Avx512::relu(_mm512_add_ps(v, bias)));
+  });
 }
 
 void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out) {

@@ -11,6 +11,7 @@
 // microkernel_avx2.cpp).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -212,6 +213,22 @@ inline void winograd_scatter_portable(const float* y, int m, int64_t nr, float s
         dx = 0;
         ++lane;
       }
+    }
+  }
+}
+
+// Calls vector_fn(src, phase, n, dst) for every vector of `width` raster values of every run (the
+// vector scatters' loop): n <= width values from row value t, phase = t % m, whose lanes start at
+// y's src (value t's block), going to out's dst.
+template <int width, typename VectorFn>
+inline void for_each_row_vector(const float* y, int m, const WinogradRowRun* runs, int64_t run_count, float* out,
+                                const VectorFn& vector_fn) {
+  for (int64_t r = 0; r < run_count; ++r) {
+    const WinogradRowRun& run = runs[r];
+    for (int64_t i = 0; i < run.count; i += width) {
+      const int64_t t = run.t0 + i;
+      vector_fn(y + run.src + t / m, static_cast<int>(t % m), std::min<int64_t>(width, run.count - i),
+                out + run.dst + i);
     }
   }
 }
