@@ -45,17 +45,9 @@ inline void copy_runs_portable(const T* in, const CopyRun* runs, int64_t run_cou
   }
 }
 
-// Whether Vec has masked loads and stores of its first n lanes (load_first, store_first).
-template <typename Vec, typename = void>
-struct HasMaskedLanes : std::false_type {};
-template <typename Vec>
-struct HasMaskedLanes<Vec, std::void_t<decltype(Vec::store_first(nullptr, 0, Vec::load_first(nullptr, 0)))>>
-    : std::true_type {};
-
 // copy_runs_portable with SIMD vectors (Vec as in microkernel_register_blocked.h), for the per-ISA
 // translation units: a run of at least one vector is whole vectors plus one last vector that ends
-// with the run (overlapping the one before: the same values, stored twice), shorter runs one masked
-// vector where the ISA has masks (the Winograd writes' row pieces, mostly under 16 values), else
+// with the run (overlapping the one before: the same values, stored twice), shorter runs as
 // copy_run's fixed-size copies.
 template <typename Vec>
 inline void copy_runs_vectors(const float* in, const CopyRun* runs, int64_t run_count, float* out) {
@@ -64,11 +56,7 @@ inline void copy_runs_vectors(const float* in, const CopyRun* runs, int64_t run_
     float* dst = out + runs[r].dst;
     const int64_t n = runs[r].count;
     if (n < Vec::lanes) {
-      if constexpr (HasMaskedLanes<Vec>::value) {
-        Vec::store_first(dst, n, Vec::load_first(src, n));
-      } else {
-        copy_run(src, n, dst);
-      }
+      copy_run(src, n, dst);
       continue;
     }
     for (int64_t i = 0; i < n - Vec::lanes; i += Vec::lanes) {

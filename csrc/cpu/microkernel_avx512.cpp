@@ -33,9 +33,7 @@ struct Avx512 {
   // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
   static reg relu(reg v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
-  // The first n <= 16 lanes (copy_runs_vectors, the scatter).
-  static reg load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(first_lanes(n), p); }
-  static void store_first(float* p, int64_t n, reg v) { _mm512_mask_storeu_ps(p, first_lanes(n), v); }
+  // The mask of the first n <= 16 lanes.
   static __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
 };
 
@@ -72,7 +70,7 @@ void winograd_gather_avx512(const float* band, int64_t band_width, int m, int al
   const __m512i strided = _mm512_mullo_epi32(lane, _mm512_set1_epi32(m));
   for (int64_t l0 = 0; l0 < length; l0 += chunk) {
     const int64_t count = std::min(chunk, length - l0), values = m * (count - 1) + alpha;
-    const __mmask16 store_mask = static_cast<__mmask16>((1u << count) - 1);
+    const __mmask16 store_mask = Avx512::first_lanes(count);
     const __mmask16 low_mask = static_cast<__mmask16>(values >= 16 ? 0xffffu : (1u << values) - 1);
     const __mmask16 high_mask = static_cast<__mmask16>(values <= 16 ? 0u : (1u << (values - 16)) - 1);
     for (int i = 0; i < alpha; ++i) {
