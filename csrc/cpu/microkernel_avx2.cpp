@@ -60,7 +60,7 @@ void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in
 // a store and the column and lane bookkeeping per value).
 void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
                            int64_t run_count, float* out) {
-  const RowInterleaveTable& table = row_interleave_table();
+  const RowInterleaveTable& table = kRowInterleaveTable;
   const __m256 bias = _mm256_set1_ps(shift);
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for_each_row_vector<8>(y, m, runs, run_count, out, [&](const float* src, int phase, int64_t n, float* dst) {

@@ -89,7 +89,7 @@ void winograd_gather_avx512(const float* band, int64_t band_width, int m, int al
 // was 4-6% of the seed's block 2).
 void winograd_scatter_avx512(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
                              int64_t run_count, float* out) {
-  const RowInterleaveTable& table = row_interleave_table();
+  const RowInterleaveTable& table = kRowInterleaveTable;
   const __m512 bias = _mm512_set1_ps(shift);
   for_each_row_vector<16>(y, m, runs, run_count, out, [&](const float* src, int phase, int64_t n, float* dst) {
     const __mmask16 lanes = Avx512::first_lanes((phase + n - 1) / m + 1);

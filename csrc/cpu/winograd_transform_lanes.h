@@ -242,22 +242,23 @@ struct RowInterleaveTable {
   alignas(64) int32_t pair_index[kWinogradMaxTile + 1][kWinogradMaxTile][16];
 };
 
-inline const RowInterleaveTable& row_interleave_table() {
-  static const RowInterleaveTable table = [] {
-    RowInterleaveTable t{};
-    for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
-      for (int phase = 0; phase < m; ++phase) {
-        for (int e = 0; e < 16; ++e) {
-          t.lane[m][phase][e] = (phase + e) / m;
-          t.column[m][phase][e] = (phase + e) % m;
-          t.pair_index[m][phase][e] = (phase + e) % m % 2 * 16 + (phase + e) / m;
-        }
+// Built at compile time: a constant, with no initialization code that the per-ISA translation
+// units could each compile for their own ISA (one copy would serve all of them).
+constexpr RowInterleaveTable make_row_interleave_table() {
+  RowInterleaveTable t{};
+  for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
+    for (int phase = 0; phase < m; ++phase) {
+      for (int e = 0; e < 16; ++e) {
+        t.lane[m][phase][e] = (phase + e) / m;
+        t.column[m][phase][e] = (phase + e) % m;
+        t.pair_index[m][phase][e] = (phase + e) % m % 2 * 16 + (phase + e) / m;
       }
     }
-    return t;
-  }();
-  return table;
+  }
+  return t;
 }
+
+inline constexpr RowInterleaveTable kRowInterleaveTable = make_row_interleave_table();
 
 // One float per "vector", for the portable kernel (the compiler vectorises what it can).
 struct ScalarVec {
