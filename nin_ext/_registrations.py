@@ -3,7 +3,8 @@ for the compiled torch.ops.nin_ext ops, and by nin_ext.triton for its torch.ops.
 
 nin_block's backward recomputes the block's hidden activations with ATen (the forward keeps none of
 them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
-needs no recomputation. Both run ATen's convolution_backward through the three layers.
+needs no recomputation. Both run ATen's convolution_backward for the spatial conv and, on the CPU,
+matrix products for the two 1x1 layers.
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -45,6 +46,42 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
         1, [needs[0], needs[1], bias is not None and needs[2]])
 
 
+def _pointwise_conv_backward(grad, input, weight, bias, needs):
+    """_conv_backward of a 1x1 convolution (stride 1, no padding) as matrix products. On the CPU,
+    ATen's convolution_backward runs block 1's 1x1 layers (96 channels, 54x54) at a third of the
+    matrix products' speed (benchmarks/NOTES.md, training step)."""
+    n, c_out, h, w = grad.shape
+    c_in = input.shape[1]
+    weight_matrix = weight.view(c_out, c_in)
+    gx = gw = gb = None
+    if suggest_memory_format(grad) == torch.channels_last:  # pixels x channels: one product each
+        grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)
+        if needs[0]:
+            gx = (grad_rows @ weight_matrix).view(n, h, w, c_in).permute(0, 3, 1, 2)
+        if needs[1]:
+            gw = (grad_rows.t() @ input.permute(0, 2, 3, 1).reshape(-1, c_in)).view_as(weight)
+    else:  # channels x pixels per image
+        grad_maps = grad.reshape(n, c_out, h * w)
+        if needs[0]:
+            gx = torch.bmm(weight_matrix.t().expand(n, c_in, c_out), grad_maps).view(n, c_in, h, w)
+        if needs[1]:
+            input_maps = input.reshape(n, c_in, h * w)
+            gw = grad.new_zeros(c_out, c_in)
+            for grad_map, input_map in zip(grad_maps, input_maps):  # no N x C x C temporary
+                gw.addmm_(grad_map, input_map.t())
+            gw = gw.view_as(weight)
+    if bias is not None and needs[2]:
+        gb = grad.sum((0, 2, 3))
+    return gx, gw, gb
+
+
+def _hidden_conv_backward(grad, input, weight, bias, needs):
+    """_conv_backward of one of the block's 1x1 layers."""
+    if grad.device.type == "cpu":
+        return _pointwise_conv_backward(grad, input, weight, bias, needs)
+    return _conv_backward(grad, input, weight, bias, [1, 1], [0, 0], needs)
+
+
 def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=None, grad_h1=None):
     """Gradients of every input (x, w, b, w1, b1, w2, b2 saved on ctx) from the gradient of the
     block's output (before any pooling) and of its hidden activations when they are outputs too
@@ -56,10 +93,11 @@ def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=
     need_h1 = any(needs[:5])
     need_h0 = any(needs[:3])
     relu_backward = torch.ops.aten.threshold_backward
-    grad = grad_block_out.mul(activations.pop())
+    # uint8, not bool: ATen casts a bool operand to a float copy first
+    grad = grad_block_out.mul(activations.pop().view(torch.uint8))
     del grad_block_out
     h1 = activations.pop()
-    grad, gw2, gb2 = _conv_backward(grad, h1, w2, b2, [1, 1], [0, 0], (need_h1, needs[5], needs[6]))
+    grad, gw2, gb2 = _hidden_conv_backward(grad, h1, w2, b2, (need_h1, needs[5], needs[6]))
     gw1 = gb1 = gx = gw = gb = None
     if need_h1:
         if grad_h1 is not None:
@@ -67,7 +105,7 @@ def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=
         grad = relu_backward(grad, h1, 0)
         del h1
         h0 = activations.pop()
-        grad, gw1, gb1 = _conv_backward(grad, h0, w1, b1, [1, 1], [0, 0], (need_h0, needs[3], needs[4]))
+        grad, gw1, gb1 = _hidden_conv_backward(grad, h0, w1, b1, (need_h0, needs[3], needs[4]))
         if need_h0:
             if grad_h0 is not None:
                 grad = grad + grad_h0
