@@ -48,8 +48,8 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
 
 def _pointwise_conv_backward(grad, input, weight, bias, needs):
     """_conv_backward of a 1x1 convolution (stride 1, no padding) as matrix products. On the CPU,
-    ATen's convolution_backward runs block 1's 1x1 layers (96 channels, 54x54) at a third of the
-    matrix products' speed (benchmarks/NOTES.md, training step)."""
+    ATen's convolution_backward runs block 1's 1x1 layers (96 channels, 54x54) at about half the
+    matrix products' speed (benchmarks/NOTES.md v19)."""
     n, c_out, h, w = grad.shape
     c_in = input.shape[1]
     weight_matrix = weight.view(c_out, c_in)
@@ -76,8 +76,9 @@ def _pointwise_conv_backward(grad, input, weight, bias, needs):
 
 
 def _hidden_conv_backward(grad, input, weight, bias, needs):
-    """_conv_backward of one of the block's 1x1 layers."""
-    if grad.device.type == "cpu":
+    """_conv_backward of one of the block's 1x1 layers. Half and bfloat16 stay with ATen: summed per
+    image in those dtypes, the weight gradient would be rounded once per image."""
+    if grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64):
         return _pointwise_conv_backward(grad, input, weight, bias, needs)
     return _conv_backward(grad, input, weight, bias, [1, 1], [0, 0], needs)
 
