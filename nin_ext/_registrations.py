@@ -3,8 +3,8 @@ for the compiled torch.ops.nin_ext ops, and by nin_ext.triton for its torch.ops.
 
 nin_block's backward recomputes the block's hidden activations with ATen (the forward keeps none of
 them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
-needs no recomputation. Both run ATen's convolution_backward for the spatial conv and, on the CPU,
-matrix products for the two 1x1 layers.
+needs no recomputation. Both run ATen's convolution_backward for the spatial conv and, on the CPU in
+float32 and float64, matrix products for the two 1x1 layers.
 """
 import torch
 from torch._prims_common import suggest_memory_format
