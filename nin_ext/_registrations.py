@@ -46,7 +46,7 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
         1, [needs[0], needs[1], bias is not None and needs[2]])
 
 
-def _pointwise_conv_backward(grad, input, weight, bias, needs):
+def _pointwise_conv_backward(grad, input, weight, bias, needs, grad_input_out=None):
     """_conv_backward of a 1x1 convolution (stride 1, no padding) as matrix products. On the CPU,
     ATen's convolution_backward runs block 1's 1x1 layers (96 channels, 54x54) at about half the
     matrix products' speed (benchmarks/NOTES.md v19)."""
@@ -57,13 +57,15 @@ def _pointwise_conv_backward(grad, input, weight, bias, needs):
     if suggest_memory_format(grad) == torch.channels_last:  # pixels x channels: one product each
         grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)
         if needs[0]:
-            gx = (grad_rows @ weight_matrix).view(n, h, w, c_in).permute(0, 3, 1, 2)
+            rows = None if grad_input_out is None else grad_input_out.permute(0, 2, 3, 1).view(-1, c_in)
+            gx = torch.mm(grad_rows, weight_matrix, out=rows).view(n, h, w, c_in).permute(0, 3, 1, 2)
         if needs[1]:
             gw = (grad_rows.t() @ input.permute(0, 2, 3, 1).reshape(-1, c_in)).view_as(weight)
     else:  # channels x pixels per image
         grad_maps = grad.reshape(n, c_out, h * w)
         if needs[0]:
-            gx = torch.bmm(weight_matrix.t().expand(n, c_in, c_out), grad_maps).view(n, c_in, h, w)
+            maps = None if grad_input_out is None else grad_input_out.view(n, c_in, h * w)
+            gx = torch.bmm(weight_matrix.t().expand(n, c_in, c_out), grad_maps, out=maps).view(n, c_in, h, w)
         if needs[1]:
             input_maps = input.reshape(n, c_in, h * w)
             gw = grad.new_zeros(c_out, c_in)
@@ -75,44 +77,57 @@ def _pointwise_conv_backward(grad, input, weight, bias, needs):
     return gx, gw, gb
 
 
-def _hidden_conv_backward(grad, input, weight, bias, needs):
-    """_conv_backward of one of the block's 1x1 layers. Half and bfloat16 stay with ATen: summed per
-    image in those dtypes, the weight gradient would be rounded once per image."""
+def _hidden_conv_backward(grad, input, weight, bias, needs, grad_input_out=None):
+    """_conv_backward of one of the block's 1x1 layers; the input gradient goes into grad_input_out
+    when it is given and the products are used. Half and bfloat16 stay with ATen: summed per image in
+    those dtypes, the weight gradient would be rounded once per image."""
     if grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64):
-        return _pointwise_conv_backward(grad, input, weight, bias, needs)
+        return _pointwise_conv_backward(grad, input, weight, bias, needs, grad_input_out)
     return _conv_backward(grad, input, weight, bias, [1, 1], [0, 0], needs)
+
+
+def _relu_backward_(grad, activation):
+    """grad where activation > 0, else 0, in place (grad is the backward's own new tensor)."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, activation, 0, grad_input=grad)
 
 
 def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=None, grad_h1=None):
     """Gradients of every input (x, w, b, w1, b1, w2, b2 saved on ctx) from the gradient of the
     block's output (before any pooling) and of its hidden activations when they are outputs too
     (nin_block_with_hidden). `activations` is the list [h0, h1, out > 0]: the output's ReLU backward
-    needs only where it is positive. Each gradient map is released as soon as the next is computed,
-    as eager's autograd frees them."""
+    needs only where it is positive. The ReLU backwards run in place and the last 1x1 layer's input
+    gradient goes into the memory of the output's masked gradient: every new gradient map is memory
+    the process may have to fault in (benchmarks/NOTES.md v20), and at most two are alive at once,
+    as in eager's autograd."""
     x, w, b, w1, b1, w2, b2 = ctx.saved_tensors[:7]
     needs = ctx.needs_input_grad
     need_h1 = any(needs[:5])
     need_h0 = any(needs[:3])
-    relu_backward = torch.ops.aten.threshold_backward
-    # uint8, not bool: ATen casts a bool operand to a float copy first
-    grad = grad_block_out.mul(activations.pop().view(torch.uint8))
+    # where, as threshold_backward: a masked NaN or inf gradient gives 0 (a product would give NaN),
+    # and no float copy of the mask (ATen makes one for a product with a bool or uint8 operand)
+    grad = torch.where(activations.pop(), grad_block_out, 0)
     del grad_block_out
     h1 = activations.pop()
-    grad, gw2, gb2 = _hidden_conv_backward(grad, h1, w2, b2, (need_h1, needs[5], needs[6]))
+    grad_h1_in, gw2, gb2 = _hidden_conv_backward(grad, h1, w2, b2, (need_h1, needs[5], needs[6]))
     gw1 = gb1 = gx = gw = gb = None
     if need_h1:
         if grad_h1 is not None:
-            grad = grad + grad_h1
-        grad = relu_backward(grad, h1, 0)
+            grad_h1_in.add_(grad_h1)
+        _relu_backward_(grad_h1_in, h1)
         del h1
         h0 = activations.pop()
-        grad, gw1, gb1 = _hidden_conv_backward(grad, h0, w1, b1, (need_h0, needs[3], needs[4]))
+        # the output's masked gradient is spent: its memory takes h0's gradient where it fits
+        fits = grad.shape == h0.shape and grad.is_contiguous(memory_format=suggest_memory_format(grad_h1_in))
+        reuse = grad if fits else None
+        del grad
+        grad_h0_in, gw1, gb1 = _hidden_conv_backward(grad_h1_in, h0, w1, b1, (need_h0, needs[3], needs[4]), reuse)
+        del grad_h1_in, reuse
         if need_h0:
             if grad_h0 is not None:
-                grad = grad + grad_h0
-            grad = relu_backward(grad, h0, 0)
+                grad_h0_in.add_(grad_h0)
+            _relu_backward_(grad_h0_in, h0)
             del h0
-            gx, gw, gb = _conv_backward(grad, x, w, b, ctx.stride, ctx.padding, needs[:3])
+            gx, gw, gb = _conv_backward(grad_h0_in, x, w, b, ctx.stride, ctx.padding, needs[:3])
     return gx, gw, gb, gw1, gb1, gw2, gb2, None, None
 
 

@@ -118,6 +118,29 @@ def test_ninblock_fp32_grads_channels_last(backend):
     _grads_vs_reference(ours, x, torch.randn(2, 8, 9, 6))
 
 
+def test_ninblock_output_gradient_is_zero_where_the_output_is(backend):
+    """The output's ReLU backward selects, as the reference's threshold_backward: an inf or NaN
+    output gradient where the output is 0 gives 0, not NaN (a product with the mask would)."""
+    dev = device_for(backend)
+    ours = nin_ext.NiNBlock(3, 6, 3, 1, 1).to(dev)
+    ref = as_reference(ours).to(dev)
+    x = torch.randn(2, 3, 7, 5, device=dev)
+    with torch.no_grad():
+        zero = ref(x) == 0
+    assert zero.any() and not zero.all()
+    grad_out = torch.randn(2, 6, 7, 5, device=dev).masked_fill(zero, float("inf"))
+    grad_out.view(-1)[zero.view(-1).nonzero()[0]] = float("nan")
+    grads = []
+    for model in (ours, ref):
+        model.zero_grad()
+        x_ = x.clone().requires_grad_(True)
+        model(x_).backward(grad_out)
+        grads.append([x_.grad] + [p.grad for p in model.parameters()])
+    for g, g_ref in zip(*grads):
+        assert torch.isfinite(g_ref).all()
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_nin_fp32_grads(backend):
     dev = device_for(backend)
     ours = nin_ext.NiN().eval()      # eval: dropout is identity, so the comparison is deterministic

@@ -72,12 +72,12 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
   const at::MemoryFormat format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   // Sums in float for half and bfloat16 (an input element may be the maximum of several windows).
   const bool reduced = grad_out.scalar_type() == at::kHalf || grad_out.scalar_type() == at::kBFloat16;
-  // at::empty honours the memory format of its options (at::zeros does not).
+  // at::empty honours the memory format of its options (at::zeros does not). Each task zeroes its own
+  // part before adding to it, while that part is in cache (not one more pass over all of grad_in).
   at::Tensor grad_in =
-      at::empty(input_size, grad_out.options().dtype(reduced ? at::kFloat : grad_out.scalar_type()).memory_format(format))
-          .zero_();
+      at::empty(input_size, grad_out.options().dtype(reduced ? at::kFloat : grad_out.scalar_type()).memory_format(format));
   if (grad_in.numel() == 0 || grad_out.numel() == 0) {
-    return grad_in.to(grad_out.scalar_type());
+    return grad_in.zero_().to(grad_out.scalar_type());
   }
   const at::Tensor grad = grad_out.contiguous(format), index = argmax.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "max_pool2d_backward_cpu", [&] {
@@ -89,6 +89,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
     if (channels_last) {  // one image per task: windows overlap within it
       at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
+          std::fill_n(gi + n * HW * C, HW * C, acc_t(0));
           for (int64_t p = 0; p < OHW * C; ++p) {
             const int64_t c = p % C, at_out = n * OHW * C + p;
             gi[(n * HW + idx[at_out]) * C + c] += static_cast<acc_t>(go[at_out]);
@@ -98,6 +99,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
     } else {
       at::parallel_for(0, N * C, 16, [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
+          std::fill_n(gi + plane * HW, HW, acc_t(0));
           for (int64_t p = 0; p < OHW; ++p) {
             gi[plane * HW + idx[plane * OHW + p]] += static_cast<acc_t>(go[plane * OHW + p]);
           }
