@@ -37,6 +37,12 @@ TORCH_LIBRARY(nin_ext, m) {
       "nin_block_max_pool(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "int[2] stride, int[2] padding, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding, bool ceil_mode) "
       "-> Tensor");
+  // nin_block_max_pool that also returns the block's two hidden activations and the pool's argmax (an
+  // int32 index into the block output's (H, W) plane): the forward of training, CPU only.
+  m.def(
+      "nin_block_max_pool_with_hidden(Tensor x, Tensor w, Tensor? b, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "int[2] stride, int[2] padding, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding, bool ceil_mode) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // Mean over the spatial dimensions of an (N, C, H, W) tensor: (N, C).
   m.def("global_avg_pool(Tensor x) -> Tensor");
   // torch's max_pool2d with dilation 1, the pooling between NiN blocks.

@@ -95,17 +95,18 @@ def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=
     """Gradients of every input (x, w, b, w1, b1, w2, b2 saved on ctx) from the gradient of the
     block's output (before any pooling) and of its hidden activations when they are outputs too
     (nin_block_with_hidden). `activations` is the list [h0, h1, out > 0]: the output's ReLU backward
-    needs only where it is positive. The ReLU backwards run in place and the last 1x1 layer's input
-    gradient goes into the memory of the output's masked gradient: every new gradient map is memory
-    the process may have to fault in (benchmarks/NOTES.md v20), and at most two are alive at once,
-    as in eager's autograd."""
+    needs only where it is positive; or [h0, h1, None] when grad_block_out is the backward's own
+    tensor and already 0 where the output is not positive. The ReLU backwards run in place and the
+    last 1x1 layer's input gradient goes into the memory of the output's masked gradient: fewer new
+    maps for the process to fault in (benchmarks/NOTES.md v20), at most two alive at once."""
     x, w, b, w1, b1, w2, b2 = ctx.saved_tensors[:7]
     needs = ctx.needs_input_grad
     need_h1 = any(needs[:5])
     need_h0 = any(needs[:3])
     # where, as threshold_backward: a masked NaN or inf gradient gives 0 (a product would give NaN),
     # and no float copy of the mask (ATen makes one for a product with a bool or uint8 operand)
-    grad = torch.where(activations.pop(), grad_block_out, 0)
+    output_positive = activations.pop()
+    grad = grad_block_out if output_positive is None else torch.where(output_positive, grad_block_out, 0)
     del grad_block_out
     h1 = activations.pop()
     grad_h1_in, gw2, gb2 = _hidden_conv_backward(grad, h1, w2, b2, (need_h1, needs[5], needs[6]))
@@ -252,6 +253,41 @@ def _nin_block_max_pool_backward(ctx, grad_out):
     return (*grads, None, None, None, None)
 
 
+def _nin_block_max_pool_with_hidden_fake(x, w, b, w1, b1, w2, b2, stride, padding, pool_kernel, pool_stride,
+                                         pool_padding, ceil_mode):
+    """The pooled output, the block's hidden activations and the pool's int32 argmax."""
+    out, h0, h1 = _nin_block_with_hidden_fake(x, w, b, w1, b1, w2, b2, stride, padding)
+    pooled, argmax = _max_pool2d_with_argmax_fake(out, pool_kernel, pool_stride, pool_padding, ceil_mode)
+    return pooled, h0, h1, argmax
+
+
+def _setup_nin_block_max_pool_with_hidden_context(ctx, inputs, output):
+    x, w, b, w1, b1, w2, b2, stride, padding = inputs[:9]
+    pooled, h0, h1, argmax = output
+    ctx.set_materialize_grads(False)  # as nin_block_with_hidden's
+    ctx.stride, ctx.padding = list(stride), list(padding)
+    ctx.block_output_size = [x.shape[0], w2.shape[0], *h0.shape[2:]]
+    ctx.channels_last = suggest_memory_format(h0) == torch.channels_last  # the block's output's format
+    # The pooled output is the next layer's input, saved there too: no memory of its own here.
+    ctx.save_for_backward(x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled)
+
+
+def _nin_block_max_pool_with_hidden_backward(ctx, grad_pooled, grad_h0, grad_h1, grad_argmax):
+    """The block's output is positive exactly where the pooled output is, at the argmax (a ReLU output
+    is at least 0; NaN is neither): the output's ReLU backward masks the pooled gradient, before the
+    scatter, which then writes zeros where eager's mask would (the same values, bit for bit)."""
+    x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled = ctx.saved_tensors
+    if grad_pooled is None:  # only a hidden activation was used
+        grad_block_out = h1.new_zeros(ctx.block_output_size)
+    else:
+        grad_block_out = torch.ops.nin_ext.max_pool2d_backward(torch.where(pooled > 0, grad_pooled, 0), argmax,
+                                                               ctx.block_output_size, ctx.channels_last)
+    activations = [h0, h1, None]
+    del h0, h1, argmax, pooled
+    grads = _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0, grad_h1)
+    return (*grads, None, None, None, None)
+
+
 def register_fakes_and_autograd(namespace):
     """Registers the fake kernels and autograd above for namespace::{nin_block, nin_block_gap,
     global_avg_pool}."""
@@ -268,7 +304,7 @@ def register_fakes_and_autograd(namespace):
 
 if _extension.loaded:
     register_fakes_and_autograd("nin_ext")
-    # The compiled extension's CPU-only ops: the training forward, the max pool, the block fused with it.
+    # The compiled extension's CPU-only ops: the training forwards, the max pool, the block fused with it.
     torch.library.register_fake("nin_ext::nin_block_with_hidden")(_nin_block_with_hidden_fake)
     torch.library.register_autograd("nin_ext::nin_block_with_hidden", _nin_block_with_hidden_backward,
                                     setup_context=_setup_nin_block_with_hidden_context)
@@ -280,5 +316,8 @@ if _extension.loaded:
     torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
                                     setup_context=_setup_max_pool2d_context)
     torch.library.register_fake("nin_ext::nin_block_max_pool")(_nin_block_max_pool_fake)
+    torch.library.register_fake("nin_ext::nin_block_max_pool_with_hidden")(_nin_block_max_pool_with_hidden_fake)
+    torch.library.register_autograd("nin_ext::nin_block_max_pool_with_hidden", _nin_block_max_pool_with_hidden_backward,
+                                    setup_context=_setup_nin_block_max_pool_with_hidden_context)
     torch.library.register_autograd("nin_ext::nin_block_max_pool", _nin_block_max_pool_backward,
                                     setup_context=_setup_nin_block_max_pool_context)

@@ -55,14 +55,17 @@ def global_avg_pool(x):
 def nin_block_max_pool(x, w, b, w1, b1, w2, b2, stride, padding, pool_kernel, pool_stride=None, pool_padding=0,
                        ceil_mode=False):
     """max_pool2d(nin_block(x, ...), pool_kernel, pool_stride, pool_padding, ceil_mode): a NiN block and
-    the max pool after it. The cpu backend runs them as one op when no gradient is needed (the
-    block's output never goes to memory at full size); otherwise, and on the other backends, the
-    two ops run one after the other."""
+    the max pool after it. The cpu backend runs them as one op: when no gradient is needed,
+    nin_block_max_pool (the block's output never goes to memory at full size); otherwise
+    nin_block_max_pool_with_hidden, one autograd node whose backward masks the pooled gradient, not
+    the block's. On the other backends the two ops run one after the other."""
     block_args = (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding))
     pool_kernel = _pair(pool_kernel)
     pool_args = (pool_kernel, pool_kernel if pool_stride is None else _pair(pool_stride), _pair(pool_padding),
                  bool(ceil_mode))
-    if backends.resolve(x) == "cpu" and not _needs_grad(block_args[:7]):
+    if backends.resolve(x) == "cpu":
+        if _needs_grad(block_args[:7]):
+            return torch.ops.nin_ext.nin_block_max_pool_with_hidden(*block_args, *pool_args)[0]
         return torch.ops.nin_ext.nin_block_max_pool(*block_args, *pool_args)
     return max_pool2d(nin_block(*block_args), *pool_args)
 

@@ -118,17 +118,22 @@ def test_ninblock_fp32_grads_channels_last(backend):
     _grads_vs_reference(ours, x, torch.randn(2, 8, 9, 6))
 
 
-def test_ninblock_output_gradient_is_zero_where_the_output_is(backend):
+@pytest.mark.parametrize("pool", [False, True])
+def test_ninblock_output_gradient_is_zero_where_the_output_is(backend, pool):
     """The output's ReLU backward selects, as the reference's threshold_backward: an inf or NaN
-    output gradient where the output is 0 gives 0, not NaN (a product with the mask would)."""
+    output gradient where the output is 0 gives 0, not NaN (a product with the mask would); with a
+    max pool after the block (the cpu backend masks the pooled gradient), where the pooled output is."""
     dev = device_for(backend)
-    ours = nin_ext.NiNBlock(3, 6, 3, 1, 1).to(dev)
-    ref = as_reference(ours).to(dev)
+    block = nin_ext.NiNBlock(3, 6, 3, 1, 1).to(dev)
+    ours, ref = block, as_reference(block).to(dev)
+    if pool:
+        ours = nin_ext.FusedSequential(ours, torch.nn.MaxPool2d(2, 1))
+        ref = torch.nn.Sequential(ref, torch.nn.MaxPool2d(2, 1))
     x = torch.randn(2, 3, 7, 5, device=dev)
     with torch.no_grad():
         zero = ref(x) == 0
     assert zero.any() and not zero.all()
-    grad_out = torch.randn(2, 6, 7, 5, device=dev).masked_fill(zero, float("inf"))
+    grad_out = torch.randn(zero.shape, device=dev).masked_fill(zero, float("inf"))
     grad_out.view(-1)[zero.view(-1).nonzero()[0]] = float("nan")
     grads = []
     for model in (ours, ref):

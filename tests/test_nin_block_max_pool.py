@@ -120,11 +120,40 @@ def test_gradients_match_the_two_ops(cpu_backend):
     assert torch.autograd.gradcheck(op, inputs)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_training_forward_returns_the_two_ops_results_and_their_gradients(cpu_backend, layout):
+    """nin_block_max_pool_with_hidden (the cpu backend's block + pool when a gradient is needed) returns
+    the two training ops' results, and its backward, which masks the pooled gradient instead of the
+    block's, gives their gradients, through every output it returns."""
+    case = dict(n=2, c0=3, c1=5, c2=5, k=3, s=1, p=1, h=9, w=8, pool=((3, 3), (2, 2), (1, 1), True), layout=layout)
+    x, params = _args(case, dtype=torch.float64)
+    got = torch.ops.nin_ext.nin_block_max_pool_with_hidden(x, *params, [1, 1], [1, 1], *case["pool"])
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(x, *params, [1, 1], [1, 1])
+    pooled, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(out, *case["pool"])
+    for g, e in zip(got, (pooled, h0, h1, argmax)):
+        assert torch.equal(g, e) and g.stride() == e.stride()
+    inputs = [t.requires_grad_(True) for t in (x, *params)]
+    op = lambda *a: torch.ops.nin_ext.nin_block_max_pool_with_hidden(*a, [1, 1], [1, 1], *case["pool"])  # noqa: E731
+    assert torch.autograd.gradcheck(lambda *a: op(*a)[0], inputs)
+    assert torch.autograd.gradcheck(lambda *a: sum(t.sum() * (i + 1) for i, t in enumerate(op(*a)[:3])), inputs)
+    assert torch.autograd.gradcheck(lambda *a: op(*a)[2], inputs)  # a hidden output alone
+
+
 def test_opcheck():
     require_extension()
     x, params = _args(dict(n=2, c0=3, c1=5, c2=4, k=3, s=2, p=1, h=11, w=9, pool=None, layout="contiguous"))
     torch.library.opcheck(torch.ops.nin_ext.nin_block_max_pool.default,
                           (x.requires_grad_(True), *params, [2, 2], [1, 1], [3, 2], [2, 1], [1, 0], True))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_training_forward(layout):
+    require_extension()
+    x, params = _args(dict(n=2, c0=3, c1=5, c2=5, k=3, s=2, p=1, h=11, w=9, pool=None, layout=layout))
+    for requires_grad in (False, True):
+        args = [t.clone().requires_grad_(requires_grad) for t in (x, *params)]
+        torch.library.opcheck(torch.ops.nin_ext.nin_block_max_pool_with_hidden.default,
+                              (*args, [2, 2], [1, 1], [3, 2], [2, 1], [1, 0], True))
 
 
 def test_errors_name_the_argument(cpu_backend):
@@ -145,9 +174,11 @@ def test_fused_sequential_runs_it_without_grad(cpu_backend):
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert_close_ref(y, ref64(reference, x))
-    with torch.profiler.profile() as prof:  # a gradient is needed: the two ops, for their backward
+    with torch.profiler.profile() as prof:  # a gradient is needed: the training forward of block + pool
         model(x[:1]).sum().backward()
-    assert not any(e.name == "nin_ext::nin_block_max_pool" for e in prof.events())
+    names = [e.name for e in prof.events()]
+    assert "nin_ext::nin_block_max_pool" not in names
+    assert names.count("nin_ext::nin_block_max_pool_with_hidden") == 3
     assert model[0][0].weight.grad is not None
 
 
