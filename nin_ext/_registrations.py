@@ -243,13 +243,23 @@ def _setup_nin_block_max_pool_context(ctx, inputs, output):
     ctx.pool = [list(inputs[9]), list(inputs[10]), list(inputs[11]), inputs[12]]
 
 
+def _masked_pool_backward(grad_pooled, pooled, argmax, block_output_size, channels_last):
+    """The gradient of a block's output before its ReLU, from that of its max pool. The block's output
+    is positive exactly where the pooled output is, at the argmax (a ReLU output is at least 0; NaN is
+    neither): the ReLU backward masks the pooled gradient before the scatter, which then writes zeros
+    where eager's mask of the full-size gradient would (the same values, bit for bit)."""
+    return torch.ops.nin_ext.max_pool2d_backward(torch.where(pooled > 0, grad_pooled, 0), argmax,
+                                                 block_output_size, channels_last)
+
+
 def _nin_block_max_pool_backward(ctx, grad_out):
     """Recomputes the block's activations with ATen (the forward kept none), then the pool's argmax."""
     h0, h1, out = nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding)
-    _, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(out, *ctx.pool)
-    grad_block_out = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, list(out.shape),
-                                                           suggest_memory_format(out) == torch.channels_last)
-    grads = _nin_block_grads_from_activations(ctx, grad_block_out, [h0, h1, out > 0])
+    pooled, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(out, *ctx.pool)
+    grad_block_out = _masked_pool_backward(grad_out, pooled, argmax, list(out.shape),
+                                           suggest_memory_format(out) == torch.channels_last)
+    del out, pooled, argmax
+    grads = _nin_block_grads_from_activations(ctx, grad_block_out, [h0, h1, None])
     return (*grads, None, None, None, None)
 
 
@@ -273,15 +283,11 @@ def _setup_nin_block_max_pool_with_hidden_context(ctx, inputs, output):
 
 
 def _nin_block_max_pool_with_hidden_backward(ctx, grad_pooled, grad_h0, grad_h1, grad_argmax):
-    """The block's output is positive exactly where the pooled output is, at the argmax (a ReLU output
-    is at least 0; NaN is neither): the output's ReLU backward masks the pooled gradient, before the
-    scatter, which then writes zeros where eager's mask would (the same values, bit for bit)."""
     x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled = ctx.saved_tensors
     if grad_pooled is None:  # only a hidden activation was used
         grad_block_out = h1.new_zeros(ctx.block_output_size)
     else:
-        grad_block_out = torch.ops.nin_ext.max_pool2d_backward(torch.where(pooled > 0, grad_pooled, 0), argmax,
-                                                               ctx.block_output_size, ctx.channels_last)
+        grad_block_out = _masked_pool_backward(grad_pooled, pooled, argmax, ctx.block_output_size, ctx.channels_last)
     activations = [h0, h1, None]
     del h0, h1, argmax, pooled
     grads = _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0, grad_h1)
