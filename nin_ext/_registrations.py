@@ -276,18 +276,18 @@ def _setup_nin_block_max_pool_with_hidden_context(ctx, inputs, output):
     pooled, h0, h1, argmax = output
     ctx.set_materialize_grads(False)  # as nin_block_with_hidden's
     ctx.stride, ctx.padding = list(stride), list(padding)
-    ctx.block_output_size = [x.shape[0], w2.shape[0], *h0.shape[2:]]
-    ctx.channels_last = suggest_memory_format(h0) == torch.channels_last  # the block's output's format
     # The pooled output is the next layer's input, saved there too: no memory of its own here.
     ctx.save_for_backward(x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled)
 
 
 def _nin_block_max_pool_with_hidden_backward(ctx, grad_pooled, grad_h0, grad_h1, grad_argmax):
     x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled = ctx.saved_tensors
+    block_output_size = [x.shape[0], w2.shape[0], *h0.shape[2:]]  # in h0's memory format
     if grad_pooled is None:  # only a hidden activation was used
-        grad_block_out = h1.new_zeros(ctx.block_output_size)
+        grad_block_out = h1.new_zeros(block_output_size)
     else:
-        grad_block_out = _masked_pool_backward(grad_pooled, pooled, argmax, ctx.block_output_size, ctx.channels_last)
+        grad_block_out = _masked_pool_backward(grad_pooled, pooled, argmax, block_output_size,
+                                               suggest_memory_format(h0) == torch.channels_last)
     activations = [h0, h1, None]
     del h0, h1, argmax, pooled
     grads = _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0, grad_h1)
@@ -322,8 +322,9 @@ if _extension.loaded:
     torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
                                     setup_context=_setup_max_pool2d_context)
     torch.library.register_fake("nin_ext::nin_block_max_pool")(_nin_block_max_pool_fake)
-    torch.library.register_fake("nin_ext::nin_block_max_pool_with_hidden")(_nin_block_max_pool_with_hidden_fake)
-    torch.library.register_autograd("nin_ext::nin_block_max_pool_with_hidden", _nin_block_max_pool_with_hidden_backward,
-                                    setup_context=_setup_nin_block_max_pool_with_hidden_context)
     torch.library.register_autograd("nin_ext::nin_block_max_pool", _nin_block_max_pool_backward,
                                     setup_context=_setup_nin_block_max_pool_context)
+    torch.library.register_fake("nin_ext::nin_block_max_pool_with_hidden")(_nin_block_max_pool_with_hidden_fake)
+    torch.library.register_autograd("nin_ext::nin_block_max_pool_with_hidden",
+                                    _nin_block_max_pool_with_hidden_backward,
+                                    setup_context=_setup_nin_block_max_pool_with_hidden_context)
