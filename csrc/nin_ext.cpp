@@ -103,6 +103,18 @@ static PyObject* shifted_conv(PyObject*, PyObject* args) {
   return PyBool_FromLong(nin_ext::cpu::shifted_conv_pays(g));
 }
 
+// shifted_bands(same arguments): the bands of output rows per image that a float32 nin_block of these
+// shapes on the shifted path runs by (1: tiles of whole images), for the tests.
+static PyObject* shifted_bands(PyObject*, PyObject* args) {
+  nin_ext::NinBlockGeometry g{};
+  int64_t weight_in = 0;
+  if (!parse_nin_block_shapes(args, g, weight_in)) {
+    return nullptr;
+  }
+  return PyLong_FromLongLong(
+      nin_ext::cpu::shifted_tiling(g, sizeof(float), nin_ext::cpu::float_microkernel().nr).bands);
+}
+
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
 // 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
 static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
@@ -127,6 +139,8 @@ extern "C" PyObject* PyInit__C(void) {
        "The Winograd output-block size a float32 nin_block of these shapes runs on the CPU (0: direct)."},
       {"shifted_conv", shifted_conv, METH_VARARGS,
        "Whether a nin_block of these shapes (off the Winograd path) runs its conv by shifted products on the CPU."},
+      {"shifted_bands", shifted_bands, METH_VARARGS,
+       "The bands of rows per image a float32 nin_block of these shapes on the shifted path runs by."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {nullptr, nullptr, 0, nullptr}};

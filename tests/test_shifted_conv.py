@@ -93,6 +93,34 @@ def test_training_forward_and_gradients(cpu_backend, dtype):
         assert_close_ref(a.grad, a64.grad, kind="grad", what="gradient")
 
 
+# Maps that the shifted path splits into bands of output rows: an image larger than the tiles' 1 MiB
+# (the first two), or too few images to give the threads 8 tiles. Odd sizes, a short last band.
+BAND_CASES = [
+    dict(n=1, c0=200, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=40, w=41, layout="contiguous"),
+    dict(n=2, c0=160, cc=13, c1=17, c2=10, k=(5, 3), p=(2, 0), h=37, w=35, layout="channels_last"),
+    dict(n=1, c0=64, cc=10, c1=10, c2=2, k=(3, 3), p=(0, 1), h=45, w=33, layout="sliced"),
+    dict(n=3, c0=97, cc=3, c1=1, c2=10, k=(2, 3), p=(1, 2), h=29, w=30, layout="contiguous"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", BAND_CASES, ids=_case_id)
+def test_bands_of_rows(cpu_backend, case, dtype):
+    args = _block_args(case, dtype)
+    assert _shifted(args), "the case does not take the shifted path"
+    shapes = (tuple(args[0].shape), tuple(args[1].shape), args[3].shape[0], args[5].shape[0], (1, 1), case["p"])
+    assert _C.shifted_bands(*shapes) > 1, "the case runs by whole images"
+    assert_close_ref(nin_ext.ops.nin_block(*args), ref64_fn(ref_block_fn, *args), what="nin_block")
+    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args)
+    assert torch.equal(out, nin_ext.ops.nin_block(*args))
+    x64 = [a.double() for a in args[:7]]
+    expected_h0 = torch.relu(torch.nn.functional.conv2d(x64[0], x64[1], x64[2], 1, case["p"]))
+    assert_close_ref(h0, expected_h0, what="hidden0")
+    # hidden1 from the kernel's own hidden0, so that hidden0's rounding does not count twice
+    assert_close_ref(h1, torch.relu(torch.nn.functional.conv2d(h0.double(), x64[3], x64[4])), what="hidden1")
+
+
 def test_choice_for_the_seed_blocks():
     """Block 4 (384 -> 10 channels) takes the shifted products at any batch; blocks 2 and 3 (wide
     convs: the gather is a few percent of their work) and block 1 (stride 4) do not, nor does a 1x1
@@ -114,10 +142,12 @@ def test_padding_of_the_kernel_size_stays_on_the_gather_path(cpu_backend):
     assert_close_ref(nin_ext.ops.nin_block(*args), ref64_fn(ref_block_fn, *args), what="nin_block")
 
 
-def test_same_bits_for_any_thread_count(cpu_backend):
-    """The threads split the positions differently; each position is computed the same way."""
-    args = _block_args(dict(n=3, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=5, w=5, layout="contiguous"),
-                       torch.float32)
+@pytest.mark.parametrize("case", [dict(n=3, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=5, w=5,
+                                       layout="contiguous"), BAND_CASES[0]], ids=["whole_images", "bands"])
+def test_same_bits_for_any_thread_count(cpu_backend, case):
+    """The threads split the tiles differently; each position is computed the same way, and the
+    global average pool adds the same parts in the same order."""
+    args = _block_args(case, torch.float32)
     threads = torch.get_num_threads()
     try:
         outputs = []

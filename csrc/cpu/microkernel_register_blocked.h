@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace nin_ext {
 namespace cpu {
@@ -90,37 +91,49 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
       bias, c, ldc, rows);
 }
 
-// The kernel for any `rows`: a panel's rows past `rows` are zero padding, so a layer's last panel
-// computes its rows rounded up to a third of MR only (the seed's 256-channel block 2 has 21 full
-// panels of 12 and one of 4 rows: 3% of its products and 1x1 layers were padding).
-template <typename Vec, int MR, int NV>
-inline void register_blocked_microkernel_rows(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias,
-                                              float* c, int64_t ldc, int64_t rows) {
+// Calls body(std::integral_constant<int, ROWS>{}) with ROWS the smallest third of MR that covers
+// `rows`: a panel's rows past `rows` are zero padding, so a layer's last panel computes its rows
+// rounded up to a third of MR only (the seed's 256-channel block 2 has 21 full panels of 12 and one
+// of 4 rows: 3% of its products and 1x1 layers were padding).
+template <int MR, typename Body>
+__attribute__((always_inline)) inline void with_row_class(int64_t rows, const Body& body) {
   static_assert(MR % 3 == 0, "the row classes are thirds of MR");
   if (rows <= MR / 3) {
-    register_blocked_microkernel<Vec, MR, NV, MR / 3>(K, a, b, ldb, bias, c, ldc, rows);
+    body(std::integral_constant<int, MR / 3>{});
   } else if (rows <= 2 * MR / 3) {
-    register_blocked_microkernel<Vec, MR, NV, 2 * MR / 3>(K, a, b, ldb, bias, c, ldc, rows);
+    body(std::integral_constant<int, 2 * MR / 3>{});
   } else {
-    register_blocked_microkernel<Vec, MR, NV>(K, a, b, ldb, bias, c, ldc, rows);
+    body(std::integral_constant<int, MR>{});
   }
 }
 
-// The kernel on shifted rows of an unpacked input (microkernel.h, ShiftedMicroKernelFn).
+// The kernel for any `rows`, by row class.
+template <typename Vec, int MR, int NV>
+inline void register_blocked_microkernel_rows(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias,
+                                              float* c, int64_t ldc, int64_t rows) {
+  with_row_class<MR>(rows, [&](auto row_class) {
+    register_blocked_microkernel<Vec, MR, NV, decltype(row_class)::value>(K, a, b, ldb, bias, c, ldc, rows);
+  });
+}
+
+// The kernel on shifted rows of an unpacked input (microkernel.h, ShiftedMicroKernelFn), by row class
+// (with_row_class).
 template <typename Vec, int MR, int NV>
 inline void register_blocked_shifted_microkernel(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
                                                  const float* b, int64_t ldb, const float* bias, float* c,
                                                  int64_t ldc, int64_t rows) {
-  register_blocked_product<Vec, MR, NV>(
-      [&](const auto& step) __attribute__((always_inline)) {
-        for (int64_t k = 0; k < K; ++k) {
-          for (int64_t s = 0; s < shifts; ++s) {
-            __builtin_prefetch(a + (k * shifts + s + weight_prefetch_steps<MR>()) * MR);
-            step(a + (k * shifts + s) * MR, b + k * ldb + offsets[s]);
+  with_row_class<MR>(rows, [&](auto row_class) {
+    register_blocked_product<Vec, decltype(row_class)::value, NV>(
+        [&](const auto& step) __attribute__((always_inline)) {
+          for (int64_t k = 0; k < K; ++k) {
+            for (int64_t s = 0; s < shifts; ++s) {
+              __builtin_prefetch(a + (k * shifts + s + weight_prefetch_steps<MR>()) * MR);
+              step(a + (k * shifts + s) * MR, b + k * ldb + offsets[s]);
+            }
           }
-        }
-      },
-      bias, c, ldc, rows);
+        },
+        bias, c, ldc, rows);
+  });
 }
 
 }  // namespace cpu

@@ -1,8 +1,8 @@
 // nin_ext::nin_block_gap on the CPU: the fused block with the global average pool folded in.
 // Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
 // sums are then added in tile order, so the result has the same bits on every run. Where the block
-// runs by shifted products (nin_block_shifted_cpu.h), whose tiles hold whole images, each image's
-// pixels are summed in pixel order within its tile.
+// runs by shifted products (nin_block_shifted_cpu.h), the parts are its bands of rows, or whole
+// images.
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
@@ -30,46 +30,47 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
     const NinBlockPacked<scalar_t>& packed = *packed_ptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
+    // Per image, the sum of each part of its pixels (a tile or a band), each in pixel order; the
+    // parts are then added in order, so the bits depend on the shapes only.
+    int64_t parts = 0;
+    std::vector<acc_t> part_sums;
     if (shifted_conv_pays(g)) {
-      // Per image and channel, the sum of its pixels in pixel order: the same bits for any tiling.
-      for_each_shifted_tile<scalar_t>(x, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t n0,
-                                                        int64_t n1) {
-        std::vector<acc_t> sums((n1 - n0) * g.C2, acc_t(0));
+      const ShiftedTiling tiling = shifted_tiling(g, sizeof(scalar_t), packed.kernel.nr);
+      parts = tiling.bands;
+      part_sums.assign(g.N * parts * g.C2, acc_t(0));
+      for_each_shifted_tile<scalar_t>(x, g, packed, tiling, [&](const ShiftedTileWorker<scalar_t>& worker,
+                                                                const ShiftedTile& tile) {
         const scalar_t* values = worker.activation(2);
         const int64_t nr = packed.kernel.nr;
-        worker.for_each_pixel(n0, n1, [&](int64_t j, int64_t n, int64_t, int64_t) {
+        worker.for_each_pixel(tile, [&](int64_t j, int64_t n, int64_t, int64_t) {
           const scalar_t* src = values + (j / nr * g.C2) * nr + j % nr;
-          acc_t* image_sums = sums.data() + (n - n0) * g.C2;
+          acc_t* sums = part_sums.data() + (n * parts + tile.band) * g.C2;
           for (int64_t c = 0; c < g.C2; ++c) {
-            image_sums[c] += static_cast<acc_t>(src[c * nr]);
+            sums[c] += static_cast<acc_t>(src[c * nr]);
           }
         });
-        for (int64_t i = 0; i < (n1 - n0) * g.C2; ++i) {
-          out_data[n0 * g.C2 + i] = static_cast<scalar_t>(sums[i] * inv_pixels);
-        }
       });
-      return;
-    }
-    const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
-    const int64_t tiles_per_image = (g.pixels() + tile_pixels - 1) / tile_pixels;
-    std::vector<acc_t> tile_sums(g.N * tiles_per_image * g.C2);
-    for_each_nin_block_tile<scalar_t>(
-        x, g, packed, tile_pixels,
-        [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
-          acc_t* sums = tile_sums.data() + tile * g.C2;
-          std::fill(sums, sums + g.C2, acc_t(0));
-          worker.compute(n, p0, pt);
-          worker.for_each_row(2, [&](int64_t c, int64_t, const scalar_t* values, int64_t count) {
-            for (int64_t j = 0; j < count; ++j) {
-              sums[c] += static_cast<acc_t>(values[j]);
-            }
+    } else {
+      const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
+      parts = (g.pixels() + tile_pixels - 1) / tile_pixels;
+      part_sums.assign(g.N * parts * g.C2, acc_t(0));
+      for_each_nin_block_tile<scalar_t>(
+          x, g, packed, tile_pixels,
+          [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
+            acc_t* sums = part_sums.data() + tile * g.C2;
+            worker.compute(n, p0, pt);
+            worker.for_each_row(2, [&](int64_t c, int64_t, const scalar_t* values, int64_t count) {
+              for (int64_t j = 0; j < count; ++j) {
+                sums[c] += static_cast<acc_t>(values[j]);
+              }
+            });
           });
-        });
+    }
     for (int64_t n = 0; n < g.N; ++n) {
       for (int64_t c = 0; c < g.C2; ++c) {
         acc_t s = 0;
-        for (int64_t t = 0; t < tiles_per_image; ++t) {
-          s += tile_sums[(n * tiles_per_image + t) * g.C2 + c];
+        for (int64_t t = 0; t < parts; ++t) {
+          s += part_sums[(n * parts + t) * g.C2 + c];
         }
         out_data[n * g.C2 + c] = static_cast<scalar_t>(s * inv_pixels);
       }

@@ -46,18 +46,48 @@ inline bool shifted_conv_pays(const NinBlockGeometry& g) {
   return shifted < double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
 }
 
-// Per-thread workspace: the padded, channel-major copy of a tile of whole images (above) and the
-// block's three activations at its positions, in the panel layout of the pixel-tile path
-// ([panel][channel][NR]). Each thread copies the images it computes, so the copy is read from its
-// own cache. Each row ends with zeros for the last panel's lanes past the positions and for the
-// largest shift (which covers the last plane's bottom padding), so that every read stays in the row.
+// A tile of the shifted path: images [n0, n1), each from output row r0 to r1 (whole images: 0 and OH;
+// a band of one image's rows: n1 = n0 + 1), and the band's index in its image (0 for whole images).
+struct ShiftedTile {
+  int64_t n0, n1, r0, r1, band;
+};
+
+// How the shifted path tiles a call: whole images, as many as fit about 1 MiB of input copy and
+// activations, or bands of output rows of one image where an image does not fit, or where the batch
+// would give fewer than 8 tiles to share among threads. A band holds at least 8 panels of positions,
+// so that splitting a small map does not leave most lanes of its panels empty. Shapes and the
+// micro-kernel only, so results do not depend on the thread count.
+struct ShiftedTiling {
+  int64_t tile_images, band_rows, bands;  // bands per image: 1 for whole images
+};
+
+inline ShiftedTiling shifted_tiling(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
+  const int64_t cache_bytes = int64_t{1} << 20, min_tiles = 8, min_band_panels = 8;
+  const int64_t Ws = g.W + g.PW, row_bytes = Ws * (g.C0 + g.CC + g.C1 + g.C2) * element_size;
+  const int64_t image_bytes = (g.H + g.PH) * row_bytes;
+  const int64_t rows_for_split = (g.OH * g.N + min_tiles - 1) / min_tiles;
+  const int64_t rows_for_panels = (min_band_panels * nr + Ws - 1) / Ws;
+  const int64_t band_rows =
+      std::min(g.OH, std::max(rows_for_panels, std::min(std::max<int64_t>(1, cache_bytes / row_bytes), rows_for_split)));
+  if (image_bytes <= cache_bytes && band_rows == g.OH) {
+    return {cache_bytes / image_bytes, g.OH, 1};
+  }
+  return {1, band_rows, (g.OH + band_rows - 1) / band_rows};
+}
+
+// Per-thread workspace: the padded, channel-major copy of a tile's input (above; a band of rows r0 to
+// r1 takes padded rows r0 to r1 + KH - 2, row r0 first) and the block's three activations at its
+// positions, in the panel layout of the pixel-tile path ([panel][channel][NR]). Each thread copies
+// the input it computes, so the copy is read from its own cache. Each row ends with zeros for the
+// last panel's lanes past the positions and for the largest shift (which covers the last plane's
+// bottom padding), so that every read stays in the row.
 template <typename scalar_t>
 class ShiftedTileWorker {
  public:
   ShiftedTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                    int64_t max_images)
+                    const ShiftedTiling& tiling)
       : x_(x), g_(g), packed_(packed), plane_((g.H + g.PH) * (g.W + g.PW)),
-        lanes_(panels_for(max_images) * packed.kernel.nr),
+        lanes_(panels_for(positions({0, tiling.tile_images, 0, tiling.band_rows, 0})) * packed.kernel.nr),
         row_stride_(lanes_ + (g.KH - 1) * (g.W + g.PW) + g.KW - 1), rows_(g.C0 * row_stride_),
         hidden0_(g.CC * lanes_), hidden1_(g.C1 * lanes_), hidden2_(g.C2 * lanes_) {
     for (int64_t ky = 0; ky < g.KH; ++ky) {
@@ -67,22 +97,27 @@ class ShiftedTileWorker {
     }
   }
 
-  // The panels of NR positions that `images` images take.
-  int64_t panels_for(int64_t images) const { return (images * plane_ + packed_.kernel.nr - 1) / packed_.kernel.nr; }
+  // The positions a tile computes: whole planes for all its images but the last, rows r0 to r1 of it.
+  int64_t positions(const ShiftedTile& t) const { return (t.n1 - t.n0 - 1) * plane_ + (t.r1 - t.r0) * (g_.W + g_.PW); }
 
-  // Copies images [n0, n1) and computes the block's activations at their positions.
-  void compute(int64_t n0, int64_t n1) {
+  // The panels of NR positions that `count` positions take.
+  int64_t panels_for(int64_t count) const { return (count + packed_.kernel.nr - 1) / packed_.kernel.nr; }
+
+  // Copies the tile's input and computes the block's activations at its positions.
+  void compute(const ShiftedTile& t) {
     const NinBlockGeometry& g = g_;
-    const int64_t Ws = g.W + g.PW, panels = panels_for(n1 - n0);
+    const int64_t Ws = g.W + g.PW, panels = panels_for(positions(t));
+    // The input rows the tile reads: padded rows r0 to r1 + KH - 2, those of x's rows among them.
+    const int64_t ih0 = std::max<int64_t>(0, t.r0 - g.PH), ih1 = std::min(g.H, t.r1 + g.KH - 1 - g.PH);
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
     for (int64_t ci = 0; ci < g.C0; ++ci) {
       scalar_t* row = rows_.data() + ci * row_stride_;
       std::fill(row, row + row_stride_, scalar_t(0));
-      for (int64_t n = n0; n < n1; ++n) {
-        for (int64_t ih = 0; ih < g.H; ++ih) {
+      for (int64_t n = t.n0; n < t.n1; ++n) {
+        for (int64_t ih = ih0; ih < ih1; ++ih) {
           const scalar_t* src = xd + n * sn + ci * sc + ih * sh;
-          scalar_t* dst = row + (n - n0) * plane_ + (ih + g.PH) * Ws + g.PW;
+          scalar_t* dst = row + (n - t.n0) * plane_ + (ih + g.PH - t.r0) * Ws + g.PW;
           for (int64_t iw = 0; iw < g.W; ++iw) {
             dst[iw] = src[iw * sw];
           }
@@ -108,15 +143,15 @@ class ShiftedTileWorker {
     return (layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_).data();
   }
 
-  // Calls pixel_fn(j, n, oh, ow) for each position j of the last tile (images from n0) that is an
-  // output pixel.
+  // Calls pixel_fn(j, n, oh, ow) for each position j of tile t (the last computed) that is an output
+  // pixel, in position order.
   template <typename PixelFn>
-  void for_each_pixel(int64_t n0, int64_t n1, const PixelFn& pixel_fn) const {
+  void for_each_pixel(const ShiftedTile& t, const PixelFn& pixel_fn) const {
     const int64_t Ws = g_.W + g_.PW;
-    for (int64_t j = 0; j < (n1 - n0) * plane_; ++j) {
-      const int64_t oh = j % plane_ / Ws, ow = j % Ws;
-      if (oh < g_.OH && ow < g_.OW) {
-        pixel_fn(j, n0 + j / plane_, oh, ow);
+    for (int64_t j = 0; j < positions(t); ++j) {
+      const int64_t oh = t.r0 + j % plane_ / Ws, ow = j % Ws;
+      if (oh < t.r1 && ow < g_.OW) {
+        pixel_fn(j, t.n0 + j / plane_, oh, ow);
       }
     }
   }
@@ -131,21 +166,31 @@ class ShiftedTileWorker {
   ScratchBuffer<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
 };
 
-// Runs `tile_fn(worker, n0, n1)` for tiles of whole images [n0, n1), in parallel: each thread takes
-// an equal range of images, in tiles of about 1 MiB of input copy and activations. A position's
-// values do not depend on its tile (each lane of a micro-kernel block is computed on its own), so
-// tiles can follow the threads.
+// Runs `tile_fn(worker, tile)` for the tiles of `tiling` (shifted_tiling), in parallel: whole images
+// in equal ranges per thread, or the (image, band) tiles in equal ranges. A position's values do not
+// depend on its tile (each lane of a micro-kernel block is computed on its own), so tiles of whole
+// images can follow the threads.
 template <typename scalar_t, typename TileFn>
 void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                           const TileFn& tile_fn) {
-  const int64_t image_bytes = (g.H + g.PH) * (g.W + g.PW) * (g.C0 + g.CC + g.C1 + g.C2) * int64_t(sizeof(scalar_t));
-  const int64_t tile_images = std::max<int64_t>(1, (int64_t{1} << 20) / image_bytes);
-  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-    ShiftedTileWorker<scalar_t> worker(x, g, packed, std::min(tile_images, end - begin));
-    for (int64_t n0 = begin; n0 < end; n0 += tile_images) {
-      const int64_t n1 = std::min(end, n0 + tile_images);
-      worker.compute(n0, n1);
-      tile_fn(worker, n0, n1);
+                           const ShiftedTiling& tiling, const TileFn& tile_fn) {
+  if (tiling.bands == 1) {
+    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      ShiftedTileWorker<scalar_t> worker(x, g, packed, tiling);
+      for (int64_t n0 = begin; n0 < end; n0 += tiling.tile_images) {
+        const ShiftedTile tile{n0, std::min(end, n0 + tiling.tile_images), 0, g.OH, 0};
+        worker.compute(tile);
+        tile_fn(worker, tile);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.N * tiling.bands, 1, [&](int64_t begin, int64_t end) {
+    ShiftedTileWorker<scalar_t> worker(x, g, packed, tiling);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / tiling.bands, band = i % tiling.bands, r0 = band * tiling.band_rows;
+      const ShiftedTile tile{n, n + 1, r0, std::min(g.OH, r0 + tiling.band_rows), band};
+      worker.compute(tile);
+      tile_fn(worker, tile);
     }
   });
 }
@@ -156,14 +201,15 @@ template <typename scalar_t>
 void run_shifted_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                            const std::vector<std::pair<int, at::Tensor*>>& outputs) {
   const int64_t nr = packed.kernel.nr;
-  for_each_shifted_tile<scalar_t>(x, g, packed, [&](const ShiftedTileWorker<scalar_t>& worker, int64_t n0,
-                                                    int64_t n1) {
+  const ShiftedTiling tiling = shifted_tiling(g, sizeof(scalar_t), nr);
+  for_each_shifted_tile<scalar_t>(x, g, packed, tiling, [&](const ShiftedTileWorker<scalar_t>& worker,
+                                                            const ShiftedTile& tile) {
     for (const auto& [layer, tensor] : outputs) {
       const scalar_t* values = worker.activation(layer);
       const int64_t channels = tensor->size(1);
       scalar_t* data = tensor->template data_ptr<scalar_t>();
       const int64_t sn = tensor->stride(0), sc = tensor->stride(1), sh = tensor->stride(2), sw = tensor->stride(3);
-      worker.for_each_pixel(n0, n1, [&](int64_t j, int64_t n, int64_t oh, int64_t ow) {
+      worker.for_each_pixel(tile, [&](int64_t j, int64_t n, int64_t oh, int64_t ow) {
         const scalar_t* src = values + (j / nr * channels) * nr + j % nr;
         scalar_t* dst = data + n * sn + oh * sh + ow * sw;
         for (int64_t c = 0; c < channels; ++c) {
