@@ -77,30 +77,35 @@ static bool parse_nin_block_shapes(PyObject* args, nin_ext::NinBlockGeometry& g,
   return true;
 }
 
+// The path a float32 nin_block of these shapes takes on the CPU (csrc/cpu/nin_block_run_cpu.h).
+static nin_ext::cpu::NinBlockChoice float_block_choice(const nin_ext::NinBlockGeometry& g, int64_t weight_in) {
+  const bool weights = nin_ext::cpu::winograd_conv_shape(g.CC, weight_in, g.KH, g.KW);
+  return nin_ext::cpu::choose_nin_block_path(g, true, weights, nin_ext::cpu::float_microkernel().nr, sizeof(float));
+}
+
 // winograd_tile_size((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)): the output-block size
 // m of the Winograd path that a float32 nin_block of these shapes runs on the CPU (a strided one in
-// its polyphase form), 0 for the other paths (csrc/cpu/nin_block_run_cpu.h); tests and benchmarks use
-// it to know which path they check.
+// its polyphase form), 0 for the other paths; tests and benchmarks use it to know which path they
+// check.
 static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
   nin_ext::NinBlockGeometry g{};
   int64_t weight_in = 0;
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
-  const bool weights = nin_ext::cpu::winograd_conv_shape(g.CC, weight_in, g.KH, g.KW);
-  return PyLong_FromLong(
-      nin_ext::cpu::choose_winograd(g, true, weights, nin_ext::cpu::float_microkernel().nr, sizeof(float)).m);
+  return PyLong_FromLong(float_block_choice(g, weight_in).m);
 }
 
-// shifted_conv(same arguments): whether a nin_block of these shapes that does not run Winograd runs its
-// conv by shifted products on the CPU (csrc/cpu/nin_block_shifted_cpu.h), for the tests.
+// shifted_conv(same arguments): whether a float32 nin_block of these shapes runs its conv by shifted
+// products on the CPU (csrc/cpu/nin_block_shifted_cpu.h; a strided one in its polyphase form), for
+// the tests.
 static PyObject* shifted_conv(PyObject*, PyObject* args) {
   nin_ext::NinBlockGeometry g{};
   int64_t weight_in = 0;
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
-  return PyBool_FromLong(nin_ext::cpu::shifted_conv_pays(g));
+  return PyBool_FromLong(float_block_choice(g, weight_in).path == nin_ext::cpu::NinBlockPath::shifted);
 }
 
 // shifted_bands(same arguments): the bands of output rows per image that a float32 nin_block of these
@@ -111,8 +116,10 @@ static PyObject* shifted_bands(PyObject*, PyObject* args) {
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
-  return PyLong_FromLongLong(
-      nin_ext::cpu::shifted_tiling(g, sizeof(float), nin_ext::cpu::float_microkernel().nr).bands);
+  const bool polyphase = float_block_choice(g, weight_in).polyphase;
+  const nin_ext::NinBlockGeometry form = polyphase ? nin_ext::cpu::polyphase_geometry(g) : g;
+  const int64_t nr = nin_ext::cpu::float_microkernel().nr;
+  return PyLong_FromLongLong(nin_ext::cpu::shifted_tiling(form, sizeof(float), nr).bands);
 }
 
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
@@ -138,7 +145,7 @@ extern "C" PyObject* PyInit__C(void) {
       {"winograd_tile_size", winograd_tile_size, METH_VARARGS,
        "The Winograd output-block size a float32 nin_block of these shapes runs on the CPU (0: direct)."},
       {"shifted_conv", shifted_conv, METH_VARARGS,
-       "Whether a nin_block of these shapes (off the Winograd path) runs its conv by shifted products on the CPU."},
+       "Whether a float32 nin_block of these shapes runs its conv by shifted products on the CPU."},
       {"shifted_bands", shifted_bands, METH_VARARGS,
        "The bands of rows per image a float32 nin_block of these shapes on the shifted path runs by."},
       {"set_winograd_mode", set_winograd_mode, METH_O,

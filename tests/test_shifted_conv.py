@@ -48,13 +48,36 @@ def _block_args(c, dtype):
     w1 = torch.randn(c["c1"], c["cc"], 1, 1, dtype=dtype) * (2.0 / c["cc"]) ** 0.5
     w2 = torch.randn(c["c2"], c["c1"], 1, 1, dtype=dtype) * (2.0 / c["c1"]) ** 0.5
     biases = [torch.randn(m, dtype=dtype) * 0.1 for m in (c["cc"], c["c1"], c["c2"])]
-    return x, w, biases[0], w1, biases[1], w2, biases[2], (1, 1), c["p"]
+    return x, w, biases[0], w1, biases[1], w2, biases[2], c.get("s", (1, 1)), c["p"]
+
+
+def _shapes(args):
+    x, w, _, w1, _, w2, _, stride, padding = args
+    return tuple(x.shape), tuple(w.shape), w1.shape[0], w2.shape[0], tuple(stride), tuple(padding)
 
 
 def _shifted(args):
-    x, w, _, w1, _, w2, _, stride, padding = args
-    shapes = (tuple(x.shape), tuple(w.shape), w1.shape[0], w2.shape[0], stride, padding)
-    return _C.shifted_conv(*shapes) and _C.winograd_tile_size(*shapes) == 0
+    return _C.shifted_conv(*_shapes(args)) and _C.winograd_tile_size(*_shapes(args)) == 0
+
+
+def _assert_block_ops(args, pool):
+    """The case takes the shifted path, and nin_block, nin_block_gap and nin_block_max_pool (kernel,
+    stride, padding) match the float64 reference."""
+    assert _shifted(args), "the case does not take the shifted path"
+    block = nin_ext.ops.nin_block(*args)
+    assert_close_ref(block, ref64_fn(ref_block_fn, *args), what="nin_block")
+    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
+    assert torch.equal(nin_ext.ops.nin_block_max_pool(*args, *pool), torch.nn.functional.max_pool2d(block, *pool))
+
+
+def _assert_gap_gradients(args):
+    """nin_block_gap's gradients for every tensor argument against the float64 reference's."""
+    args = [a.detach().requires_grad_(True) if i < 7 else a for i, a in enumerate(args)]
+    nin_ext.ops.nin_block_gap(*args).sum().backward()
+    x64 = [a.detach().double().requires_grad_(True) for a in args[:7]]
+    ref_block_gap_fn(*x64, *args[7:]).sum().backward()
+    for a, a64 in zip(args[:7], x64):
+        assert_close_ref(a.grad, a64.grad, kind="grad", what="gradient")
 
 
 def _case_id(c):
@@ -64,12 +87,7 @@ def _case_id(c):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_block_ops(cpu_backend, case, dtype):
-    args = _block_args(case, dtype)
-    assert _shifted(args), "the case does not take the shifted path"
-    assert_close_ref(nin_ext.ops.nin_block(*args), ref64_fn(ref_block_fn, *args), what="nin_block")
-    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
-    pooled = nin_ext.ops.nin_block_max_pool(*args, 2, 1, 1)
-    assert torch.equal(pooled, torch.nn.functional.max_pool2d(nin_ext.ops.nin_block(*args), 2, 1, 1))
+    _assert_block_ops(_block_args(case, dtype), (2, 1, 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -84,13 +102,7 @@ def test_training_forward_and_gradients(cpu_backend, dtype):
     assert_close_ref(h0, expected_h0, what="hidden0")
     assert_close_ref(h1, expected_h1, what="hidden1")
     assert_close_ref(out, ref64_fn(ref_block_fn, *args), what="output")
-    for i in range(7):
-        args[i] = args[i].detach().requires_grad_(True)
-    nin_ext.ops.nin_block_gap(*args).sum().backward()
-    x64 = [a.detach().double().requires_grad_(True) for a in args[:7]]
-    ref_block_gap_fn(*x64, *args[7:]).sum().backward()
-    for a, a64 in zip(args[:7], x64):
-        assert_close_ref(a.grad, a64.grad, kind="grad", what="gradient")
+    _assert_gap_gradients(args)
 
 
 # Maps that the shifted path splits into bands of output rows: an image larger than the tiles' 1 MiB
@@ -107,18 +119,46 @@ BAND_CASES = [
 @pytest.mark.parametrize("case", BAND_CASES, ids=_case_id)
 def test_bands_of_rows(cpu_backend, case, dtype):
     args = _block_args(case, dtype)
-    assert _shifted(args), "the case does not take the shifted path"
-    shapes = (tuple(args[0].shape), tuple(args[1].shape), args[3].shape[0], args[5].shape[0], (1, 1), case["p"])
-    assert _C.shifted_bands(*shapes) > 1, "the case runs by whole images"
-    assert_close_ref(nin_ext.ops.nin_block(*args), ref64_fn(ref_block_fn, *args), what="nin_block")
-    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
+    assert _C.shifted_bands(*_shapes(args)) > 1, "the case runs by whole images"
+    _assert_block_ops(args, (2, 2, 0))
     out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args)
     assert torch.equal(out, nin_ext.ops.nin_block(*args))
     x64 = [a.double() for a in args[:7]]
-    expected_h0 = torch.relu(torch.nn.functional.conv2d(x64[0], x64[1], x64[2], 1, case["p"]))
+    expected_h0 = torch.relu(torch.nn.functional.conv2d(x64[0], x64[1], x64[2], args[7], case["p"]))
     assert_close_ref(h0, expected_h0, what="hidden0")
     # hidden1 from the kernel's own hidden0, so that hidden0's rounding does not count twice
     assert_close_ref(h1, torch.relu(torch.nn.functional.conv2d(h0.double(), x64[3], x64[4])), what="hidden1")
+
+
+# Strided blocks that run their polyphase form (polyphase_cpu.h: stride 1, no padding, over the input's
+# phases) by shifted products: long reductions into few channels, where the gather path's copies cost
+# more than the form's zero taps and dropped positions. Square and non-square strides, padding, maps
+# that end mid-phase, bands and whole images.
+STRIDED_CASES = [
+    dict(n=2, c0=192, cc=10, c1=10, c2=10, k=(11, 11), s=(2, 2), p=(0, 0), h=64, w=63, layout="contiguous"),
+    dict(n=2, c0=97, cc=10, c1=17, c2=10, k=(5, 5), s=(2, 2), p=(2, 1), h=23, w=21, layout="channels_last"),
+    dict(n=1, c0=64, cc=13, c1=17, c2=3, k=(7, 5), s=(2, 3), p=(3, 2), h=31, w=37, layout="sliced"),
+    dict(n=3, c0=128, cc=10, c1=1, c2=10, k=(3, 3), s=(2, 2), p=(1, 1), h=19, w=17, layout="contiguous"),
+    dict(n=2, c0=96, cc=10, c1=10, c2=2, k=(6, 6), s=(3, 3), p=(1, 1), h=40, w=41, layout="contiguous"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", STRIDED_CASES, ids=lambda c: _case_id(c) + "_s{s[0]}x{s[1]}".format(**c))
+def test_strided_blocks_in_polyphase_form(cpu_backend, case, dtype):
+    args = _block_args(case, dtype)
+    _assert_block_ops(args, (3, 2, 1))
+    out, h0, _ = torch.ops.nin_ext.nin_block_with_hidden(*args)
+    assert torch.equal(out, nin_ext.ops.nin_block(*args))
+    x64 = [a.double() for a in args[:7]]
+    expected_h0 = torch.relu(torch.nn.functional.conv2d(x64[0], x64[1], x64[2], args[7], args[8]))
+    assert_close_ref(h0, expected_h0, what="hidden0")
+
+
+def test_strided_block_gradients(cpu_backend):
+    args = list(_block_args(STRIDED_CASES[1], torch.float32))
+    assert _shifted(args)
+    _assert_gap_gradients(args)
 
 
 def test_choice_for_the_seed_blocks():

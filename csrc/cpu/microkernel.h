@@ -10,6 +10,8 @@
 // The shifted kernel reads the pixels unpacked, from rows of an input at distance ldb, each index k
 // through `shifts` offsets (a stride-1 convolution as a sum of shifted products, with no im2col):
 //   c[r * ldc + j] = relu(bias[r] + sum_{k, s} a[(k * shifts + s) * MR + r] * b[k * ldb + offsets[s] + j])
+// and with `accumulate` adds c's values to the sum before the bias, so that a long reduction can run
+// in chunks, each a short sum of its own.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +33,8 @@ using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, 
 
 template <typename scalar_t>
 using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
-                                      const scalar_t* b, int64_t ldb, const scalar_t* bias, scalar_t* c, int64_t ldc,
-                                      int64_t rows);
+                                      const scalar_t* b, int64_t ldb, const scalar_t* bias, bool accumulate,
+                                      scalar_t* c, int64_t ldc, int64_t rows);
 
 // The Winograd input or output transform of F(m x m, r x r) for nr tiles side by side
 // (winograd_transform_lanes.h), compiled for the same ISA as the micro-kernel.
@@ -90,7 +92,8 @@ struct MicroKernel {
 // without AVX2. `for_each_k(step)` calls step(a_k, b_k) per reduction index, as in
 // microkernel_register_blocked.h.
 template <typename scalar_t, int MR, int NR, typename ForEachK>
-void portable_product(const ForEachK& for_each_k, const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t rows) {
+void portable_product(const ForEachK& for_each_k, const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t rows,
+                      bool accumulate = false) {
   scalar_t acc[MR][NR] = {};
   for_each_k([&](const scalar_t* a_k, const scalar_t* b_k) {
     for (int r = 0; r < MR; ++r) {
@@ -99,6 +102,11 @@ void portable_product(const ForEachK& for_each_k, const scalar_t* bias, scalar_t
       }
     }
   });
+  for (int64_t r = 0; accumulate && r < rows; ++r) {
+    for (int j = 0; j < NR; ++j) {
+      acc[r][j] = c[r * ldc + j] + acc[r][j];
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     for (int j = 0; j < NR; ++j) {
       if (bias == nullptr) {
@@ -125,8 +133,8 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, int64
 
 template <typename scalar_t, int MR, int NR>
 void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
-                                  const scalar_t* b, int64_t ldb, const scalar_t* bias, scalar_t* c, int64_t ldc,
-                                  int64_t rows) {
+                                  const scalar_t* b, int64_t ldb, const scalar_t* bias, bool accumulate, scalar_t* c,
+                                  int64_t ldc, int64_t rows) {
   portable_product<scalar_t, MR, NR>(
       [&](const auto& step) {
         for (int64_t k = 0; k < K; ++k) {
@@ -135,7 +143,7 @@ void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offs
           }
         }
       },
-      bias, c, ldc, rows);
+      bias, c, ldc, rows, accumulate);
 }
 
 #if NIN_EXT_X86_64
@@ -145,10 +153,11 @@ void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t
 void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
                            int64_t ldc, int64_t rows);
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                      const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc,
-                                      int64_t rows);
+                                      const float* b, int64_t ldb, const float* bias, bool accumulate, float* c,
+                                      int64_t ldc, int64_t rows);
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a, const float* b,
-                                   int64_t ldb, const float* bias, float* c, int64_t ldc, int64_t rows);
+                                   int64_t ldb, const float* bias, bool accumulate, float* c, int64_t ldc,
+                                   int64_t rows);
 void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
                                         int64_t out_stride);
 void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -45,9 +45,9 @@ void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t
 }
 
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                      const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc,
-                                      int64_t rows) {
-  register_blocked_shifted_microkernel<Avx512, 12, 2>(K, shifts, offsets, a, b, ldb, bias, c, ldc, rows);
+                                      const float* b, int64_t ldb, const float* bias, bool accumulate, float* c,
+                                      int64_t ldc, int64_t rows) {
+  register_blocked_shifted_microkernel<Avx512, 12, 2>(K, shifts, offsets, a, b, ldb, bias, accumulate, c, ldc, rows);
 }
 
 void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -23,12 +23,15 @@ constexpr int64_t weight_prefetch_steps() {
   return kWeightPrefetchBytes / (MR * int64_t(sizeof(float)));
 }
 
-// MR rows x (NV * Vec::lanes) pixels, MR * NV accumulators held in registers. `for_each_k(step)`
-// calls step(a_k, b_k) once per reduction index: a_k the MR weights of that index, b_k its NR pixels.
+// MR rows x (NV * Vec::lanes) pixels, MR * NV accumulators held in registers; with `accumulate`, c's
+// first `rows` rows are added to the products before the bias (a sum of its own, not the start of
+// the reduction, so that a reduction in chunks rounds as short sums). `for_each_k(step)` calls
+// step(a_k, b_k) once per reduction index: a_k the MR weights of that index, b_k its NR pixels.
 // Always inlined, with the steps, so that the accumulators never leave the registers.
 template <typename Vec, int MR, int NV, typename ForEachK>
 __attribute__((always_inline)) inline void register_blocked_product(const ForEachK& for_each_k, const float* bias,
-                                                                    float* c, int64_t ldc, int64_t rows) {
+                                                                    float* c, int64_t ldc, int64_t rows,
+                                                                    bool accumulate = false) {
   typename Vec::reg acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -52,6 +55,17 @@ __attribute__((always_inline)) inline void register_blocked_product(const ForEac
       }
     }
   });
+  if (accumulate) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      if (r < rows) {
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          acc[r][v] = Vec::add(Vec::load(c + r * ldc + v * Vec::lanes), acc[r][v]);
+        }
+      }
+    }
+  }
   if (bias == nullptr) {  // a linear product (Winograd's per-point products)
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
@@ -120,8 +134,8 @@ inline void register_blocked_microkernel_rows(int64_t K, const float* a, const f
 // (with_row_class).
 template <typename Vec, int MR, int NV>
 inline void register_blocked_shifted_microkernel(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                                 const float* b, int64_t ldb, const float* bias, float* c,
-                                                 int64_t ldc, int64_t rows) {
+                                                 const float* b, int64_t ldb, const float* bias, bool accumulate,
+                                                 float* c, int64_t ldc, int64_t rows) {
   with_row_class<MR>(rows, [&](auto row_class) {
     register_blocked_product<Vec, decltype(row_class)::value, NV>(
         [&](const auto& step) __attribute__((always_inline)) {
@@ -132,7 +146,7 @@ inline void register_blocked_shifted_microkernel(int64_t K, int64_t shifts, cons
             }
           }
         },
-        bias, c, ldc, rows);
+        bias, c, ldc, rows, accumulate);
   });
 }
 

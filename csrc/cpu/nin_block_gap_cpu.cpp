@@ -2,12 +2,11 @@
 // Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
 // sums are then added in tile order, so the result has the same bits on every run. Where the block
 // runs by shifted products (nin_block_shifted_cpu.h), the parts are its bands of rows, or whole
-// images.
+// images. The Winograd path has no pooled form: a block that would take it runs by pixel tiles here.
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
-#include "cpu/nin_block_packed_cache_cpu.h"
-#include "cpu/nin_block_shifted_cpu.h"
+#include "cpu/nin_block_run_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -26,20 +25,20 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_gap_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const auto packed_ptr = packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2);
-    const NinBlockPacked<scalar_t>& packed = *packed_ptr;
+    const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
+    const NinBlockPacked<scalar_t>& packed = *call.weights;
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
     // Per image, the sum of each part of its pixels (a tile or a band), each in pixel order; the
     // parts are then added in order, so the bits depend on the shapes only.
     int64_t parts = 0;
     std::vector<acc_t> part_sums;
-    if (shifted_conv_pays(g)) {
-      const ShiftedTiling tiling = shifted_tiling(g, sizeof(scalar_t), packed.kernel.nr);
+    if (call.path == NinBlockPath::shifted) {
+      const ShiftedTiling tiling = shifted_tiling(call.g, sizeof(scalar_t), packed.kernel.nr);
       parts = tiling.bands;
       part_sums.assign(g.N * parts * g.C2, acc_t(0));
-      for_each_shifted_tile<scalar_t>(x, g, packed, tiling, [&](const ShiftedTileWorker<scalar_t>& worker,
-                                                                const ShiftedTile& tile) {
+      for_each_shifted_tile<scalar_t>(call.x, call.g, call.phases, *call.packed, tiling,
+                                      [&](const ShiftedTileWorker<scalar_t>& worker, const ShiftedTile& tile) {
         const scalar_t* values = worker.activation(2);
         const int64_t nr = packed.kernel.nr;
         worker.for_each_pixel(tile, [&](int64_t j, int64_t n, int64_t, int64_t) {

@@ -188,12 +188,12 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_max_pool_cpu", [&] {
     const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
     const NinBlockPacked<scalar_t>& packed = *call.packed;
-    if (format == at::MemoryFormat::Contiguous && call.winograd_tile > 0) {
+    if (format == at::MemoryFormat::Contiguous && call.path == NinBlockPath::winograd) {
       pool_block_by_images<scalar_t>(call.x, call.g, pool, packed, packed.winograd(call.winograd_tile), call.phases,
                                      out);
       return;
     }
-    if (format == at::MemoryFormat::Contiguous && !shifted_conv_pays(g)) {
+    if (format == at::MemoryFormat::Contiguous && call.path == NinBlockPath::direct) {
       pool_block_by_bands<scalar_t>(call.x, call.g, pool, packed, out);
       return;
     }

@@ -14,6 +14,10 @@
 namespace nin_ext {
 namespace cpu {
 
+// The CPU paths of a block call: Winograd tiles, shifted products (nin_block_shifted_cpu.h) and
+// pixel tiles with an im2col gather (the direct path).
+enum class NinBlockPath { winograd, shifted, direct };
+
 // A block call in the form it runs in: the call as given, or its polyphase form (polyphase_cpu.h),
 // which reads x's phases in place, and the path the form takes.
 template <typename scalar_t>
@@ -21,14 +25,15 @@ struct NinBlockCall {
   at::Tensor x;
   NinBlockGeometry g;
   InputPhases phases;
+  NinBlockPath path;
   int winograd_tile;  // the output-block size m of its Winograd tiles, 0 for the other paths
   std::shared_ptr<const NinBlockPacked<scalar_t>> weights;  // the weights' packing, from the cache
   const NinBlockPacked<scalar_t>* packed;                    // the packing that runs: it or its polyphase form
 };
 
 // The output-block size m of the Winograd tiles that a strided block runs by in its polyphase form,
-// 0 when it runs direct: the form runs when its Winograd tiles do fewer multiply-adds than the direct
-// path (the only other path a strided block has).
+// 0 when it does not: the form runs when its Winograd tiles do fewer multiply-adds than the direct
+// path.
 inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_weights, int64_t nr,
                                         int64_t element_size) {
   if (g.SH == 1 && g.SW == 1) {
@@ -40,19 +45,33 @@ inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_we
   return m > 0 && winograd_work(p, m, nr) < direct_work(g, nin_block_tile_pixels(g, element_size, nr)) ? m : 0;
 }
 
-// Which Winograd tiles a call of these shapes runs by: the output-block size m (0: another path), and
-// whether in the polyphase form. `winograd_weights`: whether the conv's own weights allow the path.
-struct WinogradChoice {
+// The path a call of these shapes takes, the output-block size m of its Winograd tiles (0 on the
+// other paths), and whether it runs in its polyphase form. In order: Winograd tiles (strided blocks
+// in their polyphase form), shifted products, a strided block's polyphase form by shifted products
+// where that does less work than the gather (a long reduction into few channels, as 192 -> 10
+// channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather), else the direct path.
+// `winograd_weights`: whether the conv's own weights allow the Winograd path.
+struct NinBlockChoice {
+  NinBlockPath path;
   int m;
   bool polyphase;
 };
 
-inline WinogradChoice choose_winograd(const NinBlockGeometry& g, bool float_weights, bool winograd_weights,
-                                      int64_t nr, int64_t element_size) {
+inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool float_weights, bool winograd_weights,
+                                            int64_t nr, int64_t element_size) {
   if (const int m = polyphase_winograd_tile_size(g, float_weights, nr, element_size)) {
-    return {m, true};
+    return {NinBlockPath::winograd, m, true};
   }
-  return {winograd_tile_size(g, winograd_weights, nr, element_size), false};
+  if (const int m = winograd_tile_size(g, winograd_weights, nr, element_size)) {
+    return {NinBlockPath::winograd, m, false};
+  }
+  if (shifted_conv_pays(g)) {
+    return {NinBlockPath::shifted, 0, false};
+  }
+  if ((g.SH != 1 || g.SW != 1) && shifted_path_work(polyphase_geometry(g)) < gather_path_work(g)) {
+    return {NinBlockPath::shifted, 0, true};
+  }
+  return {NinBlockPath::direct, 0, false};
 }
 
 // The weights' packing (cached) and the form the call runs in.
@@ -61,10 +80,13 @@ NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBloc
                                               const c10::optional<at::Tensor>& b, const at::Tensor& w1,
                                               const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                                               const c10::optional<at::Tensor>& b2) {
-  NinBlockCall<scalar_t> call{x, g, InputPhases{}, 0, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
+  NinBlockCall<scalar_t> call{
+      x, g, InputPhases{}, NinBlockPath::direct, 0, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
   call.packed = call.weights.get();
-  const WinogradChoice choice = choose_winograd(g, std::is_same_v<scalar_t, float>, call.packed->winograd_weights,
-                                                call.packed->kernel.nr, sizeof(scalar_t));
+  const NinBlockChoice choice = choose_nin_block_path(g, std::is_same_v<scalar_t, float>,
+                                                      call.packed->winograd_weights, call.packed->kernel.nr,
+                                                      sizeof(scalar_t));
+  call.path = choice.path;
   call.winograd_tile = choice.m;
   if (choice.polyphase) {
     call.g = polyphase_geometry(g);
@@ -76,15 +98,14 @@ NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBloc
 
 // Runs the block over the whole batch and writes the activations asked for, (layer, tensor) pairs
 // (layer 0: the conv's, 1: the first 1x1's, 2: the block's output), into their (N, C, OH, OW)
-// tensors: by Winograd tiles when the packing and the geometry allow, else by shifted products where
-// they pay (nin_block_shifted_cpu.h), else by pixel tiles.
+// tensors, by the call's path.
 template <typename scalar_t>
 void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pair<int, at::Tensor*>>& outputs) {
   const at::Tensor& x = call.x;
   const NinBlockGeometry& g = call.g;
   const NinBlockPacked<scalar_t>& packed = *call.packed;
-  if (const int m = call.winograd_tile) {
-    const PackedWinogradConv& winograd = packed.winograd(m);
+  if (call.path == NinBlockPath::winograd) {
+    const PackedWinogradConv& winograd = packed.winograd(call.winograd_tile);
     auto write_tile = [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
       worker.compute_winograd(b0, tb);
       for (const auto& [layer, tensor] : outputs) {
@@ -94,8 +115,8 @@ void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pa
     for_each_winograd_tile<scalar_t>(x, g, packed, winograd, call.phases, write_tile);
     return;
   }
-  if (shifted_conv_pays(g)) {
-    run_shifted_nin_block<scalar_t>(x, g, packed, outputs);
+  if (call.path == NinBlockPath::shifted) {
+    run_shifted_nin_block<scalar_t>(x, g, call.phases, packed, outputs);
     return;
   }
   const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);

@@ -11,7 +11,8 @@
 // dropped, Hs Ws / (OH OW) times the work of the pixels: that pays where the gather costs more than
 // the extra products, a long reduction (C0 KH KW) into few channels (CC), as in the seed's block 4
 // (384 -> 10 channels on 5x5 maps: 1.44x the products, instead of gathering 3456 floats per pixel for
-// 10 outputs).
+// 10 outputs). A strided conv runs this way in its polyphase form (polyphase_cpu.h), its copy reading
+// x's phases: stride 1, no padding.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "cpu/nin_block_tiles_cpu.h"
+#include "cpu/polyphase_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
 
 namespace nin_ext {
@@ -32,19 +34,29 @@ namespace cpu {
 // 21 M multiply-adds, about 60 each; half that keeps the choice on the safe side.
 constexpr int64_t kGatherCostInMultiplyAdds = 32;
 
-// Whether the block runs its conv by shifted products (stride 1, padding below the kernel size, and
-// less work counting the gather of the direct path and the input copy of this one, at the same cost
-// per element: a 1x1 conv's gather is such a copy, so it stays on the direct path). Shapes only, so
-// the choice does not depend on the thread count.
-inline bool shifted_conv_pays(const NinBlockGeometry& g) {
-  if (g.SH != 1 || g.SW != 1 || g.PH >= g.KH || g.PW >= g.KW) {
-    return false;
-  }
+// The work of the block over the batch, in multiply-adds, by shifted products (every position of
+// the padded map, and the input copy) and by the gather path (the output pixels, and the im2col
+// gather), each copied element at the same cost.
+inline double shifted_path_work(const NinBlockGeometry& g) {
   const double per_pixel = double(g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
-  const double padded = double(g.H + g.PH) * double(g.W + g.PW);
-  const double shifted = padded * (per_pixel + double(kGatherCostInMultiplyAdds * g.C0));
-  return shifted < double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
+  return double(g.N) * double(g.H + g.PH) * double(g.W + g.PW) * (per_pixel + double(kGatherCostInMultiplyAdds * g.C0));
 }
+
+inline double gather_path_work(const NinBlockGeometry& g) {
+  const double per_pixel = double(g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
+  return double(g.N) * double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
+}
+
+// Whether the block runs its conv by shifted products: stride 1, padding below the kernel size, and
+// less work than the gather path (a 1x1 conv's gather is a copy as the input copy here is, so it
+// stays on the gather path). A strided block may run by shifted products in its polyphase form
+// (nin_block_run_cpu.h). Shapes only, so the choice does not depend on the thread count.
+inline bool shifted_conv_pays(const NinBlockGeometry& g) {
+  return g.SH == 1 && g.SW == 1 && g.PH < g.KH && g.PW < g.KW && shifted_path_work(g) < gather_path_work(g);
+}
+
+// The reduction steps (input channel and shift pairs) of one chunk of the conv (ShiftedTileWorker).
+constexpr int64_t kShiftedChunkSteps = 256;
 
 // A tile of the shifted path: images [n0, n1), each from output row r0 to r1 (whole images: 0 and OH;
 // a band of one image's rows: n1 = n0 + 1), and the band's index in its image (0 for whole images).
@@ -54,9 +66,10 @@ struct ShiftedTile {
 
 // How the shifted path tiles a call: whole images, as many as fit about 1 MiB of input copy and
 // activations, or bands of output rows of one image where an image does not fit, or where the batch
-// would give fewer than 8 tiles to share among threads. A band holds at least 8 panels of positions,
-// so that splitting a small map does not leave most lanes of its panels empty. Shapes and the
-// micro-kernel only, so results do not depend on the thread count.
+// would give fewer than 8 tiles to share among threads. A band holds about 8 panels of positions at
+// least, so that splitting a small map does not leave most lanes of its panels empty, and an image's
+// bands differ by a row at most. Shapes and the micro-kernel only, so results do not depend on the
+// thread count.
 struct ShiftedTiling {
   int64_t tile_images, band_rows, bands;  // bands per image: 1 for whole images
 };
@@ -67,12 +80,13 @@ inline ShiftedTiling shifted_tiling(const NinBlockGeometry& g, int64_t element_s
   const int64_t image_bytes = (g.H + g.PH) * row_bytes;
   const int64_t rows_for_split = (g.OH * g.N + min_tiles - 1) / min_tiles;
   const int64_t rows_for_panels = (min_band_panels * nr + Ws - 1) / Ws;
-  const int64_t band_rows =
-      std::min(g.OH, std::max(rows_for_panels, std::min(std::max<int64_t>(1, cache_bytes / row_bytes), rows_for_split)));
+  const int64_t rows_for_cache = std::max<int64_t>(1, cache_bytes / row_bytes);
+  const int64_t band_rows = std::min(g.OH, std::max(rows_for_panels, std::min(rows_for_cache, rows_for_split)));
   if (image_bytes <= cache_bytes && band_rows == g.OH) {
     return {cache_bytes / image_bytes, g.OH, 1};
   }
-  return {1, band_rows, (g.OH + band_rows - 1) / band_rows};
+  const int64_t bands = (g.OH + band_rows - 1) / band_rows;
+  return {1, (g.OH + bands - 1) / bands, bands};
 }
 
 // Per-thread workspace: the padded, channel-major copy of a tile's input (above; a band of rows r0 to
@@ -84,11 +98,12 @@ inline ShiftedTiling shifted_tiling(const NinBlockGeometry& g, int64_t element_s
 template <typename scalar_t>
 class ShiftedTileWorker {
  public:
-  ShiftedTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                    const ShiftedTiling& tiling)
-      : x_(x), g_(g), packed_(packed), plane_((g.H + g.PH) * (g.W + g.PW)),
-        lanes_(panels_for(positions({0, tiling.tile_images, 0, tiling.band_rows, 0})) * packed.kernel.nr),
-        row_stride_(lanes_ + (g.KH - 1) * (g.W + g.PW) + g.KW - 1), rows_(g.C0 * row_stride_),
+  // `largest`: the largest tile the worker computes.
+  ShiftedTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const InputPhases& phases,
+                    const NinBlockPacked<scalar_t>& packed, const ShiftedTile& largest)
+      : x_(x), g_(g), phases_(phases), packed_(packed), plane_((g.H + g.PH) * (g.W + g.PW)),
+        lanes_(panels_for(positions(largest)) * packed.kernel.nr), halo_((g.KH - 1) * (g.W + g.PW) + g.KW - 1),
+        row_stride_(lanes_ + halo_), rows_(g.C0 * row_stride_),
         hidden0_(g.CC * lanes_), hidden1_(g.C1 * lanes_), hidden2_(g.C2 * lanes_) {
     for (int64_t ky = 0; ky < g.KH; ++ky) {
       for (int64_t kx = 0; kx < g.KW; ++kx) {
@@ -107,31 +122,62 @@ class ShiftedTileWorker {
   void compute(const ShiftedTile& t) {
     const NinBlockGeometry& g = g_;
     const int64_t Ws = g.W + g.PW, panels = panels_for(positions(t));
-    // The input rows the tile reads: padded rows r0 to r1 + KH - 2, those of x's rows among them.
+    // The input rows the tile reads: padded rows r0 to r1 + KH - 2, those of the input's rows among them.
     const int64_t ih0 = std::max<int64_t>(0, t.r0 - g.PH), ih1 = std::min(g.H, t.r1 + g.KH - 1 - g.PH);
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
+    const int64_t x_rows = x_.size(2), x_cols = x_.size(3);
+    const InputPhases ph = phases_;
+    const int64_t PH = g.PH, PW = g.PW, image_positions = plane_, fill = panels * packed_.kernel.nr + halo_;
+    const int64_t column_stride = ph.SW * sw;
     for (int64_t ci = 0; ci < g.C0; ++ci) {
       scalar_t* row = rows_.data() + ci * row_stride_;
-      std::fill(row, row + row_stride_, scalar_t(0));
+      std::fill(row, row + fill, scalar_t(0));  // what the tile reads
+      // The channel's phase (a, b) of x's channel ci / (SH SW) (polyphase_cpu.h): its row ih and
+      // column iw are x's row SH ih + a - PH and column SW iw + b - PW, columns [iw0, iw1) inside x.
+      const int64_t a = ci / ph.SW % ph.SH, b = ci % ph.SW, last = x_cols - 1 - b + ph.PW;
+      const int64_t iw0 = std::min(g.W, (ph.PW - b + ph.SW - 1) / ph.SW);
+      const int64_t iw1 = last < 0 ? iw0 : std::max(iw0, std::min(g.W, last / ph.SW + 1));
+      const scalar_t* plane = xd + ci / (ph.SH * ph.SW) * sc + (ph.SW * iw0 + b - ph.PW) * sw;
       for (int64_t n = t.n0; n < t.n1; ++n) {
         for (int64_t ih = ih0; ih < ih1; ++ih) {
-          const scalar_t* src = xd + n * sn + ci * sc + ih * sh;
-          scalar_t* dst = row + (n - t.n0) * plane_ + (ih + g.PH - t.r0) * Ws + g.PW;
-          for (int64_t iw = 0; iw < g.W; ++iw) {
-            dst[iw] = src[iw * sw];
+          const int64_t xh = ph.SH * ih + a - ph.PH;
+          if (xh < 0 || xh >= x_rows) {
+            continue;
+          }
+          const scalar_t* src = plane + n * sn + xh * sh;
+          scalar_t* dst = row + (n - t.n0) * image_positions + (ih + PH - t.r0) * Ws + PW + iw0;
+          if (column_stride == 1) {  // a loop the compiler vectorises: rows are short (5 on the seed's block 4)
+            for (int64_t i = 0; i < iw1 - iw0; ++i) {
+              dst[i] = src[i];
+            }
+            continue;
+          }
+          for (int64_t i = 0; i < iw1 - iw0; ++i) {
+            dst[i] = src[i * column_stride];
           }
         }
       }
     }
+    // The conv's reduction in chunks of input channels, each chunk's products added to the last's: a
+    // chunk's weight panels stay in cache while they meet every panel of positions, and the sums
+    // round as short ones (by one chunk of 23232 multiply-adds, an 11x11 conv over 192 channels had
+    // 4x eager's error).
     const MicroKernel<scalar_t>& kernel = packed_.kernel;
     const PackedLayer<scalar_t>& conv = packed_.conv;
     const int64_t shifts = static_cast<int64_t>(offsets_.size()), nr = kernel.nr;
-    for (int64_t m0 = 0; m0 < conv.M; m0 += kernel.mr) {
-      for (int64_t p = 0; p < panels; ++p) {
-        kernel.shifted_fn(g.C0, shifts, offsets_.data(), conv.a.data() + m0 * conv.K, rows_.data() + p * nr,
-                          row_stride_, conv.bias.data() + m0, hidden0_.data() + (p * conv.M + m0) * nr, nr,
-                          std::min(kernel.mr, conv.M - m0));
+    const int64_t chunks = (g.C0 * shifts + kShiftedChunkSteps - 1) / kShiftedChunkSteps;
+    const int64_t chunk_channels = (g.C0 + chunks - 1) / chunks;
+    for (int64_t c0 = 0; c0 < g.C0; c0 += chunk_channels) {
+      const int64_t channels = std::min(chunk_channels, g.C0 - c0);
+      const bool last = c0 + channels == g.C0;
+      for (int64_t m0 = 0; m0 < conv.M; m0 += kernel.mr) {
+        const scalar_t* a = conv.a.data() + m0 * conv.K + c0 * shifts * kernel.mr;
+        for (int64_t p = 0; p < panels; ++p) {
+          kernel.shifted_fn(channels, shifts, offsets_.data(), a, rows_.data() + c0 * row_stride_ + p * nr,
+                            row_stride_, last ? conv.bias.data() + m0 : nullptr, c0 > 0,
+                            hidden0_.data() + (p * conv.M + m0) * nr, nr, std::min(kernel.mr, conv.M - m0));
+        }
       }
     }
     apply_packed_layer(kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels);
@@ -159,9 +205,11 @@ class ShiftedTileWorker {
  private:
   const at::Tensor& x_;
   const NinBlockGeometry& g_;
+  const InputPhases phases_;  // where the input comes from: x, or x's phases for a polyphase form
   const NinBlockPacked<scalar_t>& packed_;
-  // Positions per image; positions a tile's panels hold at most; floats per channel row.
-  const int64_t plane_, lanes_, row_stride_;
+  // Positions per image; positions a tile's panels hold at most; the largest shift; floats per
+  // channel row.
+  const int64_t plane_, lanes_, halo_, row_stride_;
   std::vector<int64_t> offsets_;       // per (ky, kx): ky Ws + kx
   ScratchBuffer<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
 };
@@ -171,11 +219,12 @@ class ShiftedTileWorker {
 // depend on its tile (each lane of a micro-kernel block is computed on its own), so tiles of whole
 // images can follow the threads.
 template <typename scalar_t, typename TileFn>
-void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                           const ShiftedTiling& tiling, const TileFn& tile_fn) {
+void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const InputPhases& phases,
+                           const NinBlockPacked<scalar_t>& packed, const ShiftedTiling& tiling, const TileFn& tile_fn) {
   if (tiling.bands == 1) {
     at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      ShiftedTileWorker<scalar_t> worker(x, g, packed, tiling);
+      ShiftedTileWorker<scalar_t> worker(x, g, phases, packed,
+                                         ShiftedTile{0, std::min(tiling.tile_images, end - begin), 0, g.OH, 0});
       for (int64_t n0 = begin; n0 < end; n0 += tiling.tile_images) {
         const ShiftedTile tile{n0, std::min(end, n0 + tiling.tile_images), 0, g.OH, 0};
         worker.compute(tile);
@@ -185,7 +234,7 @@ void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const
     return;
   }
   at::parallel_for(0, g.N * tiling.bands, 1, [&](int64_t begin, int64_t end) {
-    ShiftedTileWorker<scalar_t> worker(x, g, packed, tiling);
+    ShiftedTileWorker<scalar_t> worker(x, g, phases, packed, ShiftedTile{0, 1, 0, tiling.band_rows, 0});
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / tiling.bands, band = i % tiling.bands, r0 = band * tiling.band_rows;
       const ShiftedTile tile{n, n + 1, r0, std::min(g.OH, r0 + tiling.band_rows), band};
@@ -198,11 +247,12 @@ void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const
 // Runs the block by shifted products and writes the activations asked for ((layer, tensor) pairs,
 // as run_nin_block) into their (N, C, OH, OW) tensors of any strides.
 template <typename scalar_t>
-void run_shifted_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
+void run_shifted_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const InputPhases& phases,
+                           const NinBlockPacked<scalar_t>& packed,
                            const std::vector<std::pair<int, at::Tensor*>>& outputs) {
   const int64_t nr = packed.kernel.nr;
   const ShiftedTiling tiling = shifted_tiling(g, sizeof(scalar_t), nr);
-  for_each_shifted_tile<scalar_t>(x, g, packed, tiling, [&](const ShiftedTileWorker<scalar_t>& worker,
+  for_each_shifted_tile<scalar_t>(x, g, phases, packed, tiling, [&](const ShiftedTileWorker<scalar_t>& worker,
                                                             const ShiftedTile& tile) {
     for (const auto& [layer, tensor] : outputs) {
       const scalar_t* values = worker.activation(layer);
