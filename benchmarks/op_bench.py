@@ -23,11 +23,12 @@ DEFAULT_BATCHES = {"cpu": [1, 2, 4, 8, 16, 32], "cuda": [1, 8, 32, 64, 128, 256]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def parse_args(description, extra=None):
-    p = argparse.ArgumentParser(description=description)
+def parse_args(description, extra=None, batches=True):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: by device)")
+    if batches:
+        p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: by device)")
     p.add_argument("--repeat", type=int, default=None, help="timed calls per candidate and batch")
     p.add_argument("--out", default=os.path.join(HERE, "results", "ops"), help="output folder")
     if extra:
@@ -35,7 +36,7 @@ def parse_args(description, extra=None):
     return p.parse_args()
 
 
-def _machine(device):
+def machine_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
@@ -46,7 +47,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _rel_err(y, ref):
+def rel_err(y, ref):
     y, ref = y.double(), ref.double()
     return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item() if ref.numel() else 0.0
 
@@ -57,7 +58,7 @@ def _backends_on(device):
     return [b for b in nin_ext.available_backends() if b in on_device]
 
 
-def _time_round_robin(fns, device, repeat):
+def time_round_robin(fns, device, repeat):
     samples = {name: [] for name in fns}
     names = list(fns)
     for rep in range(repeat):
@@ -81,7 +82,7 @@ def run(op_name, case_label, make_case, args):
     backends = _backends_on(device)
     commit, dirty = git_commit()
     commit_tag = f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
-    machine = _machine(device)
+    machine = machine_name(device)
     print(f"{op_name} {case_label} | {machine} | torch {torch.__version__} | {args.dtype} | commit {commit_tag}",
           file=sys.stderr)
     rows, meter = [], CpuMeter()
@@ -93,12 +94,12 @@ def run(op_name, case_label, make_case, args):
             errors = {"aten": 0.0}
             for backend in backends:
                 nin_ext.set_backend(backend)
-                errors[backend] = _rel_err(nin_fn(), expected)
+                errors[backend] = rel_err(nin_fn(), expected)
                 fns[backend] = (lambda b: lambda: (nin_ext.set_backend(b), nin_fn()))(backend)
             for fn in fns.values():  # warm-up (Triton compiles, caches fill)
                 fn()
             before = meter.snapshot()
-            stats = _time_round_robin(fns, device, repeat)
+            stats = time_round_robin(fns, device, repeat)
             load = meter.foreign(before, meter.snapshot())
             nin_ext.set_backend("auto")
             for name, (q1, median, q3) in stats.items():

@@ -1,0 +1,100 @@
+"""nin_ext.ops.nin_block against ATen (the reference block) across the NiN family, not only the seed:
+the seed's four blocks, the CIFAR-10 NiN of Lin et al. (2013), and blocks with large kernels, strides,
+few output channels, small batches and small maps, which take the CPU backend's other paths (the
+shifted products, a strided block's polyphase form, bands of rows for one large image). One batch per
+shape, chosen so that a call does about a GFLOP or less.
+
+    python benchmarks/bench_block_shapes.py [--device cpu] [--repeat 10] [--shapes NAME,NAME]
+
+Prints a table (median ms, speedup, the path the CPU backend takes) and writes
+block_shapes_<device>_<dtype>.csv into --out (default results/ops/).
+"""
+import csv
+import os
+import sys
+
+import torch
+
+import nin_ext
+import op_bench
+from seed_shapes import block_op_args
+
+from nin_ext import _C, ops
+from nin_ext.bench import git_commit
+
+# name: (in, out, kernel, stride, padding, input height = width, batch)
+SHAPES = {
+    "seed1": (1, 96, 11, 4, 0, 224, 16),
+    "seed2": (96, 256, 5, 1, 2, 26, 16),
+    "seed3": (256, 384, 3, 1, 1, 12, 16),
+    "seed4": (384, 10, 3, 1, 1, 5, 16),
+    "cifar1": (3, 192, 5, 1, 2, 32, 64),
+    "cifar2": (96, 192, 5, 1, 2, 16, 64),
+    "cifar3": (192, 192, 3, 1, 1, 8, 64),
+    "k7_wide_b1": (32, 256, 7, 1, 3, 96, 1),
+    "k7_valid_b1": (128, 96, 7, 1, 0, 96, 1),
+    "k5_to10_b1": (96, 10, 5, 1, 2, 224, 1),
+    "k11_to16_b1": (48, 16, 11, 1, 5, 64, 1),
+    "k11_to10_b3": (256, 10, 11, 1, 0, 32, 3),
+    "k7_narrow": (32, 32, 7, 1, 3, 32, 8),
+    "k11s2_to10": (192, 10, 11, 2, 0, 64, 2),
+    "k3s2": (128, 128, 3, 2, 1, 56, 16),
+    "k5s4_small_maps": (128, 192, 5, 4, 0, 28, 20),
+    "k7s2": (16, 16, 7, 2, 3, 224, 3),
+}
+
+
+def path_of(c_in, c_out, k, s, p, hw, batch):
+    """The CPU backend's path for a float32 call of these shapes (csrc/cpu/nin_block_run_cpu.h)."""
+    shapes = ((batch, c_in, hw, hw), (c_out, c_in, k, k), c_out, c_out, (s, s), (p, p))
+    if m := _C.winograd_tile_size(*shapes):
+        return f"winograd F({m}x{m})" + (" polyphase" if s > 1 else "")
+    if _C.shifted_conv(*shapes):
+        return "shifted" + (" polyphase" if s > 1 else "") + f", {_C.shifted_bands(*shapes)} band(s)"
+    return "direct"
+
+
+def main():
+    args = op_bench.parse_args(__doc__, lambda p: p.add_argument("--shapes", default=",".join(SHAPES)), batches=False)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    repeat = args.repeat or (50 if device.type == "cuda" else 10)
+    commit, dirty = git_commit()
+    commit_tag = f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+    machine = op_bench.machine_name(device)
+    print(f"nin_block shapes | {machine} | torch {torch.__version__} | {args.dtype} | commit {commit_tag}",
+          file=sys.stderr)
+    rows = []
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name in args.shapes.split(","):
+            c_in, c_out, k, s, p, hw, batch = SHAPES[name]
+            block = nin_ext.reference.nin_block(c_in, c_out, k, s, p).to(device=device, dtype=dtype).eval()
+            x = torch.randn(batch, c_in, hw, hw, device=device, dtype=dtype)
+            fns = {"aten": lambda: block(x), "nin_ext": lambda: ops.nin_block(x, *block_op_args(block))}
+            err = op_bench.rel_err(fns["nin_ext"](), fns["aten"]())
+            for fn in fns.values():
+                fn()
+            stats = op_bench.time_round_robin(fns, device, repeat)
+            aten_ms, ours_ms = stats["aten"][1], stats["nin_ext"][1]
+            oh = (hw + 2 * p - k) // s + 1
+            gflop = 2 * batch * oh * oh * c_out * (c_in * k * k + 2 * c_out) / 1e9
+            path = path_of(c_in, c_out, k, s, p, hw, batch) if device.type == "cpu" else ""
+            rows.append({"shape": name, "in": c_in, "out": c_out, "kernel": k, "stride": s, "padding": p,
+                         "hw": hw, "batch": batch, "gflop": round(gflop, 3), "aten_ms": round(aten_ms, 4),
+                         "nin_ext_ms": round(ours_ms, 4), "speedup": round(aten_ms / ours_ms, 3),
+                         "rel_err_vs_aten": f"{err:.1e}", "cpu_path": path, "dtype": args.dtype,
+                         "device": machine, "commit": commit_tag})
+            print(f"{name:>16} {c_in:>4}->{c_out:<4} k{k} s{s} p{p} {hw:>3}x{hw:<3} b{batch:<3}"
+                  f" aten {aten_ms:8.3f} ms  nin_ext {ours_ms:8.3f} ms  x{aten_ms / ours_ms:5.2f}"
+                  f"  err {err:.1e}  {path}")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"block_shapes_{device.type}_{args.dtype}.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
