@@ -122,6 +122,18 @@ static PyObject* shifted_bands(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(nin_ext::cpu::shifted_tiling(form, sizeof(float), nr).bands);
 }
 
+// direct_images_per_tile(same arguments): the whole images per tile of a float32 nin_block of these
+// shapes on the direct path (1: tiles of one image's pixels), for the tests.
+static PyObject* direct_images_per_tile(PyObject*, PyObject* args) {
+  nin_ext::NinBlockGeometry g{};
+  int64_t weight_in = 0;
+  if (!parse_nin_block_shapes(args, g, weight_in)) {
+    return nullptr;
+  }
+  const int64_t nr = nin_ext::cpu::float_microkernel().nr;
+  return PyLong_FromLongLong(nin_ext::cpu::direct_tiling(g, sizeof(float), nr).images_per_tile);
+}
+
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
 // 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
 static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
@@ -148,6 +160,8 @@ extern "C" PyObject* PyInit__C(void) {
        "Whether a float32 nin_block of these shapes runs its conv by shifted products on the CPU."},
       {"shifted_bands", shifted_bands, METH_VARARGS,
        "The bands of rows per image a float32 nin_block of these shapes on the shifted path runs by."},
+      {"direct_images_per_tile", direct_images_per_tile, METH_VARARGS,
+       "The whole images per tile of a float32 nin_block of these shapes on the CPU's direct path."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {nullptr, nullptr, 0, nullptr}};

@@ -167,6 +167,21 @@ def assert_close_ref(y, y64, dtype=None, kind="fwd", what="output"):
         f"atol={tol['atol_scale']:.0e}*{scale:.3e}; worst excess {(diff - bound).max().item():.3e}")
 
 
+def assert_same_bits_for_any_thread_count(args):
+    """nin_block and nin_block_gap give the same bits with 1, 2 and 3 threads: the CPU paths tile by the
+    shapes only, each value is computed the same way in any tile, and the global average pool adds its
+    parts in a fixed order."""
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            outputs.append((nin_ext.ops.nin_block(*args), nin_ext.ops.nin_block_gap(*args)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outputs[0][0], y) and torch.equal(outputs[0][1], g) for y, g in outputs[1:])
+
+
 def same_memory_format(y, y_ref):
     return (y.is_contiguous(), y.is_contiguous(memory_format=torch.channels_last)) == (
         y_ref.is_contiguous(), y_ref.is_contiguous(memory_format=torch.channels_last))

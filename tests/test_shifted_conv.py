@@ -9,7 +9,7 @@ import torch
 
 import nin_ext
 from nin_ext import _C
-from conftest import assert_close_ref, ref64_fn, ref_block_fn, ref_block_gap_fn
+from conftest import assert_close_ref, assert_same_bits_for_any_thread_count, ref64_fn, ref_block_fn, ref_block_gap_fn
 
 
 def _draw(rng):
@@ -185,15 +185,4 @@ def test_padding_of_the_kernel_size_stays_on_the_gather_path(cpu_backend):
 @pytest.mark.parametrize("case", [dict(n=3, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=5, w=5,
                                        layout="contiguous"), BAND_CASES[0]], ids=["whole_images", "bands"])
 def test_same_bits_for_any_thread_count(cpu_backend, case):
-    """The threads split the tiles differently; each position is computed the same way, and the
-    global average pool adds the same parts in the same order."""
-    args = _block_args(case, torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        outputs = []
-        for n_threads in (1, 2, 3):
-            torch.set_num_threads(n_threads)
-            outputs.append((nin_ext.ops.nin_block(*args), nin_ext.ops.nin_block_gap(*args)))
-    finally:
-        torch.set_num_threads(threads)
-    assert all(torch.equal(outputs[0][0], y) and torch.equal(outputs[0][1], g) for y, g in outputs[1:])
+    assert_same_bits_for_any_thread_count(_block_args(case, torch.float32))

@@ -50,17 +50,23 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
         });
       });
     } else {
-      const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
-      parts = (g.pixels() + tile_pixels - 1) / tile_pixels;
+      const DirectTiling tiling = direct_tiling(g, sizeof(scalar_t), packed.kernel.nr);
+      parts = tiling.tiles_per_image;
       part_sums.assign(g.N * parts * g.C2, acc_t(0));
+      const int64_t P = g.pixels();
       for_each_nin_block_tile<scalar_t>(
-          x, g, packed, tile_pixels,
+          x, g, packed, tiling,
           [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
-            acc_t* sums = part_sums.data() + tile * g.C2;
             worker.compute(n, p0, pt);
-            worker.for_each_row(2, [&](int64_t c, int64_t, const scalar_t* values, int64_t count) {
-              for (int64_t j = 0; j < count; ++j) {
-                sums[c] += static_cast<acc_t>(values[j]);
+            worker.for_each_row(2, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
+              // A panel's values by image: tile pixel j is pixel (p0 + j) % P of image n + (p0 + j) / P.
+              for (int64_t j = 0; j < count;) {
+                const int64_t q = p0 + j0 + j, run = std::min(count - j, P - q % P);
+                acc_t& sum = part_sums[((n + q / P) * parts + tile % parts) * g.C2 + c];
+                for (int64_t i = j; i < j + run; ++i) {
+                  sum += static_cast<acc_t>(values[i]);
+                }
+                j += run;
               }
             });
           });

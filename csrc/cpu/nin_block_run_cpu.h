@@ -42,7 +42,7 @@ inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_we
   const NinBlockGeometry p = polyphase_geometry(g);
   const bool winograd_weights = float_weights && winograd_conv_shape(p.CC, p.C0, p.KH, p.KW);
   const int m = winograd_tile_size(p, winograd_weights, nr, element_size);
-  return m > 0 && winograd_work(p, m, nr) < direct_work(g, nin_block_tile_pixels(g, element_size, nr)) ? m : 0;
+  return m > 0 && winograd_work(p, m, nr) < direct_work(g, direct_tiling(g, element_size, nr)) ? m : 0;
 }
 
 // The path a call of these shapes takes, the output-block size m of its Winograd tiles (0 on the
@@ -119,9 +119,9 @@ void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pa
     run_shifted_nin_block<scalar_t>(x, g, call.phases, packed, outputs);
     return;
   }
-  const int64_t tile_pixels = nin_block_tile_pixels(g, sizeof(scalar_t), packed.kernel.nr);
+  const DirectTiling tiling = direct_tiling(g, sizeof(scalar_t), packed.kernel.nr);
   for_each_nin_block_tile<scalar_t>(
-      x, g, packed, tile_pixels, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
+      x, g, packed, tiling, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
         worker.compute(n, p0, pt);
         for (const auto& [layer, tensor] : outputs) {
           worker.write_rows(layer, *tensor, n, p0);

@@ -119,18 +119,50 @@ struct NinBlockPacked {
   mutable std::map<std::pair<int64_t, int64_t>, std::unique_ptr<const NinBlockPacked>> polyphase_;
 };
 
-// Pixels per tile: whole panels of nr pixels; the tile's patch and activations take about 1 MiB
-// (the L2 size of the machines we tune on); the batch gives at least 8 tiles to share among
-// threads; an image splits into tiles of about equal size. Depends on the shapes and the
-// micro-kernel only, so results do not depend on the thread count.
-inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
+// The most pixels a tile takes: its patch and activations take about 1 MiB (the L2 size of the
+// machines we tune on); the batch gives at least 8 tiles to share among threads.
+inline int64_t nin_block_tile_capacity(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
   const int64_t per_pixel_bytes = (g.K() + g.CC + g.C1 + g.C2) * element_size;
   const int64_t cache_fit = (int64_t{1} << 20) / per_pixel_bytes;
   const int64_t eighth_of_batch = (g.N * g.pixels() + 7) / 8;
-  const int64_t cap = std::max<int64_t>(nr, std::min({cache_fit, eighth_of_batch, int64_t{1024}}));
+  return std::max<int64_t>(nr, std::min({cache_fit, eighth_of_batch, int64_t{1024}}));
+}
+
+// Pixels per tile of one image: whole panels of nr pixels, up to the capacity; an image splits into
+// tiles of about equal size. Depends on the shapes and the micro-kernel only, so results do not
+// depend on the thread count.
+inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
+  const int64_t cap = nin_block_tile_capacity(g, element_size, nr);
   const int64_t tiles_per_image = (g.pixels() + cap - 1) / cap;
   const int64_t pixels = (g.pixels() + tiles_per_image - 1) / tiles_per_image;
   return (pixels + nr - 1) / nr * nr;
+}
+
+// How the direct path tiles a batch: tiles of one image's pixels (nin_block_tile_pixels), or, where
+// two images or more fit, tiles of whole images one after another, so that small maps do not leave
+// most of a panel's lanes empty. A tile of images may take half again the lanes of the capacity or
+// of a one-image tile (a 6x6 map filled 36 of its 64 lanes; two per tile, 72 of 96, ran 1.26x as
+// fast, past the cache target as they are; four or eight per tile no faster), and the batch gives
+// at least 8 tiles.
+struct DirectTiling {
+  int64_t tile_pixels;      // the lanes of a tile, whole panels
+  int64_t images_per_tile;  // 1: tiles of one image's pixels
+  int64_t tiles_per_image;  // 1 when a tile holds whole images
+
+  int64_t tiles(int64_t images) const {
+    return images_per_tile > 1 ? (images + images_per_tile - 1) / images_per_tile : images * tiles_per_image;
+  }
+};
+
+inline DirectTiling direct_tiling(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
+  const int64_t P = std::max<int64_t>(1, g.pixels()), one_image_lanes = (P + nr - 1) / nr * nr;
+  const int64_t lanes = std::max(nin_block_tile_capacity(g, element_size, nr), one_image_lanes) * 3 / 2;
+  const int64_t images = std::min((g.N + 7) / 8, lanes / P);
+  if (images >= 2) {
+    return {(images * P + nr - 1) / nr * nr, images, 1};
+  }
+  const int64_t pixels = nin_block_tile_pixels(g, element_size, nr);
+  return {pixels, 1, (g.pixels() + pixels - 1) / pixels};
 }
 
 // The multiply-adds of running the block over the batch by pixel tiles or by Winograd tiles of
@@ -138,9 +170,9 @@ inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_
 // past the map's edge) and an even number of tiles: tiles are the unit of parallel work, and with two
 // cores (the machines we tune on) an odd count idles one for a tile's time. Shapes only, so the
 // choice, and with it the result's bits, does not depend on the thread count.
-inline double direct_work(const NinBlockGeometry& g, int64_t tile_pixels) {
-  const int64_t tiles = g.N * ((g.pixels() + tile_pixels - 1) / tile_pixels);
-  return double((tiles + 1) / 2 * 2) * tile_pixels * (g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
+inline double direct_work(const NinBlockGeometry& g, const DirectTiling& tiling) {
+  const int64_t tiles = tiling.tiles(g.N);
+  return double((tiles + 1) / 2 * 2) * tiling.tile_pixels * (g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
 }
 
 inline double winograd_work(const NinBlockGeometry& g, int m, int64_t nr) {
@@ -166,7 +198,7 @@ inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, 
     return mode;
   }
   int best = 0;
-  double best_work = direct_work(g, nin_block_tile_pixels(g, element_size, nr));
+  double best_work = direct_work(g, direct_tiling(g, element_size, nr));
   for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
     const double work = winograd_work(g, m, nr);
     if (work < best_work) {
@@ -213,7 +245,8 @@ class NinBlockTileWorker {
   }
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
-  // buffers (for_each_row reads them out).
+  // buffers (for_each_row reads them out); pixels past the image's last are the next images' (a tile
+  // of small maps holds several whole images).
   void compute(int64_t n, int64_t p0, int64_t pt) {
     pt_ = pt;
     panels_ = (pt + nr_ - 1) / nr_;
@@ -374,36 +407,7 @@ class NinBlockTileWorker {
         runs.push_back({row.j / nr_ * channels * nr_ + row.j % nr_, row.count, n * sn + row.oh * sh + row.ow * sw});
       }
     }
-    if (sw == 1) {
-      // NCHW: channel by channel, each row piece one copy, the rows of the channel
-      // kWritePrefetchChannels ahead prefetched (the pieces of a row merged).
-      std::vector<CopyRun>& rows = output_rows_;
-      rows.clear();
-      for (const CopyRun& run : runs) {
-        if (!rows.empty() && rows.back().dst + rows.back().count == run.dst) {
-          rows.back().count += run.count;
-        } else {
-          rows.push_back(run);
-        }
-      }
-      for (int64_t c = 0; c < channels; ++c) {
-        scalar_t* dst = data + c * sc;
-        if (c + kWritePrefetchChannels < channels) {
-          for (const CopyRun& row : rows) {
-            prefetch_for_write(dst + kWritePrefetchChannels * sc + row.dst, row.count);
-          }
-        }
-        copy_runs(values + c * nr_, runs, dst);
-      }
-      return;
-    }
-    for (int64_t c = 0; c < channels; ++c) {  // other layouts (channels_last): pixel by pixel
-      for (const CopyRun& run : runs) {
-        for (int64_t i = 0; i < run.count; ++i) {
-          data[c * sc + run.dst + i * sw] = values[c * nr_ + run.src + i];
-        }
-      }
-    }
+    write_runs(runs, values, channels, data, sc, sw);
   }
 
   // Hands over activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2:
@@ -421,42 +425,64 @@ class NinBlockTileWorker {
     }
   }
 
-  // Writes activation `layer` of the last computed tile (pixels from p0 of image n) into t, an
-  // (N, C, OH, OW) tensor in NCHW or channels_last layout: pixel p of channel c of image n sits at
-  // n * s_n + c * s_c + p * s_p in both.
+  // Writes activation `layer` of the last computed tile (pixels from p0 of image n, continuing into
+  // the next images past an image's last pixel) into t, an (N, C, OH, OW) tensor in NCHW or
+  // channels_last layout: pixel p of channel c of image n sits at n * s_n + c * s_c + p * s_p in both.
   void write_rows(int layer, at::Tensor& t, int64_t n, int64_t p0) {
-    scalar_t* data = t.data_ptr<scalar_t>();
-    const int64_t s_n = t.stride(0), s_c = t.stride(1), s_p = t.stride(3);
+    scalar_t* data = t.data_ptr<scalar_t>() + n * t.stride(0);
+    const int64_t s_n = t.stride(0), s_c = t.stride(1), s_p = t.stride(3), P = g_.pixels();
+    const scalar_t* values = activation(layer);
+    const int64_t channels = activation_channels(layer);
+    // Channel 0's panel rows, split where an image ends, and where they go (tile pixel j is pixel
+    // (p0 + j) % P of image n + (p0 + j) / P).
+    std::vector<CopyRun>& runs = output_runs_;
+    runs.clear();
+    for (int64_t j = 0; j < pt_;) {
+      const int64_t q = p0 + j, count = std::min({nr_ - j % nr_, pt_ - j, P - q % P});
+      runs.push_back({j / nr_ * channels * nr_ + j % nr_, count, q / P * s_n + q % P * s_p});
+      j += count;
+    }
+    write_runs(runs, values, channels, data, s_c, s_p);
+  }
+
+ private:
+  // Writes a tile's activation (`values`, `channels` channels in the panel layout) by runs: channel
+  // 0's runs from values into data, every channel c at c * s_c, pixels at s_p. NCHW (s_p == 1):
+  // channel by channel, each run one copy, with the rows of the channel kWritePrefetchChannels ahead
+  // prefetched (the runs of a row merged; panel by panel instead, the writes were as many streams as
+  // channels: 9% of the seed's block 1 at batch 16). Other layouts (channels_last): value by value.
+  void write_runs(const std::vector<CopyRun>& runs, const scalar_t* values, int64_t channels, scalar_t* data,
+                  int64_t s_c, int64_t s_p) {
     if (s_p == 1) {
-      // NCHW: the tile's pixels of a channel are one run of the output; channel by channel, each run
-      // written whole, with the run of the channel kWritePrefetchChannels ahead prefetched (panel by
-      // panel instead, the writes were as many streams as channels: 9% of the seed's block 1 at batch
-      // 16).
-      const scalar_t* values = activation(layer);
-      const int64_t channels = activation_channels(layer);
-      std::vector<CopyRun>& runs = output_runs_;  // channel 0's panel rows and where they go
-      runs.clear();
-      for (int64_t panel = 0; panel < panels_; ++panel) {
-        runs.push_back({panel * channels * nr_, std::min(nr_, pt_ - panel * nr_), panel * nr_});
+      std::vector<CopyRun>& rows = output_rows_;
+      rows.clear();
+      for (const CopyRun& run : runs) {
+        if (!rows.empty() && rows.back().dst + rows.back().count == run.dst) {
+          rows.back().count += run.count;
+        } else {
+          rows.push_back(run);
+        }
       }
       for (int64_t c = 0; c < channels; ++c) {
-        scalar_t* dst = data + n * s_n + c * s_c + p0;
+        scalar_t* dst = data + c * s_c;
         if (c + kWritePrefetchChannels < channels) {
-          prefetch_for_write(dst + kWritePrefetchChannels * s_c, pt_);
+          for (const CopyRun& row : rows) {
+            prefetch_for_write(dst + kWritePrefetchChannels * s_c + row.dst, row.count);
+          }
         }
         copy_runs(values + c * nr_, runs, dst);
       }
       return;
     }
-    for_each_row(layer, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
-      scalar_t* dst = data + n * s_n + c * s_c + (p0 + j0) * s_p;
-      for (int64_t j = 0; j < count; ++j) {
-        dst[j * s_p] = values[j];
+    for (int64_t c = 0; c < channels; ++c) {
+      for (const CopyRun& run : runs) {
+        for (int64_t i = 0; i < run.count; ++i) {
+          data[c * s_c + run.dst + i * s_p] = values[c * nr_ + run.src + i];
+        }
       }
-    });
+    }
   }
 
- private:
   // Activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2: the block's
   // output), in the panel layout, and its channel count.
   const scalar_t* activation(int layer) const {
@@ -499,68 +525,83 @@ class NinBlockTileWorker {
   int64_t winograd_channel_floats() const { return (winograd_points() + 1) * nr_; }
 
   // out[run.dst + i] = in[run.src + i] for every run, with the micro-kernel's ISA where it has one.
-  void copy_runs(const scalar_t* in, const std::vector<CopyRun>& runs, scalar_t* out) const {
-    const int64_t count = static_cast<int64_t>(runs.size());
+  void copy_runs(const scalar_t* in, const CopyRun* runs, int64_t count, scalar_t* out) const {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      packed_.kernel.copy_runs(in, runs.data(), count, out);
+      packed_.kernel.copy_runs(in, runs, count, out);
     } else {
-      copy_runs_portable(in, runs.data(), count, out);
+      copy_runs_portable(in, runs, count, out);
     }
+  }
+  void copy_runs(const scalar_t* in, const std::vector<CopyRun>& runs, scalar_t* out) const {
+    copy_runs(in, runs.data(), static_cast<int64_t>(runs.size()), out);
   }
 
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
-  // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel,
-  // the input rows the tile reads are first copied into a zero-padded band (band column c is input
-  // column c - PW), split into SW phases by column (phase c % SW, column c / SW); every patch element
-  // is then one read from the band at an offset that depends on the pixel (a table built once per
-  // tile) plus one that depends on (ky, kx): no bounds checks and no per-row bookkeeping, which
-  // dominated small maps (the seed's 5x5 block 4). With the phases, the pixels of a panel that share
-  // an output row read consecutive values even when the conv is strided (the seed's block 1: stride
-  // 4), so a panel is one contiguous copy per output row it touches.
+  // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel
+  // and image of the tile (a tile of small maps holds several whole images), the input rows the tile
+  // reads are first copied into a zero-padded band (band column c is input column c - PW), split
+  // into SW phases by column (phase c % SW, column c / SW); every patch element is then one read from
+  // the band at an offset that depends on the pixel (a table built once per tile) plus one that
+  // depends on (ky, kx): no bounds checks and no per-row bookkeeping, which dominated small maps (the
+  // seed's 5x5 block 4). With the phases, the pixels of a panel that share an output row read
+  // consecutive values even when the conv is strided (the seed's block 1: stride 4), so a panel is
+  // one contiguous copy per output row it touches.
   void gather_patch(int64_t n, int64_t p0, int64_t pt, int64_t panels) {
     const NinBlockGeometry& g = g_;
-    const int64_t oh_first = p0 / g.OW, oh_last = (p0 + pt - 1) / g.OW;
-    const int64_t ih_first = oh_first * g.SH - g.PH;
-    const int64_t band_rows = (oh_last - oh_first) * g.SH + g.KH, band_width = g.W + 2 * g.PW;
+    const int64_t P = g.pixels(), band_width = g.W + 2 * g.PW;
     const int64_t phase_width = (band_width + g.SW - 1) / g.SW;
-    band_.resize(g.SW * band_rows * phase_width);
-    // The tile's pixels as runs of one output row within one panel: band offsets [src, src + count)
-    // (plus the (ky, kx) offset) go to lanes [lane, lane + count) of the panel, at dst = panel K NR +
-    // lane (plus k NR) in the patch.
+    // The tile's pixels as runs of one output row within one panel, per image: band offsets [src,
+    // src + count) (plus the (ky, kx) offset) go to lanes [lane, lane + count) of the panel, at dst =
+    // panel K NR + lane (plus k NR) in the patch.
     gather_runs_.clear();
-    for (int64_t panel = 0; panel < panels; ++panel) {
-      for (int64_t lane = 0, count = std::min(nr_, pt - panel * nr_); lane < count;) {
-        const int64_t p = p0 + panel * nr_ + lane, oh = p / g.OW, ow = p % g.OW;
-        const int64_t length = std::min(count - lane, g.OW - ow);
+    gather_images_.clear();
+    int64_t band_floats = 0;
+    for (int64_t j = 0; j < pt;) {
+      const int64_t q = p0 + j, image = n + q / P, p_first = q % P, count = std::min(pt - j, P - p_first);
+      const int64_t oh_first = p_first / g.OW, oh_last = (p_first + count - 1) / g.OW;
+      GatherImage segment{image, oh_first * g.SH - g.PH, (oh_last - oh_first) * g.SH + g.KH,
+                          static_cast<int64_t>(gather_runs_.size()), 0};
+      for (int64_t i = 0; i < count;) {
+        const int64_t p = p_first + i, oh = p / g.OW, ow = p % g.OW, panel = (j + i) / nr_, lane = (j + i) % nr_;
+        const int64_t length = std::min({count - i, g.OW - ow, nr_ - lane});
         gather_runs_.push_back({(oh - oh_first) * g.SH * phase_width + ow, length, panel * g.K() * nr_ + lane});
-        lane += length;
+        i += length;
       }
+      segment.runs_end = static_cast<int64_t>(gather_runs_.size());
+      gather_images_.push_back(segment);
+      band_floats = std::max(band_floats, g.SW * segment.band_rows * phase_width);
+      j += count;
     }
+    band_.resize(band_floats);
     const int64_t sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
-    const scalar_t* image = x_.const_data_ptr<scalar_t>() + n * x_.stride(0);
     const int64_t tail = panels * nr_ - pt;  // unused columns of the last panel
     for (int64_t ci = 0; ci < g.C0; ++ci) {
-      const scalar_t* plane = image + ci * sc;
-      for (int64_t r = 0; r < band_rows; ++r) {
-        const int64_t ih = ih_first + r;
-        const scalar_t* src = plane + ih * sh;
-        for (int64_t phase = 0; phase < g.SW; ++phase) {
-          scalar_t* row = band_.data() + (phase * band_rows + r) * phase_width;
-          for (int64_t col = 0, c = phase; c < band_width; ++col, c += g.SW) {
-            const int64_t iw = c - g.PW;
-            row[col] = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W ? scalar_t(0) : src[iw * sw];
+      for (const GatherImage& segment : gather_images_) {
+        const scalar_t* plane = x_.const_data_ptr<scalar_t>() + segment.n * x_.stride(0) + ci * sc;
+        for (int64_t r = 0; r < segment.band_rows; ++r) {
+          const int64_t ih = segment.ih_first + r;
+          const scalar_t* src = plane + ih * sh;
+          for (int64_t phase = 0; phase < g.SW; ++phase) {
+            scalar_t* row = band_.data() + (phase * segment.band_rows + r) * phase_width;
+            for (int64_t col = 0, c = phase; c < band_width; ++col, c += g.SW) {
+              const int64_t iw = c - g.PW;
+              row[col] = ih < 0 || ih >= g.H || iw < 0 || iw >= g.W ? scalar_t(0) : src[iw * sw];
+            }
+          }
+        }
+        for (int64_t ky = 0; ky < g.KH; ++ky) {
+          for (int64_t kx = 0; kx < g.KW; ++kx) {
+            const int64_t k = (ci * g.KH + ky) * g.KW + kx;
+            const scalar_t* base = band_.data() + ((kx % g.SW) * segment.band_rows + ky) * phase_width + kx / g.SW;
+            copy_runs(base, gather_runs_.data() + segment.runs_begin, segment.runs_end - segment.runs_begin,
+                      patch_.data() + k * nr_);
           }
         }
       }
-      for (int64_t ky = 0; ky < g.KH; ++ky) {
-        for (int64_t kx = 0; kx < g.KW; ++kx) {
-          const int64_t k = (ci * g.KH + ky) * g.KW + kx;
-          const scalar_t* base = band_.data() + ((kx % g.SW) * band_rows + ky) * phase_width + kx / g.SW;
-          copy_runs(base, gather_runs_, patch_.data() + k * nr_);
-          if (tail > 0) {
-            scalar_t* last_row = patch_.data() + ((panels - 1) * g.K() + k) * nr_;
-            std::fill(last_row + nr_ - tail, last_row + nr_, scalar_t(0));
-          }
+      if (tail > 0) {
+        for (int64_t k = ci * g.KH * g.KW; k < (ci + 1) * g.KH * g.KW; ++k) {
+          scalar_t* last_row = patch_.data() + ((panels - 1) * g.K() + k) * nr_;
+          std::fill(last_row + nr_ - tail, last_row + nr_, scalar_t(0));
         }
       }
     }
@@ -586,26 +627,36 @@ class NinBlockTileWorker {
   std::vector<TileRow> tile_rows_;           // Winograd: the tile's pixels, densely, as row pieces
   std::vector<WinogradRowRun> row_runs_;     // Winograd: the same pieces, from the output blocks
 
-  std::vector<scalar_t> band_;          // gather: the input rows of one channel that the tile reads
-  std::vector<CopyRun> gather_runs_;    // gather: the tile's pixels by panel and output row
+  struct GatherImage {
+    int64_t n, ih_first, band_rows;  // the image, the first input row its band holds, the band's rows
+    int64_t runs_begin, runs_end;    // its pixels' runs in gather_runs_
+  };
+  std::vector<scalar_t> band_;             // gather: the input rows of one channel and image that the tile reads
+  std::vector<CopyRun> gather_runs_;       // gather: the tile's pixels by image, panel and output row
+  std::vector<GatherImage> gather_images_;  // gather: the tile's images
   std::vector<CopyRun> band_rows_;      // Winograd: the input rows of a block run, from x to the band
   std::vector<CopyRun> output_runs_;    // the writes: the tile's panel rows of one channel
-  std::vector<CopyRun> output_rows_;    // write_winograd_rows: its output runs merged into rows (dst, count)
+  std::vector<CopyRun> output_rows_;    // the writes: their runs merged into rows (dst, count)
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
 
-// Runs `tile_fn(worker, tile, n, p0, pt)` for every tile of the batch, in parallel over tiles; each
-// thread builds its workspace once and reuses it for all its tiles.
+// Runs `tile_fn(worker, tile, n, p0, pt)` for every tile of the batch (pixels [p0, p0 + pt) from
+// image n on, direct_tiling), in parallel over tiles; each thread builds its workspace once and
+// reuses it for all its tiles.
 template <typename scalar_t, typename TileFn>
 void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                             int64_t tile_pixels, const TileFn& tile_fn) {
-  const int64_t tiles_per_image = (g.pixels() + tile_pixels - 1) / tile_pixels;
-  at::parallel_for(0, g.N * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, tile_pixels);
+                             const DirectTiling& tiling, const TileFn& tile_fn) {
+  at::parallel_for(0, tiling.tiles(g.N), 1, [&](int64_t begin, int64_t end) {
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, tiling.tile_pixels);
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n = tile / tiles_per_image;
-      const int64_t p0 = (tile % tiles_per_image) * tile_pixels;
-      tile_fn(worker, tile, n, p0, std::min(tile_pixels, g.pixels() - p0));
+      if (tiling.images_per_tile > 1) {
+        const int64_t n = tile * tiling.images_per_tile;
+        tile_fn(worker, tile, n, int64_t{0}, std::min(tiling.images_per_tile, g.N - n) * g.pixels());
+        continue;
+      }
+      const int64_t n = tile / tiling.tiles_per_image;
+      const int64_t p0 = (tile % tiling.tiles_per_image) * tiling.tile_pixels;
+      tile_fn(worker, tile, n, p0, std::min(tiling.tile_pixels, g.pixels() - p0));
     }
   });
 }
