@@ -1,7 +1,8 @@
 """nin_ext.ops.nin_block against ATen (the reference block) across the NiN family, not only the seed:
 the seed's four blocks, the CIFAR-10 NiN of Lin et al. (2013), and blocks with large kernels, strides,
 few output channels, small batches and small maps, which take the CPU backend's other paths (the
-shifted products, a strided block's polyphase form, bands of rows for one large image). One batch per
+shifted products, a strided block's polyphase form, bands of rows for one large image, direct tiles of
+several small images). One batch per
 shape, chosen so that a call does about a GFLOP or less.
 
     python benchmarks/bench_block_shapes.py [--device cpu] [--repeat 10] [--shapes NAME,NAME]
@@ -51,7 +52,8 @@ def path_of(c_in, c_out, k, s, p, hw, batch):
         return f"winograd F({m}x{m})" + (" polyphase" if s > 1 else "")
     if _C.shifted_conv(*shapes):
         return "shifted" + (" polyphase" if s > 1 else "") + f", {_C.shifted_bands(*shapes)} band(s)"
-    return "direct"
+    images = _C.direct_images_per_tile(*shapes)
+    return "direct" + (f", {images} images a tile" if images > 1 else "")
 
 
 def main():
