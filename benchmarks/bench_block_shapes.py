@@ -10,8 +10,6 @@ shape, chosen so that a call does about a GFLOP or less.
 Prints a table (median ms, speedup, the path the CPU backend takes) and writes
 block_shapes_<device>_<dtype>.csv into --out (default results/ops/).
 """
-import csv
-import os
 import sys
 
 import torch
@@ -21,7 +19,6 @@ import op_bench
 from seed_shapes import block_op_args
 
 from nin_ext import _C, ops
-from nin_ext.bench import git_commit
 
 # name: (in, out, kernel, stride, padding, input height = width, batch)
 SHAPES = {
@@ -60,8 +57,7 @@ def main():
     args = op_bench.parse_args(__doc__, lambda p: p.add_argument("--shapes", default=",".join(SHAPES)), batches=False)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     repeat = args.repeat or (50 if device.type == "cuda" else 10)
-    commit, dirty = git_commit()
-    commit_tag = f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+    commit_tag = op_bench.commit_tag()
     machine = op_bench.machine_name(device)
     print(f"nin_block shapes | {machine} | torch {torch.__version__} | {args.dtype} | commit {commit_tag}",
           file=sys.stderr)
@@ -89,13 +85,7 @@ def main():
             print(f"{name:>16} {c_in:>4}->{c_out:<4} k{k} s{s} p{p} {hw:>3}x{hw:<3} b{batch:<3}"
                   f" aten {aten_ms:8.3f} ms  nin_ext {ours_ms:8.3f} ms  x{aten_ms / ours_ms:5.2f}"
                   f"  err {err:.1e}  {path}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"block_shapes_{device.type}_{args.dtype}.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}", file=sys.stderr)
+    op_bench.write_csv(rows, args.out, f"block_shapes_{device.type}_{args.dtype}.csv")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,23 @@ def parse_args(description, extra=None, batches=True):
     return p.parse_args()
 
 
+def commit_tag():
+    """The commit the benchmark runs, "+dirty" when the tree has changes, or "unknown"."""
+    commit, dirty = git_commit()
+    return f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+
+
+def write_csv(rows, out, name):
+    """Writes the rows (dicts with the same keys) to out/name and says so on stderr."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def machine_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -80,10 +97,9 @@ def run(op_name, case_label, make_case, args):
     batches = [int(b) for b in args.batches.split(",")] if args.batches else DEFAULT_BATCHES[device.type]
     repeat = args.repeat or (50 if device.type == "cuda" else 10)
     backends = _backends_on(device)
-    commit, dirty = git_commit()
-    commit_tag = f"{commit}{'+dirty' if dirty else ''}" if commit else "unknown"
+    tag = commit_tag()
     machine = machine_name(device)
-    print(f"{op_name} {case_label} | {machine} | torch {torch.__version__} | {args.dtype} | commit {commit_tag}",
+    print(f"{op_name} {case_label} | {machine} | torch {torch.__version__} | {args.dtype} | commit {tag}",
           file=sys.stderr)
     rows, meter = [], CpuMeter()
     with torch.no_grad():
@@ -107,18 +123,13 @@ def run(op_name, case_label, make_case, args):
                              "median_ms": round(median, 4), "q1_ms": round(q1, 4), "q3_ms": round(q3, 4),
                              "speedup_vs_aten": round(stats["aten"][1] / median, 3),
                              "rel_err_vs_aten": f"{errors[name]:.1e}", "dtype": args.dtype,
-                             "device": machine, "commit": commit_tag,
+                             "device": machine, "commit": tag,
                              "foreign_cpu_load": None if load is None else round(load, 2)})
                 print(f"  batch {batch:>4} {name:>7}: {median:9.3f} ms  x{stats['aten'][1] / median:5.2f} vs aten"
                       f"  err {errors[name]:.1e}", file=sys.stderr)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{op_name}_{case_label}_{device.type}_{args.dtype}".replace(" ", ""))
-    with open(stem + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {stem}.csv", file=sys.stderr)
-    _plot(rows, f"{op_name} {case_label} | {machine} | {args.dtype} | {commit_tag}", stem + ".png")
+    stem = f"{op_name}_{case_label}_{device.type}_{args.dtype}".replace(" ", "")
+    write_csv(rows, args.out, stem + ".csv")
+    _plot(rows, f"{op_name} {case_label} | {machine} | {args.dtype} | {tag}", os.path.join(args.out, stem + ".png"))
 
 
 def _plot(rows, title, path):
