@@ -2,7 +2,7 @@
 // Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
 // sums are then added in tile order, so the result has the same bits on every run. Where the block
 // runs by shifted products (nin_block_shifted_cpu.h), the parts are its bands of rows, or whole
-// images. The Winograd path has no pooled form: a block that would take it runs by pixel tiles here.
+// images. The Winograd path has no pooled form: the call chooses among the other paths.
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
@@ -25,7 +25,7 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_gap_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
+    const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2, false);
     const NinBlockPacked<scalar_t>& packed = *call.weights;
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());
