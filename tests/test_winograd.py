@@ -13,7 +13,7 @@ import torch
 
 import nin_ext
 from nin_ext import _C
-from conftest import assert_close_ref, ref64_fn, ref_block_fn, run_python
+from conftest import assert_close_ref, ref64_fn, ref_block_fn, ref_block_gap_fn, run_python
 
 MODES = [2, 3, 4, -1]  # forced m, then the per-call choice
 
@@ -67,6 +67,17 @@ def test_nin_block(cpu_backend, winograd_mode, case):
     if winograd_mode > 0:
         assert _tile_size(args) == winograd_mode, "the case does not take the forced Winograd path"
     _check(nin_ext.ops.nin_block(*args), args, f"nin_block, Winograd mode {winograd_mode}")
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
+def test_nin_block_gap(cpu_backend, winograd_mode, case):
+    """A block on the Winograd path with the global average pool: the block's output, then the pool."""
+    args = _block_args(case)
+    if winograd_mode > 0:
+        assert _tile_size(args) == winograd_mode, "the case does not take the forced Winograd path"
+    pooled = nin_ext.ops.nin_block_gap(*args)
+    assert torch.equal(pooled, nin_ext.ops.global_avg_pool(nin_ext.ops.nin_block(*args)))
+    assert_close_ref(pooled, ref64_fn(ref_block_gap_fn, *args), kind="fwd_winograd", what="nin_block_gap")
 
 
 def test_training_forward_and_gradients(cpu_backend, winograd_mode):

@@ -2,7 +2,9 @@
 // Each tile's block output stays in the worker's buffer and is summed per channel; the per-tile
 // sums are then added in tile order, so the result has the same bits on every run. Where the block
 // runs by shifted products (nin_block_shifted_cpu.h), the parts are its bands of rows, or whole
-// images. The Winograd path has no pooled form: the call chooses among the other paths.
+// images. A block that runs by Winograd tiles writes its output (C2 channels: the 1x1 layers'
+// activations stay in the tiles) and pools it with global_avg_pool: 2.4-2.8x as fast as pooling in
+// place by pixel tiles on the blocks measured (NOTES v21).
 #include <ATen/AccumulateType.h>
 #include <torch/library.h>
 
@@ -10,6 +12,8 @@
 
 namespace nin_ext {
 namespace cpu {
+
+at::Tensor global_avg_pool_cpu(const at::Tensor& x);
 
 at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                              const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
@@ -25,7 +29,13 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_gap_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2, false);
+    const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
+    if (call.path == NinBlockPath::winograd) {
+      at::Tensor block = at::empty({g.N, g.C2, g.OH, g.OW}, x.options());
+      run_nin_block<scalar_t>(call, {{2, &block}});
+      out = global_avg_pool_cpu(block);
+      return;
+    }
     const NinBlockPacked<scalar_t>& packed = *call.weights;
     scalar_t* out_data = out.data_ptr<scalar_t>();
     const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(g.pixels());

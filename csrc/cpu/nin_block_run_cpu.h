@@ -50,8 +50,7 @@ inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_we
 // in their polyphase form), shifted products, a strided block's polyphase form by shifted products
 // where that does less work than the gather (a long reduction into few channels, as 192 -> 10
 // channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather), else the direct path.
-// `winograd_weights`: whether the conv's own weights allow the Winograd path; `winograd`: whether the
-// op has a Winograd form (nin_block_gap has not).
+// `winograd_weights`: whether the conv's own weights allow the Winograd path.
 struct NinBlockChoice {
   NinBlockPath path;
   int m;
@@ -59,11 +58,11 @@ struct NinBlockChoice {
 };
 
 inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool float_weights, bool winograd_weights,
-                                            int64_t nr, int64_t element_size, bool winograd = true) {
-  if (const int m = winograd ? polyphase_winograd_tile_size(g, float_weights, nr, element_size) : 0) {
+                                            int64_t nr, int64_t element_size) {
+  if (const int m = polyphase_winograd_tile_size(g, float_weights, nr, element_size)) {
     return {NinBlockPath::winograd, m, true};
   }
-  if (const int m = winograd ? winograd_tile_size(g, winograd_weights, nr, element_size) : 0) {
+  if (const int m = winograd_tile_size(g, winograd_weights, nr, element_size)) {
     return {NinBlockPath::winograd, m, false};
   }
   if (shifted_conv_pays(g)) {
@@ -75,19 +74,18 @@ inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool floa
   return {NinBlockPath::direct, 0, false};
 }
 
-// The weights' packing (cached) and the form the call runs in; `winograd`: whether the op has a
-// Winograd form.
+// The weights' packing (cached) and the form the call runs in.
 template <typename scalar_t>
 NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBlockGeometry& g, const at::Tensor& w,
                                               const c10::optional<at::Tensor>& b, const at::Tensor& w1,
                                               const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                                              const c10::optional<at::Tensor>& b2, bool winograd = true) {
+                                              const c10::optional<at::Tensor>& b2) {
   NinBlockCall<scalar_t> call{
       x, g, InputPhases{}, NinBlockPath::direct, 0, packed_nin_block<scalar_t>(w, b, w1, b1, w2, b2), nullptr};
   call.packed = call.weights.get();
   const NinBlockChoice choice = choose_nin_block_path(g, std::is_same_v<scalar_t, float>,
                                                       call.packed->winograd_weights, call.packed->kernel.nr,
-                                                      sizeof(scalar_t), winograd);
+                                                      sizeof(scalar_t));
   call.path = choice.path;
   call.winograd_tile = choice.m;
   if (choice.polyphase) {
