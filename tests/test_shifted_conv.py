@@ -26,7 +26,8 @@ def _draw_shifted(rng):
     while True:
         c = _draw(rng)
         oh, ow = c["h"] + 2 * c["p"][0] - c["k"][0] + 1, c["w"] + 2 * c["p"][1] - c["k"][1] + 1
-        # Mirrors shifted_conv_pays (csrc/cpu/nin_block_shifted_cpu.h); the tests assert the choice.
+        # shifted_conv_pays (csrc/cpu/nin_block_shifted_cpu.h) with the overhang counted as computed:
+        # the path's work where it skips the overhang is less still. The tests assert the choice.
         per_pixel = c["c0"] * c["k"][0] * c["k"][1] * c["cc"] + c["cc"] * c["c1"] + c["c1"] * c["c2"]
         padded = (c["h"] + c["p"][0]) * (c["w"] + c["p"][1])
         if padded * (per_pixel + 32 * c["c0"]) < oh * ow * (per_pixel + 32 * c["c0"] * c["k"][0] * c["k"][1]):
@@ -103,6 +104,15 @@ def test_training_forward_and_gradients(cpu_backend, dtype):
     assert_close_ref(h1, expected_h1, what="hidden1")
     assert_close_ref(out, ref64_fn(ref_block_fn, *args), what="output")
     _assert_gap_gradients(args)
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 15, 16, 17, 32, 33, 48])
+def test_rows_of_any_width(cpu_backend, width):
+    """Rows narrower than a vector (a vector in several pieces), rows that end inside a vector (two
+    pieces) and rows of whole panels (none crossed), with the overhang skipped (widths 1, 2, 32) or
+    computed (the others: shifted_skips_overhang)."""
+    case = dict(n=2, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=4, w=width, layout="contiguous")
+    _assert_block_ops(_block_args(case, torch.float32), (2, 1, 1))
 
 
 # Maps that the shifted path splits into bands of output rows: an image larger than the tiles' 1 MiB

@@ -8,10 +8,13 @@
 // With bias == nullptr the kernel stores the plain product a b (no bias, no ReLU).
 //
 // The shifted kernel reads the pixels unpacked, from rows of an input at distance ldb, each index k
-// through `shifts` offsets (a stride-1 convolution as a sum of shifted products, with no im2col):
-//   c[r * ldc + j] = relu(bias[r] + sum_{k, s} a[(k * shifts + s) * MR + r] * b[k * ldb + offsets[s] + j])
+// through `shifts` offsets (a stride-1 convolution as a sum of shifted products, with no im2col),
+// pixel j of the panel at lanes[j] in the rows:
+//   c[r * ldc + j] = relu(bias[r] + sum_{k, s} a[(k * shifts + s) * MR + r] * b[k * ldb + offsets[s] + lanes[j]])
 // and with `accumulate` adds c's values to the sum before the bias, so that a long reduction can run
-// in chunks, each a short sum of its own.
+// in chunks, each a short sum of its own. A panel's pixels are consecutive in the rows except where
+// it crosses an output row's end (lanes jumps past the kernel's overhang): such a panel's vectors are
+// read in pieces by masked loads.
 #pragma once
 
 #include <cstdint>
@@ -33,8 +36,8 @@ using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, 
 
 template <typename scalar_t>
 using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
-                                      const scalar_t* b, int64_t ldb, const scalar_t* bias, bool accumulate,
-                                      scalar_t* c, int64_t ldc, int64_t rows);
+                                      const scalar_t* b, int64_t ldb, const int64_t* lanes, const scalar_t* bias,
+                                      bool accumulate, scalar_t* c, int64_t ldc, int64_t rows);
 
 // The Winograd input or output transform of F(m x m, r x r) for nr tiles side by side
 // (winograd_transform_lanes.h), compiled for the same ISA as the micro-kernel.
@@ -133,13 +136,26 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, int64
 
 template <typename scalar_t, int MR, int NR>
 void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
-                                  const scalar_t* b, int64_t ldb, const scalar_t* bias, bool accumulate, scalar_t* c,
-                                  int64_t ldc, int64_t rows) {
+                                  const scalar_t* b, int64_t ldb, const int64_t* lanes, const scalar_t* bias,
+                                  bool accumulate, scalar_t* c, int64_t ldc, int64_t rows) {
+  bool consecutive = true;
+  for (int j = 1; j < NR; ++j) {
+    consecutive = consecutive && lanes[j] == lanes[0] + j;
+  }
   portable_product<scalar_t, MR, NR>(
       [&](const auto& step) {
+        scalar_t pixels[NR];
         for (int64_t k = 0; k < K; ++k) {
           for (int64_t s = 0; s < shifts; ++s) {
-            step(a + (k * shifts + s) * MR, b + k * ldb + offsets[s]);
+            const scalar_t* row = b + k * ldb + offsets[s];
+            if (consecutive) {
+              step(a + (k * shifts + s) * MR, row + lanes[0]);
+              continue;
+            }
+            for (int j = 0; j < NR; ++j) {
+              pixels[j] = row[lanes[j]];
+            }
+            step(a + (k * shifts + s) * MR, pixels);
           }
         }
       },
@@ -153,11 +169,11 @@ void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t
 void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
                            int64_t ldc, int64_t rows);
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                      const float* b, int64_t ldb, const float* bias, bool accumulate, float* c,
-                                      int64_t ldc, int64_t rows);
+                                      const float* b, int64_t ldb, const int64_t* lanes, const float* bias,
+                                      bool accumulate, float* c, int64_t ldc, int64_t rows);
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a, const float* b,
-                                   int64_t ldb, const float* bias, bool accumulate, float* c, int64_t ldc,
-                                   int64_t rows);
+                                   int64_t ldb, const int64_t* lanes, const float* bias, bool accumulate, float* c,
+                                   int64_t ldc, int64_t rows);
 void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
                                         int64_t out_stride);
 void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -30,6 +30,14 @@ struct Avx2 {
   // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
   static reg relu(reg v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  // The lanes of `bits` from b, the others from a.
+  using mask = __m256;
+  static mask lane_mask(uint32_t bits) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_castsi256_ps(
+        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), bit), bit));
+  }
+  static reg blend(mask m, reg a, reg b) { return _mm256_blendv_ps(a, b, m); }
 };
 
 }  // namespace
@@ -40,9 +48,10 @@ void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ld
 }
 
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                   const float* b, int64_t ldb, const float* bias, bool accumulate, float* c,
-                                   int64_t ldc, int64_t rows) {
-  register_blocked_shifted_microkernel<Avx2, 6, 2>(K, shifts, offsets, a, b, ldb, bias, accumulate, c, ldc, rows);
+                                   const float* b, int64_t ldb, const int64_t* lanes,
+                                   const float* bias, bool accumulate, float* c, int64_t ldc, int64_t rows) {
+  register_blocked_shifted_microkernel<Avx2, 6, 2>(K, shifts, offsets, a, b, ldb, lanes, bias, accumulate, c, ldc,
+                                                   rows);
 }
 
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

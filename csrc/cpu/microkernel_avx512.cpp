@@ -35,6 +35,10 @@ struct Avx512 {
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
   // The mask of the first n <= 16 lanes.
   static __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
+  // The lanes of `bits` from b, the others from a.
+  using mask = __mmask16;
+  static mask lane_mask(uint32_t bits) { return static_cast<__mmask16>(bits); }
+  static reg blend(mask m, reg a, reg b) { return _mm512_mask_blend_ps(m, a, b); }
 };
 
 }  // namespace
@@ -45,9 +49,10 @@ void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t
 }
 
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
-                                      const float* b, int64_t ldb, const float* bias, bool accumulate, float* c,
-                                      int64_t ldc, int64_t rows) {
-  register_blocked_shifted_microkernel<Avx512, 12, 2>(K, shifts, offsets, a, b, ldb, bias, accumulate, c, ldc, rows);
+                                      const float* b, int64_t ldb, const int64_t* lanes,
+                                      const float* bias, bool accumulate, float* c, int64_t ldc, int64_t rows) {
+  register_blocked_shifted_microkernel<Avx512, 12, 2>(K, shifts, offsets, a, b, ldb, lanes, bias, accumulate, c,
+                                                      ldc, rows);
 }
 
 void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -6,13 +6,13 @@
 // stored: they are the next plane's top rows and the next row's left columns (which is why the path
 // needs PH < KH and PW < KW, as any useful padding is). Output pixel (n, oh, ow) is position
 // q = (n Hs + oh) Ws + ow, and its conv reads row ci at q + ky Ws + kx: for a panel of NR consecutive
-// positions, each (ci, ky, kx) is NR consecutive floats of a row, which the shifted micro-kernel
-// (microkernel.h) reads in place. Positions outside the output (oh >= OH or ow >= OW) are computed and
-// dropped, Hs Ws / (OH OW) times the work of the pixels: that pays where the gather costs more than
-// the extra products, a long reduction (C0 KH KW) into few channels (CC), as in the seed's block 4
-// (384 -> 10 channels on 5x5 maps: 1.44x the products, instead of gathering 3456 floats per pixel for
-// 10 outputs). A strided conv runs this way in its polyphase form (polyphase_cpu.h), its copy reading
-// x's phases: stride 1, no padding.
+// output pixels, each (ci, ky, kx) is NR consecutive floats of a row, which the shifted micro-kernel
+// (microkernel.h) reads in place, or, where the panel crosses the end of an output row, NR floats in
+// pieces (masked loads) that skip the KW - 1 - PW columns the row's last pixel does not reach. Only
+// output pixels are computed. That pays where the gather costs more than the input copy, a long
+// reduction (C0 KH KW) into few channels (CC), as in the seed's block 4 (384 -> 10 channels on 5x5
+// maps: no gathering of 3456 floats per pixel for 10 outputs). A strided conv runs this way in its
+// polyphase form (polyphase_cpu.h), its copy reading x's phases: stride 1, no padding.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -34,12 +34,32 @@ namespace cpu {
 // 21 M multiply-adds, about 60 each; half that keeps the choice on the safe side.
 constexpr int64_t kGatherCostInMultiplyAdds = 32;
 
-// The work of the block over the batch, in multiply-adds, by shifted products (every position of
-// the padded map, and the input copy) and by the gather path (the output pixels, and the im2col
-// gather), each copied element at the same cost.
-inline double shifted_path_work(const NinBlockGeometry& g) {
-  const double per_pixel = double(g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
-  return double(g.N) * double(g.H + g.PH) * double(g.W + g.PW) * (per_pixel + double(kGatherCostInMultiplyAdds * g.C0));
+// Whether the shifted path computes the output pixels only, skipping the KW - 1 - PW positions past
+// each row's last pixel, or every position of its rows, the overhang included. Skipping has panels
+// cross the rows' ends, and such a panel reads its pixels in pieces, its conv at about 15% more than
+// one of consecutive pixels (benchmarks/NOTES.md, v22): it pays where the overhang's share of a row
+// is more than that on the share of panels that cross (none where rows are whole panels).
+constexpr double kCrossingPanelCost = 0.15;
+
+inline double shifted_crossing_share(const NinBlockGeometry& g, int64_t nr) {
+  return g.OW % nr == 0 ? 0.0 : std::min(1.0, double(nr) / double(g.OW));
+}
+
+inline bool shifted_skips_overhang(const NinBlockGeometry& g, int64_t nr) {
+  return double(g.KW - 1 - g.PW) / double(g.W + g.PW) > kCrossingPanelCost * shifted_crossing_share(g, nr);
+}
+
+// The work of the block over the batch, in multiply-adds, by shifted products (the lanes it computes,
+// the crossing panels' pieces, and the input copy) and by the gather path (the output pixels, and
+// the im2col gather), each copied element at the same cost.
+inline double shifted_path_work(const NinBlockGeometry& g, int64_t nr) {
+  const double conv = double(g.K() * g.CC), pointwise = double(g.CC * g.C1 + g.C1 * g.C2);
+  const double copy = double(g.H + g.PH) * double(g.W + g.PW) * double(kGatherCostInMultiplyAdds * g.C0);
+  if (shifted_skips_overhang(g, nr)) {
+    const double pieces = 1 + kCrossingPanelCost * shifted_crossing_share(g, nr);
+    return double(g.N) * (double(g.pixels()) * (conv * pieces + pointwise) + copy);
+  }
+  return double(g.N) * (double(g.H + g.PH) * double(g.W + g.PW) * (conv + pointwise) + copy);
 }
 
 inline double gather_path_work(const NinBlockGeometry& g) {
@@ -51,8 +71,8 @@ inline double gather_path_work(const NinBlockGeometry& g) {
 // less work than the gather path (a 1x1 conv's gather is a copy as the input copy here is, so it
 // stays on the gather path). A strided block may run by shifted products in its polyphase form
 // (nin_block_run_cpu.h). Shapes only, so the choice does not depend on the thread count.
-inline bool shifted_conv_pays(const NinBlockGeometry& g) {
-  return g.SH == 1 && g.SW == 1 && g.PH < g.KH && g.PW < g.KW && shifted_path_work(g) < gather_path_work(g);
+inline bool shifted_conv_pays(const NinBlockGeometry& g, int64_t nr) {
+  return g.SH == 1 && g.SW == 1 && g.PH < g.KH && g.PW < g.KW && shifted_path_work(g, nr) < gather_path_work(g);
 }
 
 // The reduction steps (input channel and shift pairs) of one chunk of the conv (ShiftedTileWorker).
@@ -90,8 +110,9 @@ inline ShiftedTiling shifted_tiling(const NinBlockGeometry& g, int64_t element_s
 }
 
 // Per-thread workspace: the padded, channel-major copy of a tile's input (above; a band of rows r0 to
-// r1 takes padded rows r0 to r1 + KH - 2, row r0 first) and the block's three activations at its
-// positions, in the panel layout of the pixel-tile path ([panel][channel][NR]). Each thread copies
+// r1 takes padded rows r0 to r1 + KH - 2, row r0 first) and the block's three activations in the
+// panel layout of the pixel-tile path ([panel][channel][NR]), a lane per output pixel, or per
+// position of the rows where the overhang is computed (shifted_skips_overhang). Each thread copies
 // the input it computes, so the copy is read from its own cache. Each row ends with zeros for the
 // last panel's lanes past the positions and for the largest shift (which covers the last plane's
 // bottom padding), so that every read stays in the row.
@@ -102,9 +123,10 @@ class ShiftedTileWorker {
   ShiftedTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const InputPhases& phases,
                     const NinBlockPacked<scalar_t>& packed, const ShiftedTile& largest)
       : x_(x), g_(g), phases_(phases), packed_(packed), plane_((g.H + g.PH) * (g.W + g.PW)),
-        lanes_(panels_for(positions(largest)) * packed.kernel.nr), halo_((g.KH - 1) * (g.W + g.PW) + g.KW - 1),
-        row_stride_(lanes_ + halo_), rows_(g.C0 * row_stride_),
-        hidden0_(g.CC * lanes_), hidden1_(g.C1 * lanes_), hidden2_(g.C2 * lanes_) {
+        skips_overhang_(shifted_skips_overhang(g, packed.kernel.nr)),
+        lanes_(panels_for(lanes(largest)) * packed.kernel.nr), halo_((g.KH - 1) * (g.W + g.PW) + g.KW - 1),
+        row_stride_(span(largest) + packed.kernel.nr + halo_), lane_positions_(lanes_), rows_(g.C0 * row_stride_),
+        hidden0_(g.CC * lanes_), hidden1_(g.C1 * lanes_), hidden2_(g.C2 * lanes_), writer_(packed.kernel) {
     for (int64_t ky = 0; ky < g.KH; ++ky) {
       for (int64_t kx = 0; kx < g.KW; ++kx) {
         offsets_.push_back(ky * (g.W + g.PW) + kx);  // in the conv weight's order
@@ -112,8 +134,24 @@ class ShiftedTileWorker {
     }
   }
 
-  // The positions a tile computes: whole planes for all its images but the last, rows r0 to r1 of it.
-  int64_t positions(const ShiftedTile& t) const { return (t.n1 - t.n0 - 1) * plane_ + (t.r1 - t.r0) * (g_.W + g_.PW); }
+  // The output pixels of a tile: rows r0 to r1 of each of its images.
+  int64_t pixels(const ShiftedTile& t) const { return (t.n1 - t.n0) * (t.r1 - t.r0) * g_.OW; }
+
+  // The positions a tile's pixels span in its input rows: whole planes for all its images but the
+  // last, rows r0 to r1 of it.
+  int64_t span(const ShiftedTile& t) const { return (t.n1 - t.n0 - 1) * plane_ + (t.r1 - t.r0) * (g_.W + g_.PW); }
+
+  // The lanes a tile computes: its pixels, or the positions they span.
+  int64_t lanes(const ShiftedTile& t) const { return skips_overhang_ ? pixels(t) : span(t); }
+
+  // The position in the rows of tile t's pixel j (pixels in output order).
+  int64_t position(const ShiftedTile& t, int64_t j) const {
+    const int64_t image_pixels = (t.r1 - t.r0) * g_.OW, within = j % image_pixels;
+    return j / image_pixels * plane_ + within / g_.OW * (g_.W + g_.PW) + within % g_.OW;
+  }
+
+  // The lane of tile t's pixel j.
+  int64_t lane(const ShiftedTile& t, int64_t j) const { return skips_overhang_ ? j : position(t, j); }
 
   // The panels of NR positions that `count` positions take.
   int64_t panels_for(int64_t count) const { return (count + packed_.kernel.nr - 1) / packed_.kernel.nr; }
@@ -121,14 +159,14 @@ class ShiftedTileWorker {
   // Copies the tile's input and computes the block's activations at its positions.
   void compute(const ShiftedTile& t) {
     const NinBlockGeometry& g = g_;
-    const int64_t Ws = g.W + g.PW, panels = panels_for(positions(t));
+    const int64_t Ws = g.W + g.PW, count = lanes(t), panels = panels_for(count);
     // The input rows the tile reads: padded rows r0 to r1 + KH - 2, those of the input's rows among them.
     const int64_t ih0 = std::max<int64_t>(0, t.r0 - g.PH), ih1 = std::min(g.H, t.r1 + g.KH - 1 - g.PH);
     const scalar_t* xd = x_.const_data_ptr<scalar_t>();
     const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
     const int64_t x_rows = x_.size(2), x_cols = x_.size(3);
     const InputPhases ph = phases_;
-    const int64_t PH = g.PH, PW = g.PW, image_positions = plane_, fill = panels * packed_.kernel.nr + halo_;
+    const int64_t PH = g.PH, PW = g.PW, image_positions = plane_, fill = span(t) + packed_.kernel.nr + halo_;
     const int64_t column_stride = ph.SW * sw;
     for (int64_t ci = 0; ci < g.C0; ++ci) {
       scalar_t* row = rows_.data() + ci * row_stride_;
@@ -166,6 +204,11 @@ class ShiftedTileWorker {
     const MicroKernel<scalar_t>& kernel = packed_.kernel;
     const PackedLayer<scalar_t>& conv = packed_.conv;
     const int64_t shifts = static_cast<int64_t>(offsets_.size()), nr = kernel.nr;
+    // Each lane's position in the rows; the last panel's lanes past the tile's read on from its last.
+    for (int64_t j = 0; j < panels * nr; ++j) {
+      const int64_t i = std::min(j, count - 1);
+      lane_positions_[j] = (skips_overhang_ ? position(t, i) : i) + (j - i);
+    }
     const int64_t chunks = (g.C0 * shifts + kShiftedChunkSteps - 1) / kShiftedChunkSteps;
     const int64_t chunk_channels = (g.C0 + chunks - 1) / chunks;
     for (int64_t c0 = 0; c0 < g.C0; c0 += chunk_channels) {
@@ -174,8 +217,8 @@ class ShiftedTileWorker {
       for (int64_t m0 = 0; m0 < conv.M; m0 += kernel.mr) {
         const scalar_t* a = conv.a.data() + m0 * conv.K + c0 * shifts * kernel.mr;
         for (int64_t p = 0; p < panels; ++p) {
-          kernel.shifted_fn(channels, shifts, offsets_.data(), a, rows_.data() + c0 * row_stride_ + p * nr,
-                            row_stride_, last ? conv.bias.data() + m0 : nullptr, c0 > 0,
+          kernel.shifted_fn(channels, shifts, offsets_.data(), a, rows_.data() + c0 * row_stride_, row_stride_,
+                            lane_positions_.data() + p * nr, last ? conv.bias.data() + m0 : nullptr, c0 > 0,
                             hidden0_.data() + (p * conv.M + m0) * nr, nr, std::min(kernel.mr, conv.M - m0));
         }
       }
@@ -189,16 +232,30 @@ class ShiftedTileWorker {
     return (layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_).data();
   }
 
-  // Calls pixel_fn(j, n, oh, ow) for each position j of tile t (the last computed) that is an output
-  // pixel, in position order.
+  // Writes activation `layer` of tile t (the last computed) into `out`, an (N, C, OH, OW) tensor of any
+  // strides, by runs of pixels: a tile's pixels are in output order, so a run ends where a panel or
+  // an output row does.
+  void write_rows(int layer, at::Tensor& out, const ShiftedTile& t) {
+    const int64_t channels = out.size(1), nr = packed_.kernel.nr, image_pixels = (t.r1 - t.r0) * g_.OW;
+    const int64_t sn = out.stride(0), sh = out.stride(2), sw = out.stride(3);
+    output_runs_.clear();
+    for (int64_t j = 0; j < pixels(t);) {
+      const int64_t within = j % image_pixels, ow = within % g_.OW, l = lane(t, j);
+      const int64_t count = std::min(nr - l % nr, g_.OW - ow);
+      output_runs_.push_back({l / nr * channels * nr + l % nr, count,
+                              (t.n0 + j / image_pixels) * sn + (t.r0 + within / g_.OW) * sh + ow * sw});
+      j += count;
+    }
+    writer_.write(output_runs_, activation(layer), channels, out.template data_ptr<scalar_t>(), out.stride(1), sw);
+  }
+
+  // Calls pixel_fn(lane, n, oh, ow) for each pixel of tile t (the last computed), in output order.
   template <typename PixelFn>
   void for_each_pixel(const ShiftedTile& t, const PixelFn& pixel_fn) const {
-    const int64_t Ws = g_.W + g_.PW;
-    for (int64_t j = 0; j < positions(t); ++j) {
-      const int64_t oh = t.r0 + j % plane_ / Ws, ow = j % Ws;
-      if (oh < t.r1 && ow < g_.OW) {
-        pixel_fn(j, t.n0 + j / plane_, oh, ow);
-      }
+    const int64_t image_pixels = (t.r1 - t.r0) * g_.OW;
+    for (int64_t j = 0; j < pixels(t); ++j) {
+      const int64_t within = j % image_pixels;
+      pixel_fn(lane(t, j), t.n0 + j / image_pixels, t.r0 + within / g_.OW, within % g_.OW);
     }
   }
 
@@ -207,11 +264,16 @@ class ShiftedTileWorker {
   const NinBlockGeometry& g_;
   const InputPhases phases_;  // where the input comes from: x, or x's phases for a polyphase form
   const NinBlockPacked<scalar_t>& packed_;
-  // Positions per image; positions a tile's panels hold at most; the largest shift; floats per
-  // channel row.
-  const int64_t plane_, lanes_, halo_, row_stride_;
-  std::vector<int64_t> offsets_;       // per (ky, kx): ky Ws + kx
+  // Positions per image; whether lanes are pixels or positions; lanes a tile's panels hold at most;
+  // the largest shift; floats per channel row.
+  const int64_t plane_;
+  const bool skips_overhang_;
+  const int64_t lanes_, halo_, row_stride_;
+  std::vector<int64_t> offsets_;         // per (ky, kx): ky Ws + kx
+  std::vector<int64_t> lane_positions_;  // per lane of the last tile's panels: its position in the rows
   ScratchBuffer<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
+  std::vector<CopyRun> output_runs_;  // the writes: the tile's pixel runs of channel 0
+  TileWriter<scalar_t> writer_;
 };
 
 // Runs `tile_fn(worker, tile)` for the tiles of `tiling` (shifted_tiling), in parallel: whole images
@@ -250,22 +312,11 @@ template <typename scalar_t>
 void run_shifted_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const InputPhases& phases,
                            const NinBlockPacked<scalar_t>& packed,
                            const std::vector<std::pair<int, at::Tensor*>>& outputs) {
-  const int64_t nr = packed.kernel.nr;
-  const ShiftedTiling tiling = shifted_tiling(g, sizeof(scalar_t), nr);
-  for_each_shifted_tile<scalar_t>(x, g, phases, packed, tiling, [&](const ShiftedTileWorker<scalar_t>& worker,
-                                                            const ShiftedTile& tile) {
+  const ShiftedTiling tiling = shifted_tiling(g, sizeof(scalar_t), packed.kernel.nr);
+  for_each_shifted_tile<scalar_t>(x, g, phases, packed, tiling,
+                                  [&](ShiftedTileWorker<scalar_t>& worker, const ShiftedTile& tile) {
     for (const auto& [layer, tensor] : outputs) {
-      const scalar_t* values = worker.activation(layer);
-      const int64_t channels = tensor->size(1);
-      scalar_t* data = tensor->template data_ptr<scalar_t>();
-      const int64_t sn = tensor->stride(0), sc = tensor->stride(1), sh = tensor->stride(2), sw = tensor->stride(3);
-      worker.for_each_pixel(tile, [&](int64_t j, int64_t n, int64_t oh, int64_t ow) {
-        const scalar_t* src = values + (j / nr * channels) * nr + j % nr;
-        scalar_t* dst = data + n * sn + oh * sh + ow * sw;
-        for (int64_t c = 0; c < channels; ++c) {
-          dst[c * sc] = src[c * nr];
-        }
-      });
+      worker.write_rows(layer, *tensor, tile);
     }
   });
 }

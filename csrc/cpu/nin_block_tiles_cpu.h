@@ -40,6 +40,70 @@ inline void prefetch_for_write(const T* p, int64_t count) {
   }
 }
 
+// out[run.dst + i] = in[run.src + i] for every run, with the micro-kernel's ISA where it has one.
+template <typename scalar_t>
+inline void copy_runs_with(const MicroKernel<scalar_t>& kernel, const scalar_t* in, const CopyRun* runs,
+                           int64_t count, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    kernel.copy_runs(in, runs, count, out);
+  } else {
+    copy_runs_portable(in, runs, count, out);
+  }
+}
+
+// Writes a tile's activation (`values`, `channels` channels in the panel layout [panel][channel][NR])
+// by runs: channel 0's runs from values into data, every channel c at c * s_c, pixels at s_p. NCHW
+// (s_p == 1): channel by channel, each run one copy, with the rows of the channel
+// kWritePrefetchChannels ahead prefetched (the runs of a row merged; panel by panel instead, the
+// writes were as many streams as channels: 9% of the seed's block 1 at batch 16). Other layouts
+// (channels_last): value by value.
+template <typename scalar_t>
+class TileWriter {
+ public:
+  explicit TileWriter(const MicroKernel<scalar_t>& kernel) : kernel_(kernel) {}
+
+  void write(const std::vector<CopyRun>& runs, const scalar_t* values, int64_t channels, scalar_t* data, int64_t s_c,
+             int64_t s_p) {
+    const int64_t nr = kernel_.nr;
+    if (s_p == 1) {
+      rows_.clear();
+      for (const CopyRun& run : runs) {
+        if (!rows_.empty() && rows_.back().dst + rows_.back().count == run.dst) {
+          rows_.back().count += run.count;
+        } else {
+          rows_.push_back(run);
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        scalar_t* dst = data + c * s_c;
+        if (c + kWritePrefetchChannels < channels) {
+          for (const CopyRun& row : rows_) {
+            prefetch_for_write(dst + kWritePrefetchChannels * s_c + row.dst, row.count);
+          }
+        }
+        copy_runs_with(kernel_, values + c * nr, runs.data(), static_cast<int64_t>(runs.size()), dst);
+      }
+      return;
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      for (const CopyRun& run : runs) {
+        for (int64_t i = 0; i < run.count; ++i) {
+          data[c * s_c + run.dst + i * s_p] = values[c * nr + run.src + i];
+        }
+      }
+    }
+  }
+
+ private:
+  // How many channels ahead the writes prefetch their lines for writing. A tile writes a few short
+  // rows per channel, too little for the hardware prefetcher to follow: the Winograd writes took 7%
+  // of the seed's block 2 at batch 16 without the prefetch, 4% with it.
+  static constexpr int64_t kWritePrefetchChannels = 4;
+
+  const MicroKernel<scalar_t>& kernel_;
+  std::vector<CopyRun> rows_;  // the runs merged into rows (dst, count)
+};
+
 // One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
 // rows past M zero; the bias padded the same way (zero when the layer has none).
 template <typename scalar_t>
@@ -238,7 +302,8 @@ class NinBlockTileWorker {
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
         transform_scratch_(winograd ? (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_ +
                                           winograd_band_floats()
-                                    : 0) {
+                                    : 0),
+        writer_(packed.kernel) {
     if (winograd) {  // the band's padding columns stay zero (compute_winograd writes the others)
       std::fill(winograd_band(), winograd_band() + winograd_band_floats(), 0.f);
     }
@@ -356,7 +421,7 @@ class NinBlockTileWorker {
           }
         }
         if constexpr (std::is_same_v<scalar_t, float>) {
-          copy_runs(plane, band_rows_, band);
+          copy_runs_with(packed_.kernel, plane, band_rows_.data(), static_cast<int64_t>(band_rows_.size()), band);
         }
         packed_.kernel.winograd_gather(band, band_width, m, alpha, run.bx, run.length, d + run.lane, nr);
       }
@@ -407,7 +472,7 @@ class NinBlockTileWorker {
         runs.push_back({row.j / nr_ * channels * nr_ + row.j % nr_, row.count, n * sn + row.oh * sh + row.ow * sw});
       }
     }
-    write_runs(runs, values, channels, data, sc, sw);
+    writer_.write(runs, values, channels, data, sc, sw);
   }
 
   // Hands over activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2:
@@ -442,58 +507,16 @@ class NinBlockTileWorker {
       runs.push_back({j / nr_ * channels * nr_ + j % nr_, count, q / P * s_n + q % P * s_p});
       j += count;
     }
-    write_runs(runs, values, channels, data, s_c, s_p);
+    writer_.write(runs, values, channels, data, s_c, s_p);
   }
 
  private:
-  // Writes a tile's activation (`values`, `channels` channels in the panel layout) by runs: channel
-  // 0's runs from values into data, every channel c at c * s_c, pixels at s_p. NCHW (s_p == 1):
-  // channel by channel, each run one copy, with the rows of the channel kWritePrefetchChannels ahead
-  // prefetched (the runs of a row merged; panel by panel instead, the writes were as many streams as
-  // channels: 9% of the seed's block 1 at batch 16). Other layouts (channels_last): value by value.
-  void write_runs(const std::vector<CopyRun>& runs, const scalar_t* values, int64_t channels, scalar_t* data,
-                  int64_t s_c, int64_t s_p) {
-    if (s_p == 1) {
-      std::vector<CopyRun>& rows = output_rows_;
-      rows.clear();
-      for (const CopyRun& run : runs) {
-        if (!rows.empty() && rows.back().dst + rows.back().count == run.dst) {
-          rows.back().count += run.count;
-        } else {
-          rows.push_back(run);
-        }
-      }
-      for (int64_t c = 0; c < channels; ++c) {
-        scalar_t* dst = data + c * s_c;
-        if (c + kWritePrefetchChannels < channels) {
-          for (const CopyRun& row : rows) {
-            prefetch_for_write(dst + kWritePrefetchChannels * s_c + row.dst, row.count);
-          }
-        }
-        copy_runs(values + c * nr_, runs, dst);
-      }
-      return;
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      for (const CopyRun& run : runs) {
-        for (int64_t i = 0; i < run.count; ++i) {
-          data[c * s_c + run.dst + i * s_p] = values[c * nr_ + run.src + i];
-        }
-      }
-    }
-  }
-
   // Activation `layer` of the last computed tile (0: the conv's, 1: the first 1x1's, 2: the block's
   // output), in the panel layout, and its channel count.
   const scalar_t* activation(int layer) const {
     return (layer == 0 ? hidden0_ : layer == 1 ? hidden1_ : hidden2_).data();
   }
   int64_t activation_channels(int layer) const { return layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2; }
-
-  // How many channels ahead the output writes prefetch their lines for writing. A tile writes a few
-  // short rows per channel, too little for the hardware prefetcher to follow: the Winograd writes took
-  // 7% of the seed's block 2 at batch 16 without the prefetch, 4% with it.
-  static constexpr int64_t kWritePrefetchChannels = 4;
 
   // Output channels whose Winograd products are computed and transformed together: a multiple of
   // MR, about 512 KiB of products (half the L2 of the machines we tune on; 1-2% faster than 256 KiB
@@ -523,18 +546,6 @@ class NinBlockTileWorker {
   // channel at a C0 NR distance were 5% of block 2's samples), and one point of padding, so that the
   // rows one point's product reads (one per channel) do not all fall in the same L1 sets.
   int64_t winograd_channel_floats() const { return (winograd_points() + 1) * nr_; }
-
-  // out[run.dst + i] = in[run.src + i] for every run, with the micro-kernel's ISA where it has one.
-  void copy_runs(const scalar_t* in, const CopyRun* runs, int64_t count, scalar_t* out) const {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      packed_.kernel.copy_runs(in, runs, count, out);
-    } else {
-      copy_runs_portable(in, runs, count, out);
-    }
-  }
-  void copy_runs(const scalar_t* in, const std::vector<CopyRun>& runs, scalar_t* out) const {
-    copy_runs(in, runs.data(), static_cast<int64_t>(runs.size()), out);
-  }
 
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
   // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel
@@ -593,7 +604,7 @@ class NinBlockTileWorker {
           for (int64_t kx = 0; kx < g.KW; ++kx) {
             const int64_t k = (ci * g.KH + ky) * g.KW + kx;
             const scalar_t* base = band_.data() + ((kx % g.SW) * segment.band_rows + ky) * phase_width + kx / g.SW;
-            copy_runs(base, gather_runs_.data() + segment.runs_begin, segment.runs_end - segment.runs_begin,
+            copy_runs_with(packed_.kernel, base, gather_runs_.data() + segment.runs_begin, segment.runs_end - segment.runs_begin,
                       patch_.data() + k * nr_);
           }
         }
@@ -636,7 +647,7 @@ class NinBlockTileWorker {
   std::vector<GatherImage> gather_images_;  // gather: the tile's images
   std::vector<CopyRun> band_rows_;      // Winograd: the input rows of a block run, from x to the band
   std::vector<CopyRun> output_runs_;    // the writes: the tile's panel rows of one channel
-  std::vector<CopyRun> output_rows_;    // the writes: their runs merged into rows (dst, count)
+  TileWriter<scalar_t> writer_;
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
 };
 
