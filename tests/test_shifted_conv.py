@@ -109,7 +109,7 @@ def test_training_forward_and_gradients(cpu_backend, dtype):
 @pytest.mark.parametrize("width", [1, 2, 7, 15, 16, 17, 32, 33, 48])
 def test_rows_of_any_width(cpu_backend, width):
     """Rows narrower than a vector (a vector in several pieces), rows that end inside a vector (two
-    pieces) and rows of whole panels (none crossed), with the overhang skipped (widths 1, 2, 32) or
+    pieces) and rows of whole vectors (none crossed), with the overhang skipped (widths 1, 16, 32, 48) or
     computed (the others: shifted_skips_overhang)."""
     case = dict(n=2, c0=97, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=4, w=width, layout="contiguous")
     _assert_block_ops(_block_args(case, torch.float32), (2, 1, 1))

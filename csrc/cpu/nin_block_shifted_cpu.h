@@ -35,28 +35,32 @@ namespace cpu {
 constexpr int64_t kGatherCostInMultiplyAdds = 32;
 
 // Whether the shifted path computes the output pixels only, skipping the KW - 1 - PW positions past
-// each row's last pixel, or every position of its rows, the overhang included. Skipping has panels
-// cross the rows' ends, and such a panel reads its pixels in pieces, its conv at about 15% more than
-// one of consecutive pixels (benchmarks/NOTES.md, v22): it pays where the overhang's share of a row
-// is more than that on the share of panels that cross (none where rows are whole panels).
-constexpr double kCrossingPanelCost = 0.15;
+// each row's last pixel, or every position of its rows, the overhang included. Skipping has vectors
+// of a panel (NR / 2 lanes in the SIMD kernels) cross the rows' ends, and the conv reads such a vector
+// in pieces, at about 35% more than a vector of consecutive pixels; a panel whose vectors are whole
+// rows' pieces but not one run costs a few percent more too (benchmarks/NOTES.md, v22). Skipping pays
+// where the overhang's share of a row is more than 5% and more than the pieces' cost on the share of
+// vectors that cross (none where rows are whole vectors).
+constexpr double kCrossingVectorCost = 0.35, kMinOverhangShare = 0.05;
 
 inline double shifted_crossing_share(const NinBlockGeometry& g, int64_t nr) {
-  return g.OW % nr == 0 ? 0.0 : std::min(1.0, double(nr) / double(g.OW));
+  const int64_t vector = nr / 2;
+  return g.OW % vector == 0 ? 0.0 : std::min(1.0, double(vector) / double(g.OW));
 }
 
 inline bool shifted_skips_overhang(const NinBlockGeometry& g, int64_t nr) {
-  return double(g.KW - 1 - g.PW) / double(g.W + g.PW) > kCrossingPanelCost * shifted_crossing_share(g, nr);
+  const double overhang_share = double(g.KW - 1 - g.PW) / double(g.W + g.PW);
+  return overhang_share > std::max(kMinOverhangShare, kCrossingVectorCost * shifted_crossing_share(g, nr));
 }
 
 // The work of the block over the batch, in multiply-adds, by shifted products (the lanes it computes,
-// the crossing panels' pieces, and the input copy) and by the gather path (the output pixels, and
+// the crossing vectors' pieces, and the input copy) and by the gather path (the output pixels, and
 // the im2col gather), each copied element at the same cost.
 inline double shifted_path_work(const NinBlockGeometry& g, int64_t nr) {
   const double conv = double(g.K() * g.CC), pointwise = double(g.CC * g.C1 + g.C1 * g.C2);
   const double copy = double(g.H + g.PH) * double(g.W + g.PW) * double(kGatherCostInMultiplyAdds * g.C0);
   if (shifted_skips_overhang(g, nr)) {
-    const double pieces = 1 + kCrossingPanelCost * shifted_crossing_share(g, nr);
+    const double pieces = 1 + kCrossingVectorCost * shifted_crossing_share(g, nr);
     return double(g.N) * (double(g.pixels()) * (conv * pieces + pointwise) + copy);
   }
   return double(g.N) * (double(g.H + g.PH) * double(g.W + g.PW) * (conv + pointwise) + copy);
