@@ -143,8 +143,8 @@ inline void register_blocked_microkernel_rows(int64_t K, const float* a, const f
 // One vector of a panel's pixels as pieces: the lanes whose pixels lie at the same distance from their
 // lane, each piece a whole vector loaded from `starts[i]` (where the vector's lane 0 would be) and
 // blended in by its lanes' mask. A vector within one output row is one piece, one load. (Masked loads
-// instead, or two pieces for every vector to spare the branch, were 5-10% slower on Zen 4.) Every
-// load stays in the rows: it reads from the first piece's start to the last piece's end.
+// measured the same on Zen 4; two pieces for every vector, to spare the branch, 5-10% slower:
+// benchmarks/NOTES.md, v22.) Every load stays within the vector's own pixels' span of the rows.
 template <typename Vec>
 struct LanePieces {
   int count = 0;

@@ -7,12 +7,13 @@
 // needs PH < KH and PW < KW, as any useful padding is). Output pixel (n, oh, ow) is position
 // q = (n Hs + oh) Ws + ow, and its conv reads row ci at q + ky Ws + kx: for a panel of NR consecutive
 // output pixels, each (ci, ky, kx) is NR consecutive floats of a row, which the shifted micro-kernel
-// (microkernel.h) reads in place, or, where the panel crosses the end of an output row, NR floats in
-// pieces (masked loads) that skip the KW - 1 - PW columns the row's last pixel does not reach. Only
-// output pixels are computed. That pays where the gather costs more than the input copy, a long
-// reduction (C0 KH KW) into few channels (CC), as in the seed's block 4 (384 -> 10 channels on 5x5
-// maps: no gathering of 3456 floats per pixel for 10 outputs). A strided conv runs this way in its
-// polyphase form (polyphase_cpu.h), its copy reading x's phases: stride 1, no padding.
+// (microkernel.h) reads in place. Where the KW - 1 - PW columns past each row's last pixel (the
+// overhang) are a large enough share of a row, only the output pixels are computed, and a panel that
+// crosses the end of an output row reads its NR floats in pieces; elsewhere the overhang's positions
+// are computed and dropped (shifted_skips_overhang). The path pays where the gather costs more than
+// the input copy, a long reduction (C0 KH KW) into few channels (CC), as in the seed's block 4 (384 ->
+// 10 channels on 5x5 maps: no gathering of 3456 floats per pixel for 10 outputs). A strided conv runs
+// this way in its polyphase form (polyphase_cpu.h), its copy reading x's phases: stride 1, no padding.
 #pragma once
 
 #include <ATen/ATen.h>
