@@ -134,14 +134,22 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, int64
       bias, c, ldc, rows);
 }
 
+// Whether a panel's n lanes are consecutive positions of the rows (the shifted kernels then read
+// them in place).
+inline bool lanes_consecutive(const int64_t* lanes, int n) {
+  for (int j = 1; j < n; ++j) {
+    if (lanes[j] != lanes[0] + j) {
+      return false;
+    }
+  }
+  return true;
+}
+
 template <typename scalar_t, int MR, int NR>
 void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
                                   const scalar_t* b, int64_t ldb, const int64_t* lanes, const scalar_t* bias,
                                   bool accumulate, scalar_t* c, int64_t ldc, int64_t rows) {
-  bool consecutive = true;
-  for (int j = 1; j < NR; ++j) {
-    consecutive = consecutive && lanes[j] == lanes[0] + j;
-  }
+  const bool consecutive = lanes_consecutive(lanes, NR);
   portable_product<scalar_t, MR, NR>(
       [&](const auto& step) {
         scalar_t pixels[NR];

@@ -2,11 +2,14 @@
 // compute). Each ISA's translation unit includes this after `#pragma GCC target(...)`, so that it is
 // compiled for that ISA only, and instantiates it with a vector type providing:
 //   reg, lanes, zero(), load(const float*), broadcast(const float*), fmadd(a, b, acc),
-//   store(float*, reg), relu(reg) (NaN passes), add(reg, reg); the Winograd transforms also sub and mul
+//   store(float*, reg), relu(reg) (NaN passes), add(reg, reg); the Winograd transforms also sub and
+//   mul; the shifted kernel's pieces (LanePieces) also mask, lane_mask(bits) and blend(mask, a, b)
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
+
+#include "cpu/microkernel.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -186,10 +189,7 @@ template <typename Vec, int MR, int NV>
 inline void register_blocked_shifted_microkernel(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
                                                  const float* b, int64_t ldb, const int64_t* lanes, const float* bias,
                                                  bool accumulate, float* c, int64_t ldc, int64_t rows) {
-  bool consecutive = true;
-  for (int j = 1; j < NV * Vec::lanes; ++j) {
-    consecutive = consecutive && lanes[j] == lanes[0] + j;
-  }
+  const bool consecutive = lanes_consecutive(lanes, NV * Vec::lanes);
   with_row_class<MR>(rows, [&](auto row_class) {
     const auto product = [&](const auto& pixels) __attribute__((always_inline)) {
       register_blocked_product<Vec, decltype(row_class)::value, NV>(
