@@ -14,7 +14,7 @@
 // and with `accumulate` adds c's values to the sum before the bias, so that a long reduction can run
 // in chunks, each a short sum of its own. A panel's pixels are consecutive in the rows except where
 // it crosses an output row's end (lanes jumps past the kernel's overhang): such a panel's vectors are
-// read in pieces by masked loads.
+// read in pieces, whole-vector loads blended by mask (LanePieces, microkernel_register_blocked.h).
 #pragma once
 
 #include <cstdint>

@@ -149,10 +149,20 @@ class ShiftedTileWorker {
   // The lanes a tile computes: its pixels, or the positions they span.
   int64_t lanes(const ShiftedTile& t) const { return skips_overhang_ ? pixels(t) : span(t); }
 
-  // The position in the rows of tile t's pixel j (pixels in output order).
-  int64_t position(const ShiftedTile& t, int64_t j) const {
+  // Where tile t's pixel j (pixels in output order) is: its image and row within the tile, and its
+  // column.
+  struct PixelPlace {
+    int64_t image, row, column;
+  };
+  PixelPlace place(const ShiftedTile& t, int64_t j) const {
     const int64_t image_pixels = (t.r1 - t.r0) * g_.OW, within = j % image_pixels;
-    return j / image_pixels * plane_ + within / g_.OW * (g_.W + g_.PW) + within % g_.OW;
+    return {j / image_pixels, within / g_.OW, within % g_.OW};
+  }
+
+  // The position in the rows of tile t's pixel j.
+  int64_t position(const ShiftedTile& t, int64_t j) const {
+    const PixelPlace p = place(t, j);
+    return p.image * plane_ + p.row * (g_.W + g_.PW) + p.column;
   }
 
   // The lane of tile t's pixel j.
@@ -241,14 +251,14 @@ class ShiftedTileWorker {
   // strides, by runs of pixels: a tile's pixels are in output order, so a run ends where a panel or
   // an output row does.
   void write_rows(int layer, at::Tensor& out, const ShiftedTile& t) {
-    const int64_t channels = out.size(1), nr = packed_.kernel.nr, image_pixels = (t.r1 - t.r0) * g_.OW;
+    const int64_t channels = out.size(1), nr = packed_.kernel.nr;
     const int64_t sn = out.stride(0), sh = out.stride(2), sw = out.stride(3);
     output_runs_.clear();
     for (int64_t j = 0; j < pixels(t);) {
-      const int64_t within = j % image_pixels, ow = within % g_.OW, l = lane(t, j);
-      const int64_t count = std::min(nr - l % nr, g_.OW - ow);
+      const PixelPlace p = place(t, j);
+      const int64_t l = lane(t, j), count = std::min(nr - l % nr, g_.OW - p.column);
       output_runs_.push_back({l / nr * channels * nr + l % nr, count,
-                              (t.n0 + j / image_pixels) * sn + (t.r0 + within / g_.OW) * sh + ow * sw});
+                              (t.n0 + p.image) * sn + (t.r0 + p.row) * sh + p.column * sw});
       j += count;
     }
     writer_.write(output_runs_, activation(layer), channels, out.template data_ptr<scalar_t>(), out.stride(1), sw);
@@ -257,10 +267,9 @@ class ShiftedTileWorker {
   // Calls pixel_fn(lane, n, oh, ow) for each pixel of tile t (the last computed), in output order.
   template <typename PixelFn>
   void for_each_pixel(const ShiftedTile& t, const PixelFn& pixel_fn) const {
-    const int64_t image_pixels = (t.r1 - t.r0) * g_.OW;
     for (int64_t j = 0; j < pixels(t); ++j) {
-      const int64_t within = j % image_pixels;
-      pixel_fn(lane(t, j), t.n0 + j / image_pixels, t.r0 + within / g_.OW, within % g_.OW);
+      const PixelPlace p = place(t, j);
+      pixel_fn(lane(t, j), t.n0 + p.image, t.r0 + p.row, p.column);
     }
   }
 
