@@ -34,7 +34,8 @@ ISAS = [
 # Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too;
 # then an RGB block 1 (11x11, stride 4), which runs Winograd tiles in its polyphase form; the last two
 # have rows of 38 and 41 pixels, so that the gathers' and the band's copies (copy_runs.h) take runs of
-# several vectors plus a tail on every ISA (a 5x5 stride-2 direct path, a 3x3 Winograd one). The
+# several vectors plus a tail on every ISA (a 5x5 stride-2 direct path, a 3x3 Winograd one); the
+# 2x2 outputs of 19 images take the direct path's gather by lanes (gather_lanes) with a panel tail. The
 # cases that take Winograd tiles run again with every m forced (each m has its own transforms).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
@@ -47,7 +48,8 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
                                      (200, 13, 5, 3, 1, 1, 5, 6, 3),
                                      (33, 65, 9, 3, 1, 1, 6, 10, 2), (32, 70, 11, 5, 1, 2, 8, 4, 1),
                                      (3, 64, 9, 11, 4, 1, 61, 57, 2),
-                                     (2, 12, 5, 5, 2, 2, 9, 79, 2), (32, 64, 7, 3, 1, 1, 5, 41, 1)]:
+                                     (2, 12, 5, 5, 2, 2, 9, 79, 2), (32, 64, 7, 3, 1, 1, 5, 41, 1),
+                                     (24, 20, 6, 5, 3, 0, 10, 10, 19)]:
     x = torch.randn(n, c0, h, w)
     w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1
     w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1

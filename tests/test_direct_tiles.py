@@ -10,7 +10,8 @@ from nin_ext import _C
 from conftest import assert_close_ref, assert_same_bits_for_any_thread_count, ref64_fn, ref_block_fn, ref_block_gap_fn
 
 # (n, c0, h, w, cc, c1, c2, kernel, stride, padding, layout): odd batches (a short last tile), maps of
-# 1 to 49 pixels, strides and padding, every input layout.
+# 1 to 49 pixels, strides and padding, every input layout. Output rows of 1-3 pixels (the 3x3 maps' 1x1
+# outputs, the 11x11 kernel's 2x2) are gathered lane by lane, the others by runs of a row.
 CASES = [
     (20, 128, 28, 28, 19, 7, 10, (5, 5), (4, 4), (0, 0), "contiguous"),
     (13, 32, 16, 15, 64, 3, 5, (5, 5), (4, 4), (2, 2), "channels_last"),
@@ -18,6 +19,7 @@ CASES = [
     (64, 5, 3, 3, 7, 9, 4, (3, 3), (1, 1), (0, 0), "contiguous"),
     (11, 24, 9, 7, 40, 17, 3, (3, 3), (2, 2), (1, 0), "channels_last"),
     (11, 8, 5, 6, 64, 17, 3, (3, 3), (1, 1), (1, 1), "contiguous"),
+    (9, 40, 16, 16, 48, 8, 5, (11, 11), (4, 4), (0, 0), "sliced"),
 ]
 
 

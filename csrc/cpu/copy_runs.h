@@ -45,6 +45,14 @@ inline void copy_runs_portable(const T* in, const CopyRun* runs, int64_t run_cou
   }
 }
 
+// out[j] = in[index[j]] for j < count.
+template <typename T>
+inline void gather_lanes_portable(const T* in, const int32_t* index, int64_t count, T* out) {
+  for (int64_t j = 0; j < count; ++j) {
+    out[j] = in[index[j]];
+  }
+}
+
 // copy_runs_portable with SIMD vectors (Vec as in microkernel_register_blocked.h), for the per-ISA
 // translation units: a run of at least one vector is whole vectors plus one last vector that ends
 // with the run (overlapping the one before: the same values, stored twice), shorter runs as

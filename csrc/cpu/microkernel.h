@@ -71,6 +71,10 @@ using WinogradScatterFn = void (*)(const float* y, int m, int64_t nr, float shif
 // out[run.dst + i] = in[run.src + i] for every run (copy_runs.h), compiled for the same ISA.
 using CopyRunsFn = void (*)(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 
+// out[j] = in[index[j]] for j < count (copy_runs.h): a tile's gather where its runs are a few values
+// long, compiled for the same ISA.
+using GatherLanesFn = void (*)(const float* in, const int32_t* index, int64_t count, float* out);
+
 // nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
 // same ISA.
 using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
@@ -89,6 +93,7 @@ struct MicroKernel {
   WinogradGatherFn winograd_gather = nullptr;  // float kernels only
   WinogradScatterFn winograd_scatter = nullptr;
   CopyRunsFn copy_runs = nullptr;  // float kernels only
+  GatherLanesFn gather_lanes = nullptr;
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -194,6 +199,8 @@ void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const
                            int64_t run_count, float* out);
 void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out);
+void gather_lanes_avx512(const float* in, const int32_t* index, int64_t count, float* out);
+void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);
 void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -96,6 +96,15 @@ void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, flo
   copy_runs_vectors<Avx2>(in, runs, run_count, out);
 }
 
+void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out) {
+  int64_t j = 0;
+  for (; j + 8 <= count; j += 8) {
+    const __m256i at = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + j));
+    _mm256_storeu_ps(out + j, _mm256_i32gather_ps(in, at, 4));
+  }
+  gather_lanes_portable(in, index + j, count - j, out + j);
+}
+
 }  // namespace cpu
 }  // namespace nin_ext
 

@@ -115,6 +115,14 @@ void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, f
   copy_runs_vectors<Avx512>(in, runs, run_count, out);
 }
 
+void gather_lanes_avx512(const float* in, const int32_t* index, int64_t count, float* out) {
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 lanes = Avx512::first_lanes(std::min<int64_t>(16, count - j));
+    const __m512i at = _mm512_maskz_loadu_epi32(lanes, index + j);
+    _mm512_mask_storeu_ps(out + j, lanes, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, at, in, 4));
+  }
+}
+
 }  // namespace cpu
 }  // namespace nin_ext
 

@@ -26,7 +26,8 @@ MicroKernel<float> choose_float_microkernel() {
                                     &max_pool2d_argmax_plane<float, PortablePoolSteps>,
                                     &winograd_gather_portable,
                                     &winograd_scatter_portable,
-                                    &copy_runs_portable<float>};
+                                    &copy_runs_portable<float>,
+                                    &gather_lanes_portable<float>};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -39,7 +40,8 @@ MicroKernel<float> choose_float_microkernel() {
                                   &max_pool2d_argmax_plane_avx512,
                                   &winograd_gather_avx512,
                                   &winograd_scatter_avx512,
-                                  &copy_runs_avx512};
+                                  &copy_runs_avx512,
+                                  &gather_lanes_avx512};
   const MicroKernel<float> avx2{6,
                                 16,
                                 &microkernel_avx2_6x16,
@@ -51,7 +53,8 @@ MicroKernel<float> choose_float_microkernel() {
                                 &max_pool2d_argmax_plane_avx2,
                                 &winograd_gather_portable,
                                 &winograd_scatter_avx2,
-                                &copy_runs_avx2};
+                                &copy_runs_avx2,
+                                &gather_lanes_avx2};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
