@@ -134,6 +134,18 @@ static PyObject* direct_images_per_tile(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(nin_ext::cpu::direct_tiling(g, sizeof(float), nr).images_per_tile);
 }
 
+// direct_conv_by_broadcast(same arguments): whether a float32 nin_block of these shapes on the direct
+// path runs its conv by the pixel-broadcast kernel (csrc/cpu/broadcast_conv_cpu.h) rather than an
+// im2col gather, for the tests.
+static PyObject* direct_conv_by_broadcast(PyObject*, PyObject* args) {
+  nin_ext::NinBlockGeometry g{};
+  int64_t weight_in = 0;
+  if (!parse_nin_block_shapes(args, g, weight_in)) {
+    return nullptr;
+  }
+  return PyBool_FromLong(nin_ext::cpu::direct_conv_by_broadcast(g, sizeof(float)));
+}
+
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
 // 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
 static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
@@ -148,6 +160,16 @@ static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
   return PyLong_FromLong(nin_ext::cpu::winograd_mode().exchange(static_cast<int>(mode)));
 }
 
+// set_broadcast_conv(on) -> the previous setting: whether the CPU direct path may run convs by the
+// pixel-broadcast kernel (NIN_EXT_CPU_BROADCAST=0 turns it off at start-up). For tests and comparisons.
+static PyObject* set_broadcast_conv(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) {
+    return nullptr;
+  }
+  return PyBool_FromLong(nin_ext::cpu::broadcast_mode().exchange(on != 0));
+}
+
 // Importing nin_ext._C runs the static registrations above. The module reports how it was built and
 // manages the CPU kernels' packed-weight cache; the ops are reached through torch.ops.nin_ext.
 extern "C" PyObject* PyInit__C(void) {
@@ -160,10 +182,14 @@ extern "C" PyObject* PyInit__C(void) {
        "Whether a float32 nin_block of these shapes runs its conv by shifted products on the CPU."},
       {"shifted_bands", shifted_bands, METH_VARARGS,
        "The bands of rows per image a float32 nin_block of these shapes on the shifted path runs by."},
+      {"direct_conv_by_broadcast", direct_conv_by_broadcast, METH_VARARGS,
+       "Whether a float32 nin_block of these shapes on the direct path runs its conv by the broadcast kernel."},
       {"direct_images_per_tile", direct_images_per_tile, METH_VARARGS,
        "The whole images per tile of a float32 nin_block of these shapes on the CPU's direct path."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
+      {"set_broadcast_conv", set_broadcast_conv, METH_O,
+       "Whether the CPU direct path may run convs by the broadcast kernel; returns the previous setting."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, methods};

@@ -70,6 +70,29 @@ def ref_block_gap_fn(*args):
     return ref_block_fn(*args).mean((2, 3))
 
 
+def block_case_id(case):
+    """A test id for a block case (n, c0, h, w, cc, c1, c2, kernel, stride, padding, layout)."""
+    n, c0, h, w, cc, c1, c2, k, s, p, layout = case
+    return f"n{n}_c{c0}-{cc}-{c1}-{c2}_{h}x{w}_k{k[0]}x{k[1]}s{s[0]}x{s[1]}p{p[0]}x{p[1]}_{layout}"
+
+
+def block_case_args(case, dtype):
+    """nin_block's arguments for a block case: a random input in the case's layout ("sliced": every
+    other column of a wider map, not contiguous) and He-scaled weights, small biases."""
+    n, c0, h, w, cc, c1, c2, k, s, p, layout = case
+    if layout == "sliced":
+        x = torch.randn(n, c0, h, 2 * w, dtype=dtype)[..., ::2]
+    else:
+        x = torch.randn(n, c0, h, w, dtype=dtype)
+        if layout == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+    weights = [torch.randn(cc, c0, *k, dtype=dtype) * (2.0 / (c0 * k[0] * k[1])) ** 0.5,
+               torch.randn(c1, cc, 1, 1, dtype=dtype) * (2.0 / cc) ** 0.5,
+               torch.randn(c2, c1, 1, 1, dtype=dtype) * (2.0 / c1) ** 0.5]
+    biases = [torch.randn(m, dtype=dtype) * 0.1 for m in (cc, c1, c2)]
+    return x, weights[0], biases[0], weights[1], biases[1], weights[2], biases[2], s, p
+
+
 def _to64(t):
     if t is None:
         return None
@@ -165,6 +188,21 @@ def assert_close_ref(y, y64, dtype=None, kind="fwd", what="output"):
     assert not bad.any(), (
         f"{what}: {int(bad.sum())} of {diff.numel()} elements outside rtol={tol['rtol']:.0e}, "
         f"atol={tol['atol_scale']:.0e}*{scale:.3e}; worst excess {(diff - bound).max().item():.3e}")
+
+
+def assert_block_ops_match_float64(args):
+    """nin_block, nin_block_gap and the hidden activations of nin_block_with_hidden match the float64
+    reference (hidden1 from the op's own hidden0, so that hidden0's rounding does not count twice), and
+    nin_block_max_pool and nin_block_with_hidden's output equal max_pool2d of nin_block and nin_block."""
+    block = nin_ext.ops.nin_block(*args)
+    assert_close_ref(block, ref64_fn(ref_block_fn, *args), what="nin_block")
+    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
+    assert torch.equal(nin_ext.ops.nin_block_max_pool(*args, 2, 1, 1), F.max_pool2d(block, 2, 1, 1))
+    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args)
+    assert torch.equal(out, block)
+    x64 = [a.double() for a in args[:7]]
+    assert_close_ref(h0, F.relu(F.conv2d(x64[0], x64[1], x64[2], args[7], args[8])), what="hidden0")
+    assert_close_ref(h1, F.relu(F.conv2d(h0.double(), x64[3], x64[4])), what="hidden1")
 
 
 def assert_same_bits_for_any_thread_count(args):

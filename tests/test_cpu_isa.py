@@ -29,27 +29,31 @@ ISAS = [
 ]
 
 # Odd channel counts (row tails of every MR), pixel counts (panel tails of every NR), strides,
-# paddings, both memory formats, both ops; the 200-channel 3x3 case takes the shifted products
-# (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the next two take the
+# paddings, both memory formats, both ops; the first case (3 -> 13 channels, 3x3) takes the shifted
+# products (csrc/cpu/nin_block_shifted_cpu.h), which have a micro-kernel per ISA too; the next two take the
 # Winograd path (3x3 and 5x5, stride 1, wide enough), whose tile transforms are compiled per ISA too;
 # then an RGB block 1 (11x11, stride 4), which runs Winograd tiles in its polyphase form; the last two
 # have rows of 38 and 41 pixels, so that the gathers' and the band's copies (copy_runs.h) take runs of
 # several vectors plus a tail on every ISA (a 5x5 stride-2 direct path, a 3x3 Winograd one); the
-# 2x2 outputs of 19 images take the direct path's gather by lanes (gather_lanes) with a panel tail. The
+# 2x2 outputs of 19 images take the direct path's gather by lanes (gather_lanes) with a panel tail;
+# the 200-channel 3x3 case and the last two run the direct path's conv by the pixel-broadcast kernels
+# (13 output channels: the narrow one; 40: the wide one, with a group tail), their band copied by
+# channels_last_row. The
 # cases that take Winograd tiles run again with every m forced (each m has its own transforms).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference
 nin_ext.set_backend("cpu")
 torch.manual_seed(0)
-worst, winograd_cases = 0.0, 0
+worst, winograd_cases, broadcast_cases = 0.0, 0, 0
 for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 5, 2, 2, 23, 19, 1),
                                      (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2),
                                      (200, 13, 5, 3, 1, 1, 5, 6, 3),
                                      (33, 65, 9, 3, 1, 1, 6, 10, 2), (32, 70, 11, 5, 1, 2, 8, 4, 1),
                                      (3, 64, 9, 11, 4, 1, 61, 57, 2),
                                      (2, 12, 5, 5, 2, 2, 9, 79, 2), (32, 64, 7, 3, 1, 1, 5, 41, 1),
-                                     (24, 20, 6, 5, 3, 0, 10, 10, 19)]:
+                                     (12, 20, 6, 5, 3, 0, 10, 10, 19), (24, 13, 5, 3, 2, 1, 13, 11, 3),
+                                     (40, 40, 7, (3, 5), 1, (1, 2), 9, 7, 5)]:
     x = torch.randn(n, c0, h, w)
     w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1
     w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1
@@ -59,6 +63,9 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
     nin_ext._C.set_winograd_mode(2)  # forced, the path takes every shape it applies to
     winograd = nin_ext._C.winograd_tile_size(tuple(x.shape), tuple(w0.shape), c1, c2, pair(s), pair(p)) > 0
     winograd_cases += winograd
+    broadcast_cases += not winograd and nin_ext._C.direct_conv_by_broadcast(
+        tuple(x.shape), tuple(w0.shape), c1, c2, pair(s), pair(p)) and not nin_ext._C.shifted_conv(
+        tuple(x.shape), tuple(w0.shape), c1, c2, pair(s), pair(p))
     for mode in (-1, 2, 3, 4) if winograd else (-1,):
         nin_ext._C.set_winograd_mode(mode)
         for memory_format in (torch.contiguous_format, torch.channels_last):
@@ -86,7 +93,8 @@ for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (
     pool_mismatches += int(not torch.equal(got_index.long(), want_index))
 polyphase_tile = nin_ext._C.winograd_tile_size((2, 3, 61, 57), (64, 3, 11, 11), 64, 9, (4, 4), (1, 1))
 print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches,
-                  "polyphase_tile": polyphase_tile, "winograd_cases": winograd_cases}))
+                  "polyphase_tile": polyphase_tile, "winograd_cases": winograd_cases,
+                  "broadcast_cases": broadcast_cases}))
 """
 
 
@@ -100,6 +108,7 @@ def test_microkernel_parity(isa):
     assert report["pool_mismatches"] == 0
     assert report["polyphase_tile"] > 0, "the RGB block 1 case did not take the polyphase form"
     assert report["winograd_cases"] == 4, "the 3x3, 5x5, RGB block 1 and wide 3x3 cases run every m"
+    assert report["broadcast_cases"] >= 3, "the 200-, 24- and 40-channel cases run the broadcast kernels"
 
 
 def test_unknown_isa_is_an_import_error_that_falls_back():

@@ -5,13 +5,14 @@ average pool's sums; each case is checked against the float64 reference, in floa
 import pytest
 import torch
 
-import nin_ext
 from nin_ext import _C
-from conftest import assert_close_ref, assert_same_bits_for_any_thread_count, ref64_fn, ref_block_fn, ref_block_gap_fn
+from conftest import (assert_block_ops_match_float64, assert_same_bits_for_any_thread_count, block_case_args,
+                      block_case_id)
 
 # (n, c0, h, w, cc, c1, c2, kernel, stride, padding, layout): odd batches (a short last tile), maps of
 # 1 to 49 pixels, strides and padding, every input layout. Output rows of 1-3 pixels (the 3x3 maps' 1x1
-# outputs, the 11x11 kernel's 2x2) are gathered lane by lane, the others by runs of a row.
+# outputs, the 11x11 kernel's 2x2) are gathered lane by lane, the others by runs of a row; in float32,
+# convs of 16 input channels or more run the broadcast kernel instead (test_broadcast_conv.py).
 CASES = [
     (20, 128, 28, 28, 19, 7, 10, (5, 5), (4, 4), (0, 0), "contiguous"),
     (13, 32, 16, 15, 64, 3, 5, (5, 5), (4, 4), (2, 2), "channels_last"),
@@ -23,24 +24,8 @@ CASES = [
 ]
 
 
-def _ids(c):
-    n, c0, h, w, cc, c1, c2, k, s, p, layout = c
-    return f"n{n}_c{c0}-{cc}-{c1}-{c2}_{h}x{w}_k{k[0]}x{k[1]}s{s[0]}x{s[1]}p{p[0]}x{p[1]}_{layout}"
-
-
-def _args(case, dtype):
-    n, c0, h, w, cc, c1, c2, k, s, p, layout = case
-    if layout == "sliced":  # every other column of a wider map: a non-contiguous input
-        x = torch.randn(n, c0, h, 2 * w, dtype=dtype)[..., ::2]
-    else:
-        x = torch.randn(n, c0, h, w, dtype=dtype)
-        if layout == "channels_last":
-            x = x.to(memory_format=torch.channels_last)
-    weights = [torch.randn(cc, c0, *k, dtype=dtype) * (2.0 / (c0 * k[0] * k[1])) ** 0.5,
-               torch.randn(c1, cc, 1, 1, dtype=dtype) * (2.0 / cc) ** 0.5,
-               torch.randn(c2, c1, 1, 1, dtype=dtype) * (2.0 / c1) ** 0.5]
-    biases = [torch.randn(m, dtype=dtype) * 0.1 for m in (cc, c1, c2)]
-    return x, weights[0], biases[0], weights[1], biases[1], weights[2], biases[2], s, p
+_ids = block_case_id
+_args = block_case_args
 
 
 def _images_per_tile(args):
@@ -56,16 +41,7 @@ def test_tiles_of_whole_images(cpu_backend, case, dtype):
     torch.manual_seed(0)
     args = _args(case, dtype)
     assert _images_per_tile(args) > 1, "the case runs by tiles of one image"
-    block = nin_ext.ops.nin_block(*args)
-    assert_close_ref(block, ref64_fn(ref_block_fn, *args), what="nin_block")
-    assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
-    assert torch.equal(nin_ext.ops.nin_block_max_pool(*args, 2, 1, 1), torch.nn.functional.max_pool2d(block, 2, 1, 1))
-    out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args)
-    assert torch.equal(out, block)
-    x64 = [a.double() for a in args[:7]]
-    expected_h0 = torch.relu(torch.nn.functional.conv2d(x64[0], x64[1], x64[2], args[7], args[8]))
-    assert_close_ref(h0, expected_h0, what="hidden0")
-    assert_close_ref(h1, torch.relu(torch.nn.functional.conv2d(h0.double(), x64[3], x64[4])), what="hidden1")
+    assert_block_ops_match_float64(args)
 
 
 def test_same_bits_for_any_thread_count(cpu_backend):

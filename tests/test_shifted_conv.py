@@ -1,7 +1,9 @@
 """The CPU backend's shifted-products path (csrc/cpu/nin_block_shifted_cpu.h): stride-1 blocks whose
 conv reduces many input values into few channels (the seed's block 4: 384 -> 10 channels, 3x3, 5x5
 maps) run their conv on a padded copy of the input, with no im2col gather. Every op that runs a block
-on the CPU takes it; each case is checked against the float64 reference, in float32 and float64."""
+on the CPU takes it; each case is checked against the float64 reference, in float32 and float64.
+The direct path's broadcast conv (test_broadcast_conv.py) is off here: in float32 it takes some of
+these shapes (few output channels), which the shifted path still runs in float64 and without it."""
 import random
 
 import pytest
@@ -10,6 +12,13 @@ import torch
 import nin_ext
 from nin_ext import _C
 from conftest import assert_close_ref, assert_same_bits_for_any_thread_count, ref64_fn, ref_block_fn, ref_block_gap_fn
+
+
+@pytest.fixture(autouse=True)
+def _without_the_broadcast_conv():
+    previous = _C.set_broadcast_conv(False)
+    yield
+    _C.set_broadcast_conv(previous)
 
 
 def _draw(rng):

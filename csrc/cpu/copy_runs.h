@@ -4,6 +4,7 @@
 // rows), where a memmove call per run costs more than the copy itself.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -50,6 +51,22 @@ template <typename T>
 inline void gather_lanes_portable(const T* in, const int32_t* index, int64_t count, T* out) {
   for (int64_t j = 0; j < count; ++j) {
     out[j] = in[index[j]];
+  }
+}
+
+// dst[iw * pixel_stride + ci] = src[ci * channel_stride + iw * column_stride] for ci < channels, iw <
+// width: an input row into channels-last order, by blocks of 16 channels (each pixel's 16 values are
+// one cache line, from 16 input rows that stay in cache along the row).
+template <typename T>
+inline void channels_last_row_portable(const T* src, int64_t channel_stride, int64_t column_stride, int64_t channels,
+                                       int64_t width, T* dst, int64_t pixel_stride) {
+  for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+    const int64_t c1 = std::min<int64_t>(channels, c0 + 16);
+    for (int64_t iw = 0; iw < width; ++iw) {
+      for (int64_t ci = c0; ci < c1; ++ci) {
+        dst[iw * pixel_stride + ci] = src[ci * channel_stride + iw * column_stride];
+      }
+    }
   }
 }
 

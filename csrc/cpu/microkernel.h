@@ -75,6 +75,21 @@ using CopyRunsFn = void (*)(const float* in, const CopyRun* runs, int64_t run_co
 // long, compiled for the same ISA.
 using GatherLanesFn = void (*)(const float* in, const int32_t* index, int64_t count, float* out);
 
+// An input row into channels-last order (copy_runs.h, channels_last_row_portable), compiled for the
+// same ISA.
+using ChannelsLastRowFn = void (*)(const float* src, int64_t channel_stride, int64_t column_stride, int64_t channels,
+                                   int64_t width, float* dst, int64_t pixel_stride);
+
+// The pixel-broadcast conv kernel (microkernel_broadcast_pixels.h) for the same ISA: PR pixels x G
+// output channels per call.
+using BroadcastPixelsFn = void (*)(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                   const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                   const float* bias, bool accumulate, float* c, int64_t ldc);
+struct BroadcastPixelsKernel {
+  BroadcastPixelsFn fn = nullptr;
+  int64_t pixels = 0, channels = 0;  // PR and G
+};
+
 // nin_ext::max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels (max_pool2d_plane.h) for the
 // same ISA.
 using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
@@ -94,6 +109,9 @@ struct MicroKernel {
   WinogradScatterFn winograd_scatter = nullptr;
   CopyRunsFn copy_runs = nullptr;  // float kernels only
   GatherLanesFn gather_lanes = nullptr;
+  ChannelsLastRowFn channels_last_row = nullptr;
+  // float kernels only: G of two vectors, and of one (for convs into a vector's channels or fewer)
+  BroadcastPixelsKernel broadcast_pixels{}, broadcast_pixels_narrow{};
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -200,6 +218,20 @@ void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const
 void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out);
 void gather_lanes_avx512(const float* in, const int32_t* index, int64_t count, float* out);
+void broadcast_pixels_avx512_12x32(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                   const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                   const float* bias, bool accumulate, float* c, int64_t ldc);
+void broadcast_pixels_avx512_12x16(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                   const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                   const float* bias, bool accumulate, float* c, int64_t ldc);
+void broadcast_pixels_avx2_6x8(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                const float* bias, bool accumulate, float* c, int64_t ldc);
+void broadcast_pixels_avx2_6x16(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                const float* bias, bool accumulate, float* c, int64_t ldc);
+void channels_last_row_avx512(const float* src, int64_t channel_stride, int64_t column_stride, int64_t channels,
+                              int64_t width, float* dst, int64_t pixel_stride);
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);

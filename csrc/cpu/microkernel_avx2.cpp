@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "cpu/copy_runs.h"
+#include "cpu/microkernel_broadcast_pixels.h"
 #include "cpu/microkernel_register_blocked.h"
 #include "cpu/winograd_transform_lanes.h"
 
@@ -94,6 +95,20 @@ void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const
 
 void copy_runs_avx2(const float* in, const CopyRun* runs, int64_t run_count, float* out) {
   copy_runs_vectors<Avx2>(in, runs, run_count, out);
+}
+
+void broadcast_pixels_avx2_6x16(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                const float* bias, bool accumulate, float* c, int64_t ldc) {
+  broadcast_pixels_microkernel<Avx2, 6, 2>(tap_count, taps, channels, x, pixels, rows, w, tap_stride, bias,
+                                           accumulate, c, ldc);
+}
+
+void broadcast_pixels_avx2_6x8(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                const float* bias, bool accumulate, float* c, int64_t ldc) {
+  broadcast_pixels_microkernel<Avx2, 6, 1>(tap_count, taps, channels, x, pixels, rows, w, tap_stride, bias,
+                                            accumulate, c, ldc);
 }
 
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out) {

@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "cpu/copy_runs.h"
+#include "cpu/microkernel_broadcast_pixels.h"
 #include "cpu/microkernel_register_blocked.h"
 #include "cpu/winograd_transform_lanes.h"
 
@@ -113,6 +114,79 @@ void winograd_scatter_avx512(const float* y, int m, int64_t nr, float shift, con
 
 void copy_runs_avx512(const float* in, const CopyRun* runs, int64_t run_count, float* out) {
   copy_runs_vectors<Avx512>(in, runs, run_count, out);
+}
+
+void broadcast_pixels_avx512_12x32(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                   const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                   const float* bias, bool accumulate, float* c, int64_t ldc) {
+  broadcast_pixels_microkernel<Avx512, 12, 2>(tap_count, taps, channels, x, pixels, rows, w, tap_stride, bias,
+                                              accumulate, c, ldc);
+}
+
+void broadcast_pixels_avx512_12x16(int64_t tap_count, const int64_t* taps, int64_t channels, const float* x,
+                                   const int64_t* pixels, int64_t rows, const float* w, int64_t tap_stride,
+                                   const float* bias, bool accumulate, float* c, int64_t ldc) {
+  broadcast_pixels_microkernel<Avx512, 12, 1>(tap_count, taps, channels, x, pixels, rows, w, tap_stride, bias,
+                                              accumulate, c, ldc);
+}
+
+namespace {
+
+// r[i][j] -> r[j][i] for a 16 x 16 block in registers.
+inline void transpose_16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+  const __m512i high = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_permutex2var_ps(r[i], low, r[i + 4]);
+    t[i + 4] = _mm512_permutex2var_ps(r[i], high, r[i + 4]);
+    t[i + 8] = _mm512_permutex2var_ps(r[i + 8], low, r[i + 12]);
+    t[i + 12] = _mm512_permutex2var_ps(r[i + 8], high, r[i + 12]);
+  }
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_permutex2var_ps(t[i], first, t[i + 8]);
+    r[i + 8] = _mm512_permutex2var_ps(t[i], second, t[i + 8]);
+  }
+}
+
+}  // namespace
+
+// channels_last_row_portable by 16 x 16 blocks transposed in registers (masked at the edges) where
+// the row's columns are contiguous.
+void channels_last_row_avx512(const float* src, int64_t channel_stride, int64_t column_stride, int64_t channels,
+                              int64_t width, float* dst, int64_t pixel_stride) {
+  if (column_stride != 1) {
+    channels_last_row_portable(src, channel_stride, column_stride, channels, width, dst, pixel_stride);
+    return;
+  }
+  for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+    const int64_t nc = std::min<int64_t>(16, channels - c0);
+    const __mmask16 channel_mask = Avx512::first_lanes(nc);
+    for (int64_t w0 = 0; w0 < width; w0 += 16) {
+      const int64_t nw = std::min<int64_t>(16, width - w0);
+      const __mmask16 column_mask = Avx512::first_lanes(nw);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < nc ? _mm512_maskz_loadu_ps(column_mask, src + (c0 + i) * channel_stride + w0) : _mm512_setzero_ps();
+      }
+      transpose_16x16(r);
+      for (int i = 0; i < nw; ++i) {
+        _mm512_mask_storeu_ps(dst + (w0 + i) * pixel_stride + c0, channel_mask, r[i]);
+      }
+    }
+  }
 }
 
 void gather_lanes_avx512(const float* in, const int32_t* index, int64_t count, float* out) {

@@ -6,6 +6,7 @@
 
 #include "cpu/copy_runs.h"
 #include "cpu/max_pool2d_plane.h"
+#include "cpu/microkernel_broadcast_pixels.h"
 #include "cpu/microkernel.h"
 #include "cpu/winograd_transform_lanes.h"
 
@@ -27,7 +28,10 @@ MicroKernel<float> choose_float_microkernel() {
                                     &winograd_gather_portable,
                                     &winograd_scatter_portable,
                                     &copy_runs_portable<float>,
-                                    &gather_lanes_portable<float>};
+                                    &gather_lanes_portable<float>,
+                                    &channels_last_row_portable<float>,
+                                    {&broadcast_pixels_microkernel<ScalarVec, 4, 8>, 4, 8},
+                                    {&broadcast_pixels_microkernel<ScalarVec, 4, 4>, 4, 4}};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -41,7 +45,10 @@ MicroKernel<float> choose_float_microkernel() {
                                   &winograd_gather_avx512,
                                   &winograd_scatter_avx512,
                                   &copy_runs_avx512,
-                                  &gather_lanes_avx512};
+                                  &gather_lanes_avx512,
+                                  &channels_last_row_avx512,
+                                  {&broadcast_pixels_avx512_12x32, 12, 32},
+                                  {&broadcast_pixels_avx512_12x16, 12, 16}};
   const MicroKernel<float> avx2{6,
                                 16,
                                 &microkernel_avx2_6x16,
@@ -54,7 +61,10 @@ MicroKernel<float> choose_float_microkernel() {
                                 &winograd_gather_portable,
                                 &winograd_scatter_avx2,
                                 &copy_runs_avx2,
-                                &gather_lanes_avx2};
+                                &gather_lanes_avx2,
+                                &channels_last_row_portable<float>,
+                                {&broadcast_pixels_avx2_6x16, 6, 16},
+                                {&broadcast_pixels_avx2_6x8, 6, 8}};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

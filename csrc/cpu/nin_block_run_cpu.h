@@ -65,10 +65,11 @@ inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool floa
   if (const int m = winograd_tile_size(g, winograd_weights, nr, element_size)) {
     return {NinBlockPath::winograd, m, false};
   }
-  if (shifted_conv_pays(g, nr)) {
+  if (shifted_conv_pays(g, nr, element_size)) {
     return {NinBlockPath::shifted, 0, false};
   }
-  if ((g.SH != 1 || g.SW != 1) && shifted_path_work(polyphase_geometry(g), nr) < gather_path_work(g)) {
+  if ((g.SH != 1 || g.SW != 1) &&
+      shifted_path_work(polyphase_geometry(g), nr) < gather_path_work(g, nr, element_size)) {
     return {NinBlockPath::shifted, 0, true};
   }
   return {NinBlockPath::direct, 0, false};

@@ -67,8 +67,15 @@ inline double shifted_path_work(const NinBlockGeometry& g, int64_t nr) {
   return double(g.N) * (double(g.H + g.PH) * double(g.W + g.PW) * (conv + pointwise) + copy);
 }
 
-inline double gather_path_work(const NinBlockGeometry& g) {
-  const double per_pixel = double(g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
+inline double gather_path_work(const NinBlockGeometry& g, int64_t nr, int64_t element_size) {
+  const double pointwise = double(g.CC * g.C1 + g.C1 * g.C2);
+  if (direct_conv_by_broadcast(g, element_size)) {
+    // No gather; the output channels padded to the narrow broadcast kernel's NR / 2 (microkernel_select.cpp).
+    const int64_t vector = std::max<int64_t>(1, nr / 2), channels = (g.CC + vector - 1) / vector * vector;
+    const double copy = double(g.H) * double(g.W) * double(g.C0) * kGatherCostInMultiplyAdds;
+    return double(g.N) * (double(g.pixels()) * (double(g.K() * channels) + pointwise) + copy);
+  }
+  const double per_pixel = double(g.K() * g.CC) + pointwise;
   return double(g.N) * double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
 }
 
@@ -76,8 +83,9 @@ inline double gather_path_work(const NinBlockGeometry& g) {
 // less work than the gather path (a 1x1 conv's gather is a copy as the input copy here is, so it
 // stays on the gather path). A strided block may run by shifted products in its polyphase form
 // (nin_block_run_cpu.h). Shapes only, so the choice does not depend on the thread count.
-inline bool shifted_conv_pays(const NinBlockGeometry& g, int64_t nr) {
-  return g.SH == 1 && g.SW == 1 && g.PH < g.KH && g.PW < g.KW && shifted_path_work(g, nr) < gather_path_work(g);
+inline bool shifted_conv_pays(const NinBlockGeometry& g, int64_t nr, int64_t element_size) {
+  return g.SH == 1 && g.SW == 1 && g.PH < g.KH && g.PW < g.KW &&
+         shifted_path_work(g, nr) < gather_path_work(g, nr, element_size);
 }
 
 // The reduction steps (input channel and shift pairs) of one chunk of the conv (ShiftedTileWorker).

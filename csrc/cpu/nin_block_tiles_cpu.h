@@ -3,7 +3,9 @@
 // A tile is a few panels of NR consecutive output pixels of one image. Per tile, the im2col gather
 // writes the input patch straight into the packed panel layout ([panel][k][NR]); each layer then
 // runs the register-blocked micro-kernel (microkernel.h) over (MR channels x NR pixels) blocks and
-// writes its output in the same panel layout, which is what the next layer reads. The patch and
+// writes its output in the same panel layout, which is what the next layer reads. A float conv of
+// 16 input channels or more into up to 192 runs instead by the pixel-broadcast kernel on a
+// channels-last copy of the tile's input rows (broadcast_conv_cpu.h), with no patch. The patch and
 // the three activations of a tile live in a per-thread workspace sized to stay in cache; no tensor
 // of the block's hidden activations is ever allocated at full size.
 #pragma once
@@ -21,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/broadcast_conv_cpu.h"
 #include "cpu/copy_runs.h"
 #include "cpu/microkernel.h"
 #include "cpu/polyphase_cpu.h"
@@ -159,7 +162,8 @@ struct NinBlockPacked {
                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2)
       : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr), pointwise2(w2, b2, k.mr),
-        winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)) {}
+        winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)),
+        conv_window_(w.size(2) * w.size(3)) {}
 
   // The Winograd packing for F(m x m), built on first use: which m runs depends on the call's shapes,
   // and training repacks every step, so only the sizes in use are built.
@@ -171,6 +175,17 @@ struct NinBlockPacked {
                                                         conv.K / (conv_taps_ * conv_taps_), conv_taps_, m, kernel.mr);
     }
     return *slot;
+  }
+
+  // The conv's packing for the broadcast kernel (broadcast_conv_cpu.h; float only), built on first use.
+  const PackedBroadcastConv& broadcast_conv() const {
+    std::lock_guard<std::mutex> lock(broadcast_mutex_);
+    if (broadcast_ == nullptr) {
+      broadcast_ = std::make_unique<const PackedBroadcastConv>(
+          reinterpret_cast<const float*>(conv.a.data()), reinterpret_cast<const float*>(conv.bias.data()), conv.M,
+          conv.K / conv_window_, conv_window_, kernel.mr, broadcast_kernel_for(kernel, conv.M).channels);
+    }
+    return *broadcast_;
   }
 
   // The packing of the block's polyphase form for stride (sh, sw) (polyphase_cpu.h), built on first
@@ -188,6 +203,9 @@ struct NinBlockPacked {
 
  private:
   const int conv_taps_;
+  const int64_t conv_window_;  // the conv's taps, KH KW
+  mutable std::mutex broadcast_mutex_;
+  mutable std::unique_ptr<const PackedBroadcastConv> broadcast_;
   mutable std::mutex winograd_mutex_;
   mutable std::unique_ptr<const PackedWinogradConv> winograd_[kWinogradMaxTile - kWinogradMinTile + 1];
   mutable std::mutex polyphase_mutex_;
@@ -197,7 +215,9 @@ struct NinBlockPacked {
 // The most pixels a tile takes: its patch and activations take about 1 MiB (the L2 size of the
 // machines we tune on); the batch gives at least 8 tiles to share among threads.
 inline int64_t nin_block_tile_capacity(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
-  const int64_t per_pixel_bytes = (g.K() + g.CC + g.C1 + g.C2) * element_size;
+  // A pixel's share of the patch, or of the broadcast conv's input band and products.
+  const int64_t conv_floats = direct_conv_by_broadcast(g, element_size) ? g.C0 * g.SH * g.SW + g.CC : g.K();
+  const int64_t per_pixel_bytes = (conv_floats + g.CC + g.C1 + g.C2) * element_size;
   const int64_t cache_fit = (int64_t{1} << 20) / per_pixel_bytes;
   const int64_t eighth_of_batch = (g.N * g.pixels() + 7) / 8;
   return std::max<int64_t>(nr, std::min({cache_fit, eighth_of_batch, int64_t{1024}}));
@@ -308,7 +328,9 @@ class NinBlockTileWorker {
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                      int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {})
       : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
-        patch_(winograd ? g.C0 * winograd_channel_floats() : g.K() * tile_pixels), hidden0_(g.CC * tile_pixels),
+        broadcast_(winograd == nullptr ? broadcast_packing(packed, g) : nullptr),
+        patch_(winograd || broadcast_ ? (winograd ? g.C0 * winograd_channel_floats() : 0) : g.K() * tile_pixels),
+        hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
         transform_scratch_(winograd ? (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_ +
@@ -327,8 +349,7 @@ class NinBlockTileWorker {
     pt_ = pt;
     panels_ = (pt + nr_ - 1) / nr_;
     TORCH_INTERNAL_ASSERT(phases_.identity(), "the direct path reads x itself");
-    gather_patch(n, p0, pt, panels_);
-    apply_packed_layer(packed_.kernel, packed_.conv, patch_.data(), hidden0_.data(), panels_);
+    compute_conv(n, p0, pt);
     apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
     apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
   }
@@ -656,6 +677,121 @@ class NinBlockTileWorker {
     }
   }
 
+  // hidden0 of the tile: by the broadcast kernel, or by the im2col gather and the micro-kernel.
+  void compute_conv(int64_t n, int64_t p0, int64_t pt) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (broadcast_ != nullptr) {
+        conv_by_broadcast(n, p0, pt);
+        return;
+      }
+    }
+    gather_patch(n, p0, pt, panels_);
+    apply_packed_layer(packed_.kernel, packed_.conv, patch_.data(), hidden0_.data(), panels_);
+  }
+
+  // The conv's packing for the broadcast kernel where the direct path runs the conv by it, else null.
+  static const PackedBroadcastConv* broadcast_packing(const NinBlockPacked<scalar_t>& packed,
+                                                      const NinBlockGeometry& g) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (direct_conv_by_broadcast(g, sizeof(float))) {
+        return &packed.broadcast_conv();
+      }
+    }
+    return nullptr;
+  }
+
+  // hidden0 of the tile's pixels (as compute) by the broadcast kernel: the tile's input rows, per image
+  // (as gather_patch's bands), are copied into a zero-padded channels-last band (band[(row Wp +
+  // column) C0 + ci], Wp = W + 2 PW); each pixel's taps are read from it in place. The products go to
+  // a pixel-major buffer, per group of G output channels and chunk of input channels, then into
+  // hidden0's panels.
+  void conv_by_broadcast(int64_t n, int64_t p0, int64_t pt) {
+    const NinBlockGeometry& g = g_;
+    const PackedBroadcastConv& conv = *broadcast_;
+    const BroadcastPixelsKernel& kernel = broadcast_kernel_for(packed_.kernel, g.CC);
+    const int64_t P = g.pixels(), Wp = g.W + 2 * g.PW, G = conv.group_channels, ldc = conv.groups * G;
+    // The tile's images (as gather_patch's, without runs): their first input row and band rows; each
+    // pixel's offset in the bands.
+    gather_images_.clear();
+    pixel_offsets_.clear();
+    int64_t band_rows = 0;
+    for (int64_t j = 0; j < pt;) {
+      const int64_t q = p0 + j, p_first = q % P, count = std::min(pt - j, P - p_first);
+      const int64_t oh_first = p_first / g.OW, oh_last = (p_first + count - 1) / g.OW;
+      gather_images_.push_back({n + q / P, oh_first * g.SH - g.PH, (oh_last - oh_first) * g.SH + g.KH, 0, 0});
+      band_rows = std::max(band_rows, gather_images_.back().band_rows);
+      j += count;
+    }
+    const int64_t image_floats = band_rows * Wp * g.C0;
+    for (int64_t j = 0, s = -1, image = -1; j < pt; ++j) {
+      const int64_t q = p0 + j, p = q % P;
+      if (n + q / P != image) {
+        image = n + q / P;
+        ++s;
+      }
+      const int64_t oh = p / g.OW, ow = p % g.OW, row = oh * g.SH - g.PH - gather_images_[s].ih_first;
+      pixel_offsets_.push_back(s * image_floats + (row * Wp + ow * g.SW) * g.C0);
+    }
+    const int64_t blocks = (pt + kernel.pixels - 1) / kernel.pixels;
+    pixel_offsets_.resize(blocks * kernel.pixels, pixel_offsets_.back());
+    // The bands, channels last; their padding zero (rows past an image's band are never read).
+    band_.resize(image_floats * gather_images_.size());
+    const int64_t sn = x_.stride(0), sc = x_.stride(1), sh = x_.stride(2), sw = x_.stride(3);
+    const float* xd = x_.const_data_ptr<float>();
+    for (size_t s = 0; s < gather_images_.size(); ++s) {
+      const GatherImage& image = gather_images_[s];
+      for (int64_t r = 0; r < image.band_rows; ++r) {
+        const int64_t ih = image.ih_first + r;
+        float* row = band_.data() + s * image_floats + r * Wp * g.C0;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(row, row + Wp * g.C0, 0.f);
+          continue;
+        }
+        std::fill(row, row + g.PW * g.C0, 0.f);
+        std::fill(row + (g.PW + g.W) * g.C0, row + Wp * g.C0, 0.f);
+        float* dst = row + g.PW * g.C0;
+        packed_.kernel.channels_last_row(xd + image.n * sn + ih * sh, sc, sw, g.C0, g.W, dst, g.C0);
+      }
+    }
+    tap_offsets_.clear();
+    for (int64_t ky = 0; ky < g.KH; ++ky) {
+      for (int64_t kx = 0; kx < g.KW; ++kx) {
+        tap_offsets_.push_back((ky * Wp + kx) * g.C0);
+      }
+    }
+    // The products, per group and chunk of input channels: a chunk is at most 2048 reduction steps
+    // (its sum rounds as a short one: by chunks of 4000, a 400-channel 11x11 conv had 3x the error of
+    // the shifted path's short sums) and 512 KiB of weights, which stay in L2 while they meet every
+    // pixel of the tile (chunks of 32 and 128 KiB ran 2-20% slower).
+    broadcast_products_.resize(blocks * kernel.pixels * ldc);
+    float* products = broadcast_products_.data();
+    const int64_t weight_bound = (int64_t{512} << 10) / (conv.taps * G * int64_t(sizeof(float)));
+    const int64_t chunk = std::max<int64_t>(1, std::min(weight_bound, kBroadcastChunkSteps / conv.taps));
+    for (int64_t group = 0; group < conv.groups; ++group) {
+      for (int64_t c0 = 0; c0 < g.C0; c0 += chunk) {
+        const int64_t channels = std::min(chunk, g.C0 - c0);
+        const bool last = c0 + channels == g.C0;
+        for (int64_t b = 0; b < blocks; ++b) {
+          const int64_t j0 = b * kernel.pixels;
+          kernel.fn(conv.taps, tap_offsets_.data(), channels, band_.data() + c0, pixel_offsets_.data() + j0,
+                    std::min(kernel.pixels, pt - j0), conv.group(group) + c0 * G, g.C0,
+                    last ? conv.bias.data() + group * G : nullptr, c0 > 0, products + j0 * ldc + group * G, ldc);
+        }
+      }
+    }
+    // Into hidden0's panels, zero past the tile's last pixel.
+    float* h0 = reinterpret_cast<float*>(hidden0_.data());
+    for (int64_t panel = 0; panel < panels_; ++panel) {
+      for (int64_t c = 0; c < g.CC; ++c) {
+        float* dst = h0 + (panel * g.CC + c) * nr_;
+        for (int64_t lane = 0; lane < nr_; ++lane) {
+          const int64_t j = panel * nr_ + lane;
+          dst[lane] = j < pt ? products[j * ldc + c] : 0.f;
+        }
+      }
+    }
+  }
+
   // Whether the gather reads the tile lane by lane, one vector gather per panel and tap, rather than
   // by runs of an output row: where the runs average under 3.5 pixels (output rows of 1-3 pixels). On
   // tiles of 64 images (Zen 4, AVX-512), a 96 -> 32 block with an 11x11 kernel at stride 4 on 16x16
@@ -669,6 +805,7 @@ class NinBlockTileWorker {
   const NinBlockPacked<scalar_t>& packed_;
   const PackedWinogradConv* const winograd_;  // null for a direct-path worker
   const int64_t nr_;
+  const PackedBroadcastConv* const broadcast_;  // the direct path's conv by the broadcast kernel, or null
   ScratchBuffer<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
   ScratchBuffer<scalar_t> products_;        // Winograd: the per-point products of a tile
   ScratchBuffer<float> transform_scratch_;  // Winograd: the transforms' inputs and outputs
@@ -690,6 +827,8 @@ class NinBlockTileWorker {
   std::vector<scalar_t> band_;             // gather: the input rows of one channel and image that the tile reads
   std::vector<CopyRun> gather_runs_;       // gather: the tile's pixels by image, panel and output row
   std::vector<int32_t> lane_index_;        // gather by lanes: each tile pixel's offset in the bands
+  std::vector<int64_t> pixel_offsets_, tap_offsets_;  // broadcast conv: each tile pixel's and tap's offset
+  std::vector<float> broadcast_products_;  // broadcast conv: the tile's conv, pixel-major
   std::vector<GatherImage> gather_images_;  // gather: the tile's images
   std::vector<CopyRun> band_rows_;      // Winograd: the input rows of a block run, from x to the band
   std::vector<CopyRun> output_runs_;    // the writes: the tile's panel rows of one channel

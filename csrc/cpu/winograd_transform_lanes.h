@@ -271,6 +271,7 @@ struct ScalarVec {
   static reg add(reg a, reg b) { return a + b; }
   static reg sub(reg a, reg b) { return a - b; }
   static reg mul(reg a, reg b) { return a * b; }
+  static reg relu(reg v) { return v < 0.f ? 0.f : v; }  // NaN passes, as in torch.relu
   static void store(float* p, reg v) { *p = v; }
 };
 
