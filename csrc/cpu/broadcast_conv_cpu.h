@@ -20,7 +20,6 @@ namespace cpu {
 // The most reduction steps (input channel and tap pairs) that the broadcast conv sums in one chunk.
 constexpr int64_t kBroadcastChunkSteps = 2048;
 
-// Whether the direct path runs a conv of these shapes by the broadcast kernel (float only).
 // Whether the direct path may run convs by the broadcast kernel: yes unless NIN_EXT_CPU_BROADCAST=0,
 // changeable at run time for tests and comparisons (the shifted path's tests run without it).
 inline std::atomic<bool>& broadcast_mode() {
@@ -32,12 +31,18 @@ inline std::atomic<bool>& broadcast_mode() {
 }
 
 // Whether the direct path runs a conv of these shapes by the broadcast kernel (float only): 16 input
-// channels or more (a tap's inner loop runs over them) into up to 192 output channels (wider convs
-// amortise the gather: 256 -> 384 channels by 5x5 at stride 4 ran 10% slower by the broadcast
-// kernel). Family shapes at batch 64 ran 1.1-2.5x as fast as by the gather (NOTES v23).
+// channels or more (a tap's inner loop runs over them) into up to 128 output channels, where the
+// gather costs a quarter of the products or more. Wider convs amortise the gather: 384 -> 192 channels
+// by 7x7 at stride 4 ran 1.36x as long by the broadcast kernel, 32 -> 160 by 11x11 1.07x (NOTES v23).
 inline bool direct_conv_by_broadcast(const NinBlockGeometry& g, int64_t element_size) {
-  return element_size == sizeof(float) && broadcast_mode().load() && g.C0 >= 16 && g.CC <= 192;
+  return element_size == sizeof(float) && broadcast_mode().load() && g.C0 >= 16 && g.CC <= 128;
 }
+
+// What the broadcast conv's products cost against the shifted path's, per multiply-add: its band
+// copy, the products' trip through a pixel-major buffer and the per-tap setup. Measured as ties at
+// most on stride-1 blocks that the shifted path runs without its overhang (384 -> 16 channels by 3x3 on
+// 16x16 maps: 10% slower by the broadcast kernel); 1.1 keeps those on the shifted path.
+constexpr double kBroadcastProductCost = 1.1;
 
 // The broadcast kernel for a conv into CC output channels: the one that pads CC the least, the wider
 // one on a tie.

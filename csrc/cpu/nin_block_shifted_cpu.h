@@ -73,7 +73,7 @@ inline double gather_path_work(const NinBlockGeometry& g, int64_t nr, int64_t el
     // No gather; the output channels padded to the narrow broadcast kernel's NR / 2 (microkernel_select.cpp).
     const int64_t vector = std::max<int64_t>(1, nr / 2), channels = (g.CC + vector - 1) / vector * vector;
     const double copy = double(g.H) * double(g.W) * double(g.C0) * kGatherCostInMultiplyAdds;
-    return double(g.N) * (double(g.pixels()) * (double(g.K() * channels) + pointwise) + copy);
+    return double(g.N) * (double(g.pixels()) * (kBroadcastProductCost * double(g.K() * channels) + pointwise) + copy);
   }
   const double per_pixel = double(g.K() * g.CC) + pointwise;
   return double(g.N) * double(g.pixels()) * (per_pixel + double(kGatherCostInMultiplyAdds * g.K()));
