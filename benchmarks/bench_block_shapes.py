@@ -2,7 +2,7 @@
 the seed's four blocks, the CIFAR-10 NiN of Lin et al. (2013), and blocks with large kernels, strides,
 few output channels, small batches and small maps, which take the CPU backend's other paths (the
 shifted products, a strided block's polyphase form, bands of rows for one large image, direct tiles of
-several small images). One batch per
+several small images, the direct path's conv by the pixel-broadcast kernel or its gather by lanes). One batch per
 shape, chosen so that a call does about a GFLOP or less.
 
     python benchmarks/bench_block_shapes.py [--device cpu] [--repeat 10] [--shapes NAME,NAME]
@@ -40,6 +40,12 @@ SHAPES = {
     "k3s2": (128, 128, 3, 2, 1, 56, 16),
     "k5s4_small_maps": (128, 192, 5, 4, 0, 28, 20),
     "k7s2": (16, 16, 7, 2, 3, 224, 3),
+    "k3_to32_7x7_maps": (256, 32, 3, 1, 0, 7, 64),
+    "k3s2_to16_small_maps": (384, 16, 3, 2, 0, 16, 64),
+    "k5s2_to32_small_maps": (128, 32, 5, 2, 0, 11, 64),
+    "k11s4_to16": (384, 16, 11, 4, 0, 28, 26),
+    "k11s4_to32_2x2_outputs": (96, 32, 11, 4, 0, 16, 64),
+    "k5s3_8ch_2x2_outputs": (8, 64, 5, 3, 0, 10, 64),
 }
 
 
@@ -51,7 +57,8 @@ def path_of(c_in, c_out, k, s, p, hw, batch):
     if _C.shifted_conv(*shapes):
         return "shifted" + (" polyphase" if s > 1 else "") + f", {_C.shifted_bands(*shapes)} band(s)"
     images = _C.direct_images_per_tile(*shapes)
-    return "direct" + (f", {images} images a tile" if images > 1 else "")
+    conv = ", broadcast" if _C.direct_conv_by_broadcast(*shapes) else ""
+    return "direct" + conv + (f", {images} images a tile" if images > 1 else "")
 
 
 def main():
