@@ -6,10 +6,15 @@ several small images, the direct path's conv by the pixel-broadcast kernel or it
 shape, chosen so that a call does about a GFLOP or less.
 
     python benchmarks/bench_block_shapes.py [--device cpu] [--repeat 10] [--shapes NAME,NAME]
+    python benchmarks/bench_block_shapes.py --random 40 [--seed 77] [--without-broadcast]
 
 Prints a table (median ms, speedup, the path the CPU backend takes) and writes
-block_shapes_<device>_<dtype>.csv into --out (default results/ops/).
+block_shapes_<device>_<dtype>.csv (random_shapes_<seed>_... with --random) into --out (default
+results/ops/). --random draws that many family shapes instead (kernels 1-11, strides 1-4, 1-384
+channels, 16-224 pixel maps); --without-broadcast also times the CPU backend with its pixel-broadcast
+conv turned off (nin_ext._C.set_broadcast_conv), interleaved with the others.
 """
+import random
 import sys
 
 import torch
@@ -49,6 +54,25 @@ SHAPES = {
 }
 
 
+def random_shapes(count, seed):
+    """`count` family shapes drawn from `seed`, each with a batch that makes a call about a GFLOP."""
+    rng, shapes = random.Random(seed), {}
+    while len(shapes) < count:
+        c_in = rng.choice([1, 3, 16, 32, 48, 64, 96, 128, 192, 256, 384])
+        c_out = rng.choice([10, 16, 32, 64, 96, 128, 160, 192, 256, 384])
+        k = rng.choice([1, 3, 3, 5, 5, 7, 11])
+        s = rng.choice([1, 1, 2, 4]) if k > 1 else rng.choice([1, 2])
+        p = rng.choice([0, k // 2])
+        hw = rng.choice([16, 28, 32, 56, 64, 96, 112, 224])
+        if hw + 2 * p < k:
+            continue
+        oh = (hw + 2 * p - k) // s + 1
+        gflop_per_image = 2 * oh * oh * c_out * (c_in * k * k + 2 * c_out) / 1e9
+        batch = max(1, min(64, int(1.0 / gflop_per_image)))
+        shapes[f"r{len(shapes)}"] = (c_in, c_out, k, s, p, hw, batch)
+    return shapes
+
+
 def path_of(c_in, c_out, k, s, p, hw, batch):
     """The CPU backend's path for a float32 call of these shapes (csrc/cpu/nin_block_run_cpu.h)."""
     shapes = ((batch, c_in, hw, hw), (c_out, c_in, k, k), c_out, c_out, (s, s), (p, p))
@@ -62,7 +86,16 @@ def path_of(c_in, c_out, k, s, p, hw, batch):
 
 
 def main():
-    args = op_bench.parse_args(__doc__, lambda p: p.add_argument("--shapes", default=",".join(SHAPES)), batches=False)
+    def extra(p):
+        p.add_argument("--shapes", default=None, help="names from SHAPES (default: all of them)")
+        p.add_argument("--random", type=int, default=0, help="time this many random family shapes instead")
+        p.add_argument("--seed", type=int, default=77)
+        p.add_argument("--without-broadcast", action="store_true",
+                       help="also time nin_ext with the CPU pixel-broadcast conv off")
+
+    args = op_bench.parse_args(__doc__, extra, batches=False)
+    shapes = random_shapes(args.random, args.seed) if args.random else SHAPES
+    names = args.shapes.split(",") if args.shapes else list(shapes)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     repeat = args.repeat or (50 if device.type == "cuda" else 10)
     commit_tag = op_bench.commit_tag()
@@ -72,11 +105,13 @@ def main():
     rows = []
     torch.manual_seed(0)
     with torch.no_grad():
-        for name in args.shapes.split(","):
-            c_in, c_out, k, s, p, hw, batch = SHAPES[name]
+        for name in names:
+            c_in, c_out, k, s, p, hw, batch = shapes[name]
             block = nin_ext.reference.nin_block(c_in, c_out, k, s, p).to(device=device, dtype=dtype).eval()
             x = torch.randn(batch, c_in, hw, hw, device=device, dtype=dtype)
             fns = {"aten": lambda: block(x), "nin_ext": lambda: ops.nin_block(x, *block_op_args(block))}
+            if args.without_broadcast:
+                fns["nin_ext_without_broadcast"] = lambda: without_broadcast(lambda: fns["nin_ext"]())
             err = op_bench.rel_err(fns["nin_ext"](), fns["aten"]())
             for fn in fns.values():
                 fn()
@@ -88,12 +123,26 @@ def main():
             rows.append({"shape": name, "in": c_in, "out": c_out, "kernel": k, "stride": s, "padding": p,
                          "hw": hw, "batch": batch, "gflop": round(gflop, 3), "aten_ms": round(aten_ms, 4),
                          "nin_ext_ms": round(ours_ms, 4), "speedup": round(aten_ms / ours_ms, 3),
+                         **({"without_broadcast_ms": round(stats["nin_ext_without_broadcast"][1], 4)}
+                            if args.without_broadcast else {}),
                          "rel_err_vs_aten": f"{err:.1e}", "cpu_path": path, "dtype": args.dtype,
                          "device": machine, "commit": commit_tag})
             print(f"{name:>16} {c_in:>4}->{c_out:<4} k{k} s{s} p{p} {hw:>3}x{hw:<3} b{batch:<3}"
                   f" aten {aten_ms:8.3f} ms  nin_ext {ours_ms:8.3f} ms  x{aten_ms / ours_ms:5.2f}"
-                  f"  err {err:.1e}  {path}")
-    op_bench.write_csv(rows, args.out, f"block_shapes_{device.type}_{args.dtype}.csv")
+                  f"  err {err:.1e}  {path}"
+                  + (f"  (without broadcast {stats['nin_ext_without_broadcast'][1]:.3f} ms)"
+                     if args.without_broadcast else ""))
+    prefix = f"random_shapes_{args.seed}" if args.random else "block_shapes"
+    op_bench.write_csv(rows, args.out, f"{prefix}_{device.type}_{args.dtype}.csv")
+
+
+def without_broadcast(fn):
+    """fn() with the CPU backend's pixel-broadcast conv turned off."""
+    previous = _C.set_broadcast_conv(False)
+    try:
+        return fn()
+    finally:
+        _C.set_broadcast_conv(previous)
 
 
 if __name__ == "__main__":
