@@ -1,8 +1,8 @@
 """The CPU backend's direct path with its conv by the pixel-broadcast kernel (csrc/cpu/broadcast_conv_cpu.h,
 microkernel_broadcast_pixels.h): float32 blocks of 16 input channels or more into up to 128 output
-channels read each tap of each pixel in place from a channels-last band, with output channels in the
-vector lanes. The cases cover both kernel widths and their channel tails (13, 16, 24, 40, 70, 128
-output channels), pixel-block tails, strides, padding, rectangular kernels, tiles of several images,
+channels (192 by 3x3 kernels) read each tap of each pixel in place from a channels-last band, with
+output channels in the vector lanes. The cases cover both kernel widths and their channel tails (13,
+16, 24, 40, 70, 128, 176 output channels), pixel-block tails, strides, padding, rectangular kernels, tiles of several images,
 long reductions in chunks (400 channels by 11x11), and every input layout; each is checked against
 the float64 reference, as are the fused pools and the hidden activations. float64 runs the im2col
 path on the same shapes."""
@@ -23,6 +23,7 @@ CASES = [
     (5, 64, 12, 13, 70, 11, 4, (3, 2), (2, 2), (1, 1), "contiguous"),
     (1, 20, 14, 14, 128, 96, 10, (3, 3), (1, 1), (1, 1), "channels_last"),
     (3, 400, 16, 16, 16, 8, 5, (11, 11), (4, 4), (0, 0), "contiguous"),
+    (2, 24, 10, 9, 176, 16, 8, (3, 3), (2, 2), (1, 1), "contiguous"),
 ]
 
 
@@ -52,7 +53,8 @@ def test_same_bits_for_any_thread_count(cpu_backend):
 
 
 def test_which_convs_take_the_broadcast_kernel():
-    """Few input channels (the seed's block 1) and wide outputs keep the im2col gather. The seed's block
+    """Few input channels (the seed's block 1) and wide outputs (over 128 channels by kernels larger
+    than 3x3, over 192 by any) keep the im2col gather. The seed's block
     4 (384 -> 10 channels on 5x5 maps) stays on the shifted path with the SIMD kernels, whose narrow
     broadcast kernel would fill 10 of its 16 or 8 lanes (the portable one's 4 lanes waste less)."""
     if nin_ext.info()["cpu_microkernel"] != "portable":
@@ -62,6 +64,8 @@ def test_which_convs_take_the_broadcast_kernel():
     assert not _C.direct_conv_by_broadcast((4, 12, 20, 20), (32, 12, 3, 3), 32, 32, (1, 1), (1, 1))
     assert not _C.direct_conv_by_broadcast((4, 64, 20, 20), (256, 64, 3, 3), 32, 32, (2, 2), (1, 1))
     assert _C.direct_conv_by_broadcast((64, 384, 16, 16), (16, 384, 3, 3), 16, 16, (2, 2), (0, 0))
+    assert _C.direct_conv_by_broadcast((7, 192, 28, 28), (160, 192, 3, 3), 160, 160, (2, 2), (1, 1))
+    assert not _C.direct_conv_by_broadcast((1, 384, 64, 64), (192, 384, 7, 7), 192, 192, (4, 4), (3, 3))
 
 
 def test_off_switch(cpu_backend):

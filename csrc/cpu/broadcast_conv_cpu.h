@@ -32,10 +32,12 @@ inline std::atomic<bool>& broadcast_mode() {
 
 // Whether the direct path runs a conv of these shapes by the broadcast kernel (float only): 16 input
 // channels or more (a tap's inner loop runs over them) into up to 128 output channels, where the
-// gather costs a quarter of the products or more. Wider convs amortise the gather: 384 -> 192 channels
-// by 7x7 at stride 4 ran 1.36x as long by the broadcast kernel, 32 -> 160 by 11x11 1.07x (NOTES v23).
+// gather costs a quarter of the products or more, or up to 192 by 3x3 kernels or smaller. Wider convs
+// amortise the gather: 384 -> 192 channels by 7x7 at stride 4 ran 1.36x as long by the broadcast
+// kernel, 32 -> 160 by 11x11 1.07x; 3x3 convs into 160-192 channels ran 0.99-1.18x as fast (NOTES v23).
 inline bool direct_conv_by_broadcast(const NinBlockGeometry& g, int64_t element_size) {
-  return element_size == sizeof(float) && broadcast_mode().load() && g.C0 >= 16 && g.CC <= 128;
+  return element_size == sizeof(float) && broadcast_mode().load() && g.C0 >= 16 &&
+         (g.CC <= 128 || (g.CC <= 192 && g.KH * g.KW <= 9));
 }
 
 // What the broadcast conv's products cost against the shifted path's, per multiply-add: its band
