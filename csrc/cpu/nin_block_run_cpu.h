@@ -49,7 +49,8 @@ inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_we
 // other paths), and whether it runs in its polyphase form. In order: Winograd tiles (strided blocks
 // in their polyphase form), shifted products, a strided block's polyphase form by shifted products
 // where that does less work than the gather (a long reduction into few channels, as 192 -> 10
-// channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather), else the direct path.
+// channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather) and the direct path
+// would not run the conv by the broadcast kernel, else the direct path.
 // `winograd_weights`: whether the conv's own weights allow the Winograd path.
 struct NinBlockChoice {
   NinBlockPath path;
@@ -68,7 +69,10 @@ inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool floa
   if (shifted_conv_pays(g, nr, element_size)) {
     return {NinBlockPath::shifted, 0, false};
   }
-  if ((g.SH != 1 || g.SW != 1) &&
+  // A strided conv that the direct path runs by the broadcast kernel stays there: its polyphase form's
+  // zero taps and short rows cost more than the work model counts (48 -> 10 channels by 11x11 at
+  // stride 4: 13.2 ms by the form, 10.4 by the kernel; 96 -> 10 by 5x5 at stride 2: 9.5 and 7.9).
+  if ((g.SH != 1 || g.SW != 1) && !direct_conv_by_broadcast(g, element_size) &&
       shifted_path_work(polyphase_geometry(g), nr) < gather_path_work(g, nr, element_size)) {
     return {NinBlockPath::shifted, 0, true};
   }
