@@ -329,7 +329,7 @@ class NinBlockTileWorker {
                      int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {})
       : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
         broadcast_(winograd == nullptr ? broadcast_packing(packed, g) : nullptr),
-        patch_(winograd || broadcast_ ? (winograd ? g.C0 * winograd_channel_floats() : 0) : g.K() * tile_pixels),
+        patch_(winograd ? g.C0 * winograd_channel_floats() : broadcast_ ? 0 : g.K() * tile_pixels),
         hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
         products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
