@@ -54,18 +54,20 @@ inline const BroadcastPixelsKernel& broadcast_kernel_for(const MicroKernel<float
                                                                              : kernel.broadcast_pixels;
 }
 
-// The conv weight packed for the broadcast kernel: per group of G output channels, per tap, per input
-// channel, the group's G weights (zero past the last channel); the bias padded to whole groups.
+// The conv weight packed for the broadcast kernel that runs it (broadcast_kernel_for): per group of G
+// output channels (the kernel's), per tap, per input channel, the group's G weights (zero past the last
+// channel); the bias padded to whole groups.
 struct PackedBroadcastConv {
+  BroadcastPixelsKernel kernel;
   int64_t group_channels, groups, taps, C0;
   std::vector<float> w, bias;
 
   // From the conv's MR-row panels (PackedLayer: a[(panel K + k) MR + r], k = ci taps + tap) and its bias.
-  PackedBroadcastConv(const float* panels, const float* panel_bias, int64_t M, int64_t c0, int64_t tap_count,
-                      int64_t mr, int64_t G)
-      : group_channels(G), groups((M + G - 1) / G), taps(tap_count), C0(c0),
-        w(groups * taps * C0 * G, 0.f), bias(groups * G, 0.f) {
-    const int64_t K = C0 * taps;
+  PackedBroadcastConv(const BroadcastPixelsKernel& k, const float* panels, const float* panel_bias, int64_t M,
+                      int64_t c0, int64_t tap_count, int64_t mr)
+      : kernel(k), group_channels(k.channels), groups((M + k.channels - 1) / k.channels), taps(tap_count), C0(c0),
+        w(groups * taps * C0 * group_channels, 0.f), bias(groups * group_channels, 0.f) {
+    const int64_t K = C0 * taps, G = group_channels;
     for (int64_t m = 0; m < M; ++m) {
       const float* row = panels + (m / mr) * K * mr + m % mr;
       float* group = w.data() + (m / G) * taps * C0 * G + m % G;

@@ -182,8 +182,8 @@ struct NinBlockPacked {
     std::lock_guard<std::mutex> lock(broadcast_mutex_);
     if (broadcast_ == nullptr) {
       broadcast_ = std::make_unique<const PackedBroadcastConv>(
-          reinterpret_cast<const float*>(conv.a.data()), reinterpret_cast<const float*>(conv.bias.data()), conv.M,
-          conv.K / conv_window_, conv_window_, kernel.mr, broadcast_kernel_for(kernel, conv.M).channels);
+          broadcast_kernel_for(kernel, conv.M), reinterpret_cast<const float*>(conv.a.data()),
+          reinterpret_cast<const float*>(conv.bias.data()), conv.M, conv.K / conv_window_, conv_window_, kernel.mr);
     }
     return *broadcast_;
   }
@@ -591,29 +591,25 @@ class NinBlockTileWorker {
   // one contiguous copy per output row it touches.
   void gather_patch(int64_t n, int64_t p0, int64_t pt, int64_t panels) {
     const NinBlockGeometry& g = g_;
-    const int64_t P = g.pixels(), band_width = g.W + 2 * g.PW;
-    const int64_t phase_width = (band_width + g.SW - 1) / g.SW;
+    const int64_t band_width = g.W + 2 * g.PW, phase_width = (band_width + g.SW - 1) / g.SW;
     // The tile's pixels as runs of one output row within one panel, per image: band offsets [src,
     // src + count) (plus the (ky, kx) offset) go to lanes [lane, lane + count) of the panel, at dst =
     // panel K NR + lane (plus k NR) in the patch.
+    const int64_t band_rows = plan_tile_images(n, p0, pt);
     gather_runs_.clear();
-    gather_images_.clear();
-    int64_t band_rows = 0;
-    for (int64_t j = 0; j < pt;) {
-      const int64_t q = p0 + j, image = n + q / P, p_first = q % P, count = std::min(pt - j, P - p_first);
-      const int64_t oh_first = p_first / g.OW, oh_last = (p_first + count - 1) / g.OW;
-      GatherImage segment{image, oh_first * g.SH - g.PH, (oh_last - oh_first) * g.SH + g.KH,
-                          static_cast<int64_t>(gather_runs_.size()), 0};
-      for (int64_t i = 0; i < count;) {
-        const int64_t p = p_first + i, oh = p / g.OW, ow = p % g.OW, panel = (j + i) / nr_, lane = (j + i) % nr_;
-        const int64_t length = std::min({count - i, g.OW - ow, nr_ - lane});
+    int64_t j = 0;  // the segment's first tile pixel
+    for (GatherImage& segment : gather_images_) {
+      const int64_t oh_first = segment.p_first / g.OW;
+      segment.runs_begin = static_cast<int64_t>(gather_runs_.size());
+      for (int64_t i = 0; i < segment.count;) {
+        const int64_t p = segment.p_first + i, oh = p / g.OW, ow = p % g.OW;
+        const int64_t panel = (j + i) / nr_, lane = (j + i) % nr_;
+        const int64_t length = std::min({segment.count - i, g.OW - ow, nr_ - lane});
         gather_runs_.push_back({(oh - oh_first) * g.SH * phase_width + ow, length, panel * g.K() * nr_ + lane});
         i += length;
       }
       segment.runs_end = static_cast<int64_t>(gather_runs_.size());
-      gather_images_.push_back(segment);
-      band_rows = std::max(band_rows, segment.band_rows);
-      j += count;
+      j += segment.count;
     }
     // One band per image of the tile, all with the same rows per phase, so that a tap's offset is the
     // same in each.
@@ -677,6 +673,24 @@ class NinBlockTileWorker {
     }
   }
 
+  // gather_images_ for tile pixels [0, pt), from pixel p0 of image n on (a tile of small maps holds
+  // several whole images), without their runs; returns the most band rows among them.
+  int64_t plan_tile_images(int64_t n, int64_t p0, int64_t pt) {
+    const NinBlockGeometry& g = g_;
+    const int64_t P = g.pixels();
+    gather_images_.clear();
+    int64_t band_rows = 0;
+    for (int64_t j = 0; j < pt;) {
+      const int64_t q = p0 + j, p_first = q % P, count = std::min(pt - j, P - p_first);
+      const int64_t oh_first = p_first / g.OW, oh_last = (p_first + count - 1) / g.OW;
+      gather_images_.push_back(
+          {n + q / P, oh_first * g.SH - g.PH, (oh_last - oh_first) * g.SH + g.KH, p_first, count, 0, 0});
+      band_rows = std::max(band_rows, gather_images_.back().band_rows);
+      j += count;
+    }
+    return band_rows;
+  }
+
   // hidden0 of the tile: by the broadcast kernel, or by the im2col gather and the micro-kernel.
   void compute_conv(int64_t n, int64_t p0, int64_t pt) {
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -708,29 +722,17 @@ class NinBlockTileWorker {
   void conv_by_broadcast(int64_t n, int64_t p0, int64_t pt) {
     const NinBlockGeometry& g = g_;
     const PackedBroadcastConv& conv = *broadcast_;
-    const BroadcastPixelsKernel& kernel = broadcast_kernel_for(packed_.kernel, g.CC);
-    const int64_t P = g.pixels(), Wp = g.W + 2 * g.PW, G = conv.group_channels, ldc = conv.groups * G;
-    // The tile's images (as gather_patch's, without runs): their first input row and band rows; each
-    // pixel's offset in the bands.
-    gather_images_.clear();
+    const BroadcastPixelsKernel& kernel = conv.kernel;
+    const int64_t Wp = g.W + 2 * g.PW, G = conv.group_channels, ldc = conv.groups * G;
+    // The tile's images (as gather_patch's, without runs); each pixel's offset in the bands.
+    const int64_t band_rows = plan_tile_images(n, p0, pt), image_floats = band_rows * Wp * g.C0;
     pixel_offsets_.clear();
-    int64_t band_rows = 0;
-    for (int64_t j = 0; j < pt;) {
-      const int64_t q = p0 + j, p_first = q % P, count = std::min(pt - j, P - p_first);
-      const int64_t oh_first = p_first / g.OW, oh_last = (p_first + count - 1) / g.OW;
-      gather_images_.push_back({n + q / P, oh_first * g.SH - g.PH, (oh_last - oh_first) * g.SH + g.KH, 0, 0});
-      band_rows = std::max(band_rows, gather_images_.back().band_rows);
-      j += count;
-    }
-    const int64_t image_floats = band_rows * Wp * g.C0;
-    for (int64_t j = 0, s = -1, image = -1; j < pt; ++j) {
-      const int64_t q = p0 + j, p = q % P;
-      if (n + q / P != image) {
-        image = n + q / P;
-        ++s;
+    for (size_t s = 0; s < gather_images_.size(); ++s) {
+      const GatherImage& image = gather_images_[s];
+      for (int64_t p = image.p_first; p < image.p_first + image.count; ++p) {
+        const int64_t row = p / g.OW * g.SH - g.PH - image.ih_first, column = p % g.OW * g.SW;
+        pixel_offsets_.push_back(static_cast<int64_t>(s) * image_floats + (row * Wp + column) * g.C0);
       }
-      const int64_t oh = p / g.OW, ow = p % g.OW, row = oh * g.SH - g.PH - gather_images_[s].ih_first;
-      pixel_offsets_.push_back(s * image_floats + (row * Wp + ow * g.SW) * g.C0);
     }
     const int64_t blocks = (pt + kernel.pixels - 1) / kernel.pixels;
     pixel_offsets_.resize(blocks * kernel.pixels, pixel_offsets_.back());
@@ -822,7 +824,8 @@ class NinBlockTileWorker {
 
   struct GatherImage {
     int64_t n, ih_first, band_rows;  // the image, the first input row its band holds, the band's rows
-    int64_t runs_begin, runs_end;    // its pixels' runs in gather_runs_
+    int64_t p_first, count;          // its pixels [p_first, p_first + count), the tile's next ones
+    int64_t runs_begin, runs_end;    // its pixels' runs in gather_runs_ (the gather's)
   };
   std::vector<scalar_t> band_;             // gather: the input rows of one channel and image that the tile reads
   std::vector<CopyRun> gather_runs_;       // gather: the tile's pixels by image, panel and output row
