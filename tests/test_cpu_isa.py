@@ -38,7 +38,8 @@ ISAS = [
 # 2x2 outputs of 19 images take the direct path's gather by lanes (gather_lanes) with a panel tail;
 # the 200-channel 3x3 case and the last two run the direct path's conv by the pixel-broadcast kernels
 # (13 output channels: the narrow one; 40: the wide one, with a group tail), their band copied by
-# channels_last_row. The
+# channels_last_row; the last three take Winograd tiles of other kernel sizes: 7x7 at stride 1 (F(2x2, 7x7)),
+# 11x11 and 7x7 at stride 2 in their polyphase forms (6x6 and 4x4 kernels). The
 # cases that take Winograd tiles run again with every m forced (each m has its own transforms).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
@@ -53,7 +54,9 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
                                      (3, 64, 9, 11, 4, 1, 61, 57, 2),
                                      (2, 12, 5, 5, 2, 2, 9, 79, 2), (32, 64, 7, 3, 1, 1, 5, 41, 1),
                                      (12, 20, 6, 5, 3, 0, 10, 10, 19), (24, 13, 5, 3, 2, 1, 13, 11, 3),
-                                     (40, 40, 7, (3, 5), 1, (1, 2), 9, 7, 5)]:
+                                     (40, 40, 7, (3, 5), 1, (1, 2), 9, 7, 5),
+                                     (32, 64, 9, 7, 1, 3, 9, 11, 2), (12, 64, 5, 11, 2, 5, 31, 27, 2),
+                                     (9, 67, 3, 7, 2, 3, 15, 22, 2)]:
     x = torch.randn(n, c0, h, w)
     w0, b0 = torch.randn(c1, c0, *((k, k) if isinstance(k, int) else k)) * 0.3, torch.randn(c1) * 0.1
     w1, b1 = torch.randn(c1, c1, 1, 1) * 0.3, torch.randn(c1) * 0.1
@@ -107,7 +110,7 @@ def test_microkernel_parity(isa):
     assert report["worst"] < 1e-5
     assert report["pool_mismatches"] == 0
     assert report["polyphase_tile"] > 0, "the RGB block 1 case did not take the polyphase form"
-    assert report["winograd_cases"] == 4, "the 3x3, 5x5, RGB block 1 and wide 3x3 cases run every m"
+    assert report["winograd_cases"] == 7, "the 3x3, 5x5, RGB block 1, wide 3x3, 7x7 and two strided cases run every m"
     assert report["broadcast_cases"] >= 3, "the 200-, 24- and 40-channel cases run the broadcast kernels"
 
 

@@ -22,6 +22,9 @@ CASES = [
     (3, 8, 23, 19, 72, 5, (9, 9), (2, 2), (4, 4), "contiguous"),
     (1, 3, 227, 227, 96, 96, (11, 11), (4, 4), (0, 0), "contiguous"),
     (1, 3, 230, 229, 96, 10, (11, 11), (4, 4), (2, 1), "channels_last"),
+    # kernels of 6x6 and 4x4 taps over the phases (F(m x m, 6 x 6) and F(m x m, 4 x 4) exist for m = 2, 3)
+    (2, 12, 31, 27, 64, 5, (11, 11), (2, 2), (5, 5), "contiguous"),
+    (2, 9, 31, 30, 67, 9, (7, 7), (2, 2), (3, 3), "channels_last"),
 ]
 
 

@@ -1,11 +1,12 @@
 """The CPU backend's Winograd path F(m x m, r x r) of the block's spatial convolution (float32, stride 1,
-3x3 or 5x5, at least 32 input and 64 output channels; m = 2, 3 or 4, chosen per call by the least work),
-against float64.
+square kernels of 3 to 7 taps, at least 32 input and 64 output channels; m = 2, 3 or 4 where m + r - 1
+<= 8, chosen per call by the least work), against float64.
 
-Its error grows with m and stays within ten times direct convolution's (about 1e-6 of the output's
-scale, 7e-6 at worst for F(4x4, 3x3) here): conftest's "fwd_winograd" tolerance bounds it elementwise
-by 1e-5 of the output's largest value plus 1e-5 of each value, the block's 1e-5 relative bound for
-float32. Every case runs with each m forced (nin_ext._C.set_winograd_mode) and with the choice."""
+Its error grows with the transform's points and stays within ten times direct convolution's (about
+1e-6 of the output's scale, 7e-6 at worst for F(4x4, 3x3) here): conftest's "fwd_winograd" tolerance
+bounds it elementwise by 1e-5 of the output's largest value plus 1e-5 of each value, the block's 1e-5
+relative bound for float32. Every case runs with each m forced (nin_ext._C.set_winograd_mode; an m
+that the kernel size has no F(m x m, r x r) for leaves the block direct) and with the choice."""
 import random
 
 import pytest
@@ -39,6 +40,15 @@ def _draw(rng):
 CASES = [_draw(random.Random(31337 + i)) for i in range(10)] + [
     dict(n=2, c0=32, cc=65, c1=5, c2=3, k=k, h=5, w=61, layout="contiguous") for k in (3, 5)]
 
+# The other kernel sizes with a Winograd path: 4x4 (F(2x2) and F(3x3)), 6x6 (the same) and 7x7 (F(2x2)
+# only), at odd sizes; even kernels with padding k // 2 give maps one pixel larger than the input.
+OTHER_KERNEL_CASES = [
+    dict(n=2, c0=33, cc=70, c1=64, c2=5, k=4, h=13, w=10, layout="contiguous"),
+    dict(n=1, c0=32, cc=64, c1=9, c2=64, k=6, h=15, w=17, layout="channels_last"),
+    dict(n=3, c0=37, cc=65, c1=64, c2=7, k=7, h=9, w=11, layout="contiguous"),
+    dict(n=1, c0=48, cc=96, c1=5, c2=3, k=7, h=23, w=5, layout="channels_last"),
+]
+
 
 def _block_args(c, dtype=torch.float32):
     x = torch.rand(c["n"], c["c0"], c["h"], c["w"], dtype=dtype)
@@ -67,6 +77,37 @@ def test_nin_block(cpu_backend, winograd_mode, case):
     if winograd_mode > 0:
         assert _tile_size(args) == winograd_mode, "the case does not take the forced Winograd path"
     _check(nin_ext.ops.nin_block(*args), args, f"nin_block, Winograd mode {winograd_mode}")
+
+
+@pytest.mark.parametrize("case", OTHER_KERNEL_CASES,
+                         ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
+def test_nin_block_other_kernel_sizes(cpu_backend, winograd_mode, case):
+    args = _block_args(case)
+    m = _tile_size(args)
+    if winograd_mode > 0:
+        exists = winograd_mode + case["k"] - 1 <= 8 and (winograd_mode, case["k"]) != (4, 4)
+        assert m == (winograd_mode if exists else 0), "the forced m does not run where F(m x m, r x r) exists"
+    else:
+        assert m > 0, "the case does not take the Winograd path"
+    _check(nin_ext.ops.nin_block(*args), args, f"nin_block, {case['k']}x{case['k']}, Winograd mode {winograd_mode}")
+
+
+def test_kernel_sizes_without_a_winograd_path():
+    """2x2 kernels (and the polyphase forms that have them) and kernels past 7x7 stay off the path;
+    F(4x4, 4x4) is never used (its error); a 7x7 NiN block takes F(2x2, 7x7)."""
+    previous = _C.set_winograd_mode(-1)
+    try:
+        size = _C.winograd_tile_size
+        assert size((4, 64, 28, 28), (128, 64, 2, 2), 128, 128, (1, 1), (0, 0)) == 0
+        assert size((4, 64, 28, 28), (128, 64, 3, 3), 128, 128, (2, 2), (1, 1)) == 0  # 2x2 phases
+        assert size((1, 64, 64, 64), (128, 64, 9, 9), 128, 128, (1, 1), (4, 4)) == 0
+        assert size((16, 96, 28, 28), (192, 96, 7, 7), 192, 192, (1, 1), (3, 3)) == 2
+        for mode in (2, 3, 4):
+            _C.set_winograd_mode(mode)
+            expected = {2: 2, 3: 3, 4: 0}[mode]
+            assert size((16, 96, 28, 28), (192, 96, 4, 4), 192, 192, (1, 1), (2, 2)) == expected
+    finally:
+        _C.set_winograd_mode(previous)
 
 
 @pytest.mark.parametrize("case", CASES[::3], ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))

@@ -281,7 +281,8 @@ inline double winograd_work(const NinBlockGeometry& g, int m, int64_t nr) {
 }
 
 // The output-block size m of the Winograd path for this call, 0 for the direct path: the one with
-// the least work, unless NIN_EXT_CPU_WINOGRAD (or winograd_mode()) forces one.
+// the least work, unless NIN_EXT_CPU_WINOGRAD (or winograd_mode()) forces one (which F(m x m, r x r)
+// must have: a forced m = 4 leaves a 7x7 conv direct).
 // `winograd_weights`: whether the conv's weights allow the path (winograd_weight); nr: the
 // micro-kernel's panel width.
 inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, int64_t nr, int64_t element_size) {
@@ -290,11 +291,14 @@ inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, 
     return 0;
   }
   if (mode > 0) {
-    return mode;
+    return winograd_size(mode, static_cast<int>(g.KH)) ? mode : 0;
   }
   int best = 0;
   double best_work = direct_work(g, direct_tiling(g, element_size, nr));
   for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
+    if (!winograd_size(m, static_cast<int>(g.KH))) {
+      continue;
+    }
     const double work = winograd_work(g, m, nr);
     if (work < best_work) {
       best = m;

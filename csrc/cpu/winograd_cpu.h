@@ -1,9 +1,10 @@
 // Winograd F(m x m, r x r) for the block's spatial convolution (winograd_matrices.h): each m x m
 // block of output pixels takes (m + r - 1)^2 multiplications per input/output channel pair instead of
-// m^2 r^2 (for the seed's 5x5 block 2, F(4x4) does 4 per output pixel, direct convolution 25). In
-// float32 the error grows with m but stays a few times direct convolution's, about 1e-6 of the block
-// output's scale (tests/test_winograd.py bounds it). NIN_EXT_CPU_WINOGRAD=0 switches the path off,
-// =2, 3 or 4 forces that m wherever the path applies.
+// m^2 r^2 (for the seed's 5x5 block 2, F(4x4) does 4 per output pixel, direct convolution 25; a 7x7
+// conv by F(2x2) 16 instead of 49). In float32 the error grows with the transform's points but stays
+// a few times direct convolution's, about 1e-6 of the block output's scale (tests/test_winograd.py
+// bounds it). NIN_EXT_CPU_WINOGRAD=0 switches the path off, =2, 3 or 4 forces that m wherever the
+// path applies and F(m x m, r x r) exists.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,10 +32,13 @@ inline std::atomic<int>& winograd_mode() {
   return mode;
 }
 
-// Whether a conv weight (C_out, C_in, r, r) gets a Winograd packing: r is 3 or 5 and the layer is
-// wide enough for the transforms' cost to pay (narrow layers stay direct).
+// Whether a conv weight (C_out, C_in, r, r) gets a Winograd packing: square, 3 <= r <= 7 (F(2x2, r x r)
+// exists for all of them), and the layer wide enough for the transforms' cost to pay (narrow layers
+// stay direct). 2x2 kernels (the polyphase form of 3x3 at stride 2, of 5x5 and 7x7 at stride 4) stay
+// direct: their F(m x m, 2 x 2) tiles save few multiplications, and measured 0.68-1.19x the direct
+// path's speed, more often slower (benchmarks/NOTES.md, v24).
 inline bool winograd_conv_shape(int64_t out_channels, int64_t in_channels, int64_t kh, int64_t kw) {
-  return kh == kw && (kh == 3 || kh == 5) && out_channels >= 64 && in_channels >= 32;
+  return kh == kw && kh >= kWinogradMinTaps && kh <= kWinogradMaxTaps && out_channels >= 64 && in_channels >= 32;
 }
 
 inline bool winograd_weight(const at::Tensor& w) {
@@ -62,11 +66,14 @@ struct PackedWinogradConv {
     const int alpha = transform.alpha;
     const int64_t panels = (M + mr - 1) / mr;
     u.assign(alpha * alpha * panels * K * mr, 0.f);
-    if (r == 3) {
-      transform_weights<3>(conv_panels, panels);
-    } else {
-      transform_weights<5>(conv_panels, panels);
+    switch (r) {
+      case 3: transform_weights<3>(conv_panels, panels); return;
+      case 4: transform_weights<4>(conv_panels, panels); return;
+      case 5: transform_weights<5>(conv_panels, panels); return;
+      case 6: transform_weights<6>(conv_panels, panels); return;
+      case 7: transform_weights<7>(conv_panels, panels); return;
     }
+    TORCH_INTERNAL_ASSERT(false, "no Winograd transform for ", r, "x", r, " kernels");
   }
 
   // U = G g G^T for every (output, input) channel pair, in parallel over output channels (training

@@ -1,15 +1,24 @@
 // The matrices of Winograd F(m x m, r x r) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-// Networks"), r = 3 or 5, m = 2, 3 or 4, built at compile time from the interpolation points 0, +-1,
-// +-2, +-1/2 (as many as m + r - 2 takes) and infinity, so that the tile transforms
-// (winograd_transform_lanes.h) see their coefficients as constants. No ATen here: the per-ISA
-// translation units include it.
+// Networks"), m = 2, 3 or 4 and r = 3 to 7 with at most 8 transform points per side (winograd_size),
+// built at compile time from the interpolation points 0, +-1, +-2, +-1/2 (as many as m + r - 2
+// takes) and infinity, so that the tile transforms (winograd_transform_lanes.h) see their
+// coefficients as constants. No ATen here: the per-ISA translation units include it.
 #pragma once
 
 namespace nin_ext {
 namespace cpu {
 
-constexpr int kWinogradMinTile = 2, kWinogradMaxTile = 4, kWinogradMaxTaps = 5;
-constexpr int kWinogradMaxAlpha = kWinogradMaxTile + kWinogradMaxTaps - 1;
+constexpr int kWinogradMinTile = 2, kWinogradMaxTile = 4, kWinogradMinTaps = 3, kWinogradMaxTaps = 7;
+constexpr int kWinogradMaxAlpha = 8;  // the interpolation points below, and infinity
+
+// Whether F(m x m, r x r) has a Winograd path: its alpha = m + r - 1 points are among the 8. F(4x4,
+// 4x4) is left out: its 7 points are not symmetric (1/2 without -1/2), and its float32 error was 12x
+// direct convolution's in a simulation, against 4-6x for the other sizes of 7 and 8 points
+// (benchmarks/NOTES.md, v24).
+constexpr bool winograd_size(int m, int r) {
+  return m >= kWinogradMinTile && m <= kWinogradMaxTile && r >= kWinogradMinTaps && r <= kWinogradMaxTaps &&
+         m + r - 1 <= kWinogradMaxAlpha && !(m == 4 && r == 4);
+}
 
 // AT (m x alpha), G (alpha x r), BT (alpha x alpha), alpha = m + r - 1; unused entries zero.
 struct WinogradMatrices {
@@ -63,13 +72,27 @@ constexpr WinogradMatrices make_winograd_matrices(int m, int r) {
   return t;
 }
 
-inline constexpr WinogradMatrices kWinogradMatrices[][2] = {
-    {make_winograd_matrices(2, 3), make_winograd_matrices(2, 5)},
-    {make_winograd_matrices(3, 3), make_winograd_matrices(3, 5)},
-    {make_winograd_matrices(4, 3), make_winograd_matrices(4, 5)}};
+struct WinogradMatricesTable {
+  WinogradMatrices f[kWinogradMaxTile - kWinogradMinTile + 1][kWinogradMaxTaps - kWinogradMinTaps + 1];
+};
 
+constexpr WinogradMatricesTable make_winograd_matrices_table() {
+  WinogradMatricesTable t;
+  for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
+    for (int r = kWinogradMinTaps; r <= kWinogradMaxTaps; ++r) {
+      if (winograd_size(m, r)) {
+        t.f[m - kWinogradMinTile][r - kWinogradMinTaps] = make_winograd_matrices(m, r);
+      }
+    }
+  }
+  return t;
+}
+
+inline constexpr WinogradMatricesTable kWinogradMatrices = make_winograd_matrices_table();
+
+// F(m x m, r x r)'s matrices; winograd_size(m, r) must hold.
 constexpr const WinogradMatrices& winograd_matrices(int m, int r) {
-  return kWinogradMatrices[m - kWinogradMinTile][r == 3 ? 0 : 1];
+  return kWinogradMatrices.f[m - kWinogradMinTile][r - kWinogradMinTaps];
 }
 
 }  // namespace cpu

@@ -67,6 +67,7 @@ constexpr TransformMatrix make_transform_matrix(const double (*c)[kWinogradMaxAl
 
 template <int M, int R>
 struct WinogradTransformMatrices {
+  static_assert(winograd_size(M, R), "no such Winograd size");
   static constexpr const WinogradMatrices& f = winograd_matrices(M, R);
   static constexpr TransformMatrix input = make_transform_matrix(f.BT, f.alpha, f.alpha);
   static constexpr TransformMatrix output = make_transform_matrix(f.AT, M, f.alpha);
@@ -163,24 +164,45 @@ void transform_fixed(const float* in, int64_t in_stride, float* out, int64_t out
   transform_pass<Vec, LANES, T>(ROWS, half, LANES, INNER * LANES, out, out_stride, ROWS * out_stride);
 }
 
-// The input (BT d B, alpha x alpha) or the output (AT M A, m x m) transform of F(m x m, r x r).
+// The input (BT d B, alpha x alpha) or the output (AT M A, m x m) transform of F(m x m, r x r). BT
+// depends on alpha = m + r - 1 only and AT on m and alpha, so sizes that share them share a transform.
 template <typename Vec, int LANES, bool OUTPUT>
 void winograd_transform_lanes(int m, int r, const float* in, int64_t in_stride, float* out, int64_t out_stride) {
-  switch (m * 16 + r) {
-#define NIN_EXT_TRANSFORM_SIZE(M, R)                                                                              \
-  case M * 16 + R:                                                                                               \
-    return transform_fixed<Vec, LANES,                                                                           \
-                           OUTPUT ? WinogradTransformMatrices<M, R>::output : WinogradTransformMatrices<M, R>::input>( \
-        in, in_stride, out, out_stride);
-    NIN_EXT_TRANSFORM_SIZE(2, 3)
-    NIN_EXT_TRANSFORM_SIZE(2, 5)
-    NIN_EXT_TRANSFORM_SIZE(3, 3)
-    NIN_EXT_TRANSFORM_SIZE(3, 5)
-    NIN_EXT_TRANSFORM_SIZE(4, 3)
-    NIN_EXT_TRANSFORM_SIZE(4, 5)
-#undef NIN_EXT_TRANSFORM_SIZE
+  const int alpha = m + r - 1;
+  if (!OUTPUT) {
+    switch (alpha) {
+#define NIN_EXT_INPUT_TRANSFORM(ALPHA)                                                                   \
+  case ALPHA:                                                                                          \
+    return transform_fixed<Vec, LANES, WinogradTransformMatrices<2, ALPHA - 1>::input>(in, in_stride, out, \
+                                                                                         out_stride);
+      NIN_EXT_INPUT_TRANSFORM(4)
+      NIN_EXT_INPUT_TRANSFORM(5)
+      NIN_EXT_INPUT_TRANSFORM(6)
+      NIN_EXT_INPUT_TRANSFORM(7)
+      NIN_EXT_INPUT_TRANSFORM(8)
+#undef NIN_EXT_INPUT_TRANSFORM
+    }
+  } else {
+    switch (m * 16 + alpha) {
+#define NIN_EXT_OUTPUT_TRANSFORM(M, ALPHA)                                                                   \
+  case M * 16 + ALPHA:                                                                                     \
+    return transform_fixed<Vec, LANES, WinogradTransformMatrices<M, ALPHA - M + 1>::output>(in, in_stride, out, \
+                                                                                              out_stride);
+      NIN_EXT_OUTPUT_TRANSFORM(2, 4)
+      NIN_EXT_OUTPUT_TRANSFORM(2, 5)
+      NIN_EXT_OUTPUT_TRANSFORM(2, 6)
+      NIN_EXT_OUTPUT_TRANSFORM(2, 7)
+      NIN_EXT_OUTPUT_TRANSFORM(2, 8)
+      NIN_EXT_OUTPUT_TRANSFORM(3, 5)
+      NIN_EXT_OUTPUT_TRANSFORM(3, 6)
+      NIN_EXT_OUTPUT_TRANSFORM(3, 7)
+      NIN_EXT_OUTPUT_TRANSFORM(3, 8)
+      NIN_EXT_OUTPUT_TRANSFORM(4, 6)
+      NIN_EXT_OUTPUT_TRANSFORM(4, 8)
+#undef NIN_EXT_OUTPUT_TRANSFORM
+    }
   }
-  std::abort();  // unreachable: kWinogradMatrices has no other size
+  std::abort();  // unreachable: no other size passes winograd_size
 }
 
 // The input patches of `length` consecutive m x m blocks, the first at block column bx, side by side:
