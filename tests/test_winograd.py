@@ -50,6 +50,10 @@ OTHER_KERNEL_CASES = [
 ]
 
 
+def _case_id(c):
+    return "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c)
+
+
 def _block_args(c, dtype=torch.float32):
     x = torch.rand(c["n"], c["c0"], c["h"], c["w"], dtype=dtype)
     if c["layout"] == "channels_last":
@@ -71,7 +75,7 @@ def _check(y, args, what):
     assert_close_ref(y, ref64_fn(ref_block_fn, *args), kind="fwd_winograd", what=what)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_nin_block(cpu_backend, winograd_mode, case):
     args = _block_args(case)
     if winograd_mode > 0:
@@ -79,8 +83,7 @@ def test_nin_block(cpu_backend, winograd_mode, case):
     _check(nin_ext.ops.nin_block(*args), args, f"nin_block, Winograd mode {winograd_mode}")
 
 
-@pytest.mark.parametrize("case", OTHER_KERNEL_CASES,
-                         ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
+@pytest.mark.parametrize("case", OTHER_KERNEL_CASES, ids=_case_id)
 def test_nin_block_other_kernel_sizes(cpu_backend, winograd_mode, case):
     args = _block_args(case)
     m = _tile_size(args)
@@ -110,7 +113,7 @@ def test_kernel_sizes_without_a_winograd_path():
         _C.set_winograd_mode(previous)
 
 
-@pytest.mark.parametrize("case", CASES[::3], ids=lambda c: "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c))
+@pytest.mark.parametrize("case", CASES[::3], ids=_case_id)
 def test_nin_block_gap(cpu_backend, winograd_mode, case):
     """A block on the Winograd path with the global average pool: the block's output, then the pool."""
     args = _block_args(case)
