@@ -81,9 +81,8 @@ def path_of(c_in, c_out, k, s, p, hw, batch):
         return f"winograd F({m}x{m}, {r}x{r})" + (" polyphase" if s > 1 else "")
     if _C.shifted_conv(*shapes):
         return "shifted" + (" polyphase" if s > 1 else "") + f", {_C.shifted_bands(*shapes)} band(s)"
-    images = _C.direct_images_per_tile(*shapes)
     conv = ", broadcast" if _C.direct_conv_by_broadcast(*shapes) else ""
-    return "direct" + conv + (f", {images} images a tile" if images > 1 else "")
+    return "direct" + conv + f", tiles of {_C.direct_tile_pixels(*shapes)} pixels"
 
 
 def main():

@@ -122,16 +122,16 @@ static PyObject* shifted_bands(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(nin_ext::cpu::shifted_tiling(form, sizeof(float), nr).bands);
 }
 
-// direct_images_per_tile(same arguments): the whole images per tile of a float32 nin_block of these
-// shapes on the direct path (1: tiles of one image's pixels), for the tests.
-static PyObject* direct_images_per_tile(PyObject*, PyObject* args) {
+// direct_tile_pixels(same arguments): the most pixels a tile holds on the direct path for a float32
+// nin_block of these shapes (tiles cross images where an image ends inside one), for the tests.
+static PyObject* direct_tile_pixels(PyObject*, PyObject* args) {
   nin_ext::NinBlockGeometry g{};
   int64_t weight_in = 0;
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
   const int64_t nr = nin_ext::cpu::float_microkernel().nr;
-  return PyLong_FromLongLong(nin_ext::cpu::direct_tiling(g, sizeof(float), nr).images_per_tile);
+  return PyLong_FromLongLong(nin_ext::cpu::direct_tiling(g, sizeof(float), nr).tile_pixels());
 }
 
 // direct_conv_by_broadcast(same arguments): whether a float32 nin_block of these shapes on the direct
@@ -184,8 +184,8 @@ extern "C" PyObject* PyInit__C(void) {
        "The bands of rows per image a float32 nin_block of these shapes on the shifted path runs by."},
       {"direct_conv_by_broadcast", direct_conv_by_broadcast, METH_VARARGS,
        "Whether a float32 nin_block of these shapes on the direct path runs its conv by the broadcast kernel."},
-      {"direct_images_per_tile", direct_images_per_tile, METH_VARARGS,
-       "The whole images per tile of a float32 nin_block of these shapes on the CPU's direct path."},
+      {"direct_tile_pixels", direct_tile_pixels, METH_VARARGS,
+       "The most pixels a tile holds on the CPU's direct path for a float32 nin_block of these shapes."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {"set_broadcast_conv", set_broadcast_conv, METH_O,

@@ -1,7 +1,8 @@
-"""The CPU backend's direct path on small maps (csrc/cpu/nin_block_tiles_cpu.h, direct_tiling): a tile
-holds several whole images one after another, so that a map of a few pixels does not leave most of a
-panel's lanes empty. A tile's pixels then cross images in the gather, the writes and the global
-average pool's sums; each case is checked against the float64 reference, in float32 and float64."""
+"""The CPU backend's direct path across images (csrc/cpu/nin_block_tiles_cpu.h, direct_tiling): the
+batch's pixels are cut into tiles in image-major order, so a tile crosses images where an image ends
+inside it, and only the batch's last panel leaves lanes empty. A tile's pixels then cross images in
+the gather, the writes and the global average pool's sums; each case is checked against the float64
+reference, in float32 and float64."""
 import pytest
 import torch
 
@@ -28,19 +29,21 @@ _ids = block_case_id
 _args = block_case_args
 
 
-def _images_per_tile(args):
+def _tile_pixels_and_map(args):
     x, w, _, w1, _, w2, _, stride, padding = args
     shapes = (tuple(x.shape), tuple(w.shape), w1.shape[0], w2.shape[0], stride, padding)
     assert _C.winograd_tile_size(*shapes) == 0 and not _C.shifted_conv(*shapes), "not the direct path"
-    return _C.direct_images_per_tile(*shapes)
+    out = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], w.shape[2:], stride, padding)]
+    return _C.direct_tile_pixels(*shapes), out[0] * out[1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_tiles_of_whole_images(cpu_backend, case, dtype):
+def test_tiles_across_images(cpu_backend, case, dtype):
     torch.manual_seed(0)
     args = _args(case, dtype)
-    assert _images_per_tile(args) > 1, "the case runs by tiles of one image"
+    tile_pixels, map_pixels = _tile_pixels_and_map(args)
+    assert tile_pixels > map_pixels, "a tile holds one image's pixels at most"
     assert_block_ops_match_float64(args)
 
 
@@ -49,7 +52,10 @@ def test_same_bits_for_any_thread_count(cpu_backend):
     assert_same_bits_for_any_thread_count(_args(CASES[0], torch.float32))
 
 
-def test_single_image_and_large_maps_keep_tiles_of_one_image():
-    """A batch below 9 images, and maps of a tile or more (the seed's block 1), keep one image per tile."""
-    assert _C.direct_images_per_tile((8, 32, 16, 16), (64, 32, 5, 5), 64, 64, (4, 4), (2, 2)) == 1
-    assert _C.direct_images_per_tile((32, 1, 224, 224), (96, 1, 11, 11), 96, 96, (4, 4), (0, 0)) == 1
+def test_tiles_are_whole_panels_of_about_equal_size():
+    """Tiles of about the capacity, with no lanes left empty but the batch's last: a 7x7 map at batch 13
+    (637 pixels) took two tiles of 32 lanes per image before (832 lanes), and the seed's block 1 (2916
+    pixels an image) keeps tiles of about 640 pixels."""
+    tile = _C.direct_tile_pixels((13, 192, 28, 28), (192, 192, 5, 5), 192, 192, (4, 4), (2, 2))
+    assert -(-13 * 49 // tile) * tile < 13 * 64
+    assert 512 <= _C.direct_tile_pixels((32, 1, 224, 224), (96, 1, 11, 11), 96, 96, (4, 4), (0, 0)) <= 768

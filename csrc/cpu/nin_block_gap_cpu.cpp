@@ -61,9 +61,13 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
       });
     } else {
       const DirectTiling tiling = direct_tiling(g, sizeof(scalar_t), packed.kernel.nr);
-      parts = tiling.tiles_per_image;
+      const int64_t P = g.pixels(), nr = packed.kernel.nr;
+      // An image's part of a tile: the tile's index less that of the image's first tile.
+      auto first_tile = [&](int64_t n) { return tiling.panels.tile_of(n * P / nr); };
+      for (int64_t n = 0; n < g.N; ++n) {
+        parts = std::max(parts, tiling.panels.tile_of(((n + 1) * P - 1) / nr) - first_tile(n) + 1);
+      }
       part_sums.assign(g.N * parts * g.C2, acc_t(0));
-      const int64_t P = g.pixels();
       for_each_nin_block_tile<scalar_t>(
           x, g, packed, tiling,
           [&](NinBlockTileWorker<scalar_t>& worker, int64_t tile, int64_t n, int64_t p0, int64_t pt) {
@@ -71,8 +75,8 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
             worker.for_each_row(2, [&](int64_t c, int64_t j0, const scalar_t* values, int64_t count) {
               // A panel's values by image: tile pixel j is pixel (p0 + j) % P of image n + (p0 + j) / P.
               for (int64_t j = 0; j < count;) {
-                const int64_t q = p0 + j0 + j, run = std::min(count - j, P - q % P);
-                acc_t& sum = part_sums[((n + q / P) * parts + tile % parts) * g.C2 + c];
+                const int64_t q = p0 + j0 + j, run = std::min(count - j, P - q % P), image = n + q / P;
+                acc_t& sum = part_sums[(image * parts + tile - first_tile(image)) * g.C2 + c];
                 for (int64_t i = j; i < j + run; ++i) {
                   sum += static_cast<acc_t>(values[i]);
                 }

@@ -87,7 +87,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr;
   const int64_t blocks_per_image = ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m), blocks = g.N * blocks_per_image;
-  const WinogradTiles tiles = winograd_tiles(blocks, nr);
+  const TileSplit tiles = winograd_tiles(blocks, nr);
   const int64_t ranges = std::min<int64_t>(tiles.count, at::get_num_threads());
   auto range_of_tile = [&](int64_t tile) { return tile * ranges / tiles.count; };  // ranges of near-equal size
   auto first_tile = [&](int64_t range) { return (range * tiles.count + ranges - 1) / ranges; };
@@ -114,7 +114,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
     std::vector<at::Tensor> free_buffers;
     for (int64_t range = begin; range < end; ++range) {
       for (int64_t tile = first_tile(range); tile < first_tile(range + 1); ++tile) {
-        const int64_t b0 = tiles.first_block(tile), tb = tiles.blocks_in(tile);
+        const int64_t b0 = tiles.first(tile), tb = tiles.size(tile);
         worker.compute_winograd(b0, tb);
         for (int64_t n = b0 / blocks_per_image; n <= (b0 + tb - 1) / blocks_per_image; ++n) {
           if (shared_index[n] >= 0) {

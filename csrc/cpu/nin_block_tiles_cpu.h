@@ -1,6 +1,6 @@
 // The fused NiN block on the CPU, one tile of output pixels at a time.
 //
-// A tile is a few panels of NR consecutive output pixels of one image. Per tile, the im2col gather
+// A tile is a few panels of NR consecutive output pixels of the batch (direct_tiling). Per tile, the im2col gather
 // writes the input patch straight into the packed panel layout ([panel][k][NR]); each layer then
 // runs the register-blocked micro-kernel (microkernel.h) over (MR channels x NR pixels) blocks and
 // writes its output in the same panel layout, which is what the next layer reads. A float conv of
@@ -224,8 +224,7 @@ inline int64_t nin_block_tile_capacity(const NinBlockGeometry& g, int64_t elemen
 }
 
 // Pixels per tile of one image: whole panels of nr pixels, up to the capacity; an image splits into
-// tiles of about equal size. Depends on the shapes and the micro-kernel only, so results do not
-// depend on the thread count.
+// tiles of about equal size (the pooled blocks' bands of rows, nin_block_max_pool_cpu.cpp).
 inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
   const int64_t cap = nin_block_tile_capacity(g, element_size, nr);
   const int64_t tiles_per_image = (g.pixels() + cap - 1) / cap;
@@ -233,31 +232,43 @@ inline int64_t nin_block_tile_pixels(const NinBlockGeometry& g, int64_t element_
   return (pixels + nr - 1) / nr * nr;
 }
 
-// How the direct path tiles a batch: tiles of one image's pixels (nin_block_tile_pixels), or, where
-// two images or more fit, tiles of whole images one after another, so that small maps do not leave
-// most of a panel's lanes empty. A tile of images may take half again the lanes of the capacity or
-// of a one-image tile (a 6x6 map filled 36 of its 64 lanes; two per tile, 72 of 96, ran 1.26x as
-// fast, past the cache target as they are; four or eight per tile no faster), and the batch gives
-// at least 8 tiles.
-struct DirectTiling {
-  int64_t tile_pixels;      // the lanes of a tile, whole panels
-  int64_t images_per_tile;  // 1: tiles of one image's pixels
-  int64_t tiles_per_image;  // 1 when a tile holds whole images
+// A split of `units` consecutive work units (pixel panels, Winograd blocks) into `count` tiles of
+// consecutive units: tile t holds units [t units / count, (t + 1) units / count), so that tile sizes
+// differ by one unit at most.
+struct TileSplit {
+  int64_t units, count;
 
-  int64_t tiles(int64_t images) const {
-    return images_per_tile > 1 ? (images + images_per_tile - 1) / images_per_tile : images * tiles_per_image;
+  int64_t first(int64_t tile) const { return tile * units / count; }
+  int64_t size(int64_t tile) const { return first(tile + 1) - first(tile); }
+  int64_t tile_of(int64_t unit) const { return ((unit + 1) * count - 1) / units; }
+  int64_t largest() const { return count > 0 ? (units + count - 1) / count : 0; }
+};
+
+// How the direct path tiles a batch: its pixels in image-major order (image, output row, column), cut
+// into panels of nr, and the panels split into tiles (TileSplit) of about the capacity, an even count
+// of them. A tile crosses images where an image ends inside it, so only the batch's last panel has
+// empty lanes. Tiles of one image's pixels, each rounded up to whole panels, left lanes empty in every
+// tile of small maps: a 7x7 map took two tiles of 32 lanes (49 of 64 used), and tiles of 47 pixels on
+// 28x28 maps took 64 lanes. Depends on the shapes and the micro-kernel only, so the result (the global
+// average pool's sums per tile) does not depend on the thread count.
+struct DirectTiling {
+  int64_t nr, pixels;  // the panel width; the batch's pixels
+  TileSplit panels;
+
+  int64_t tiles() const { return panels.count; }
+  int64_t tile_pixels() const { return panels.largest() * nr; }  // the most lanes a tile holds
+  int64_t first_pixel(int64_t tile) const { return panels.first(tile) * nr; }
+  int64_t pixels_in(int64_t tile) const {
+    return std::min(panels.first(tile + 1) * nr, pixels) - first_pixel(tile);
   }
 };
 
 inline DirectTiling direct_tiling(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
-  const int64_t P = std::max<int64_t>(1, g.pixels()), one_image_lanes = (P + nr - 1) / nr * nr;
-  const int64_t lanes = std::max(nin_block_tile_capacity(g, element_size, nr), one_image_lanes) * 3 / 2;
-  const int64_t images = std::min((g.N + 7) / 8, lanes / P);
-  if (images >= 2) {
-    return {(images * P + nr - 1) / nr * nr, images, 1};
-  }
-  const int64_t pixels = nin_block_tile_pixels(g, element_size, nr);
-  return {pixels, 1, (g.pixels() + pixels - 1) / pixels};
+  const int64_t pixels = g.N * g.pixels(), panels = (pixels + nr - 1) / nr;
+  // The capacity in panels, rounded up.
+  const int64_t capacity = (nin_block_tile_capacity(g, element_size, nr) + nr - 1) / nr;
+  const int64_t tiles = (panels + capacity - 1) / capacity;
+  return {nr, pixels, {panels, std::min(panels, tiles > 1 ? (tiles + 1) / 2 * 2 : tiles)}};
 }
 
 // The multiply-adds of running the block over the batch by pixel tiles or by Winograd tiles of
@@ -266,8 +277,8 @@ inline DirectTiling direct_tiling(const NinBlockGeometry& g, int64_t element_siz
 // cores (the machines we tune on) an odd count idles one for a tile's time. Shapes only, so the
 // choice, and with it the result's bits, does not depend on the thread count.
 inline double direct_work(const NinBlockGeometry& g, const DirectTiling& tiling) {
-  const int64_t tiles = tiling.tiles(g.N);
-  return double((tiles + 1) / 2 * 2) * tiling.tile_pixels * (g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
+  const int64_t tiles = tiling.tiles();
+  return double((tiles + 1) / 2 * 2) * tiling.tile_pixels() * (g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
 }
 
 inline double winograd_work(const NinBlockGeometry& g, int m, int64_t nr) {
@@ -347,8 +358,8 @@ class NinBlockTileWorker {
   }
 
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
-  // buffers (for_each_row reads them out); pixels past the image's last are the next images' (a tile
-  // of small maps holds several whole images).
+  // buffers (for_each_row reads them out); pixels past the image's last are the next images' (tiles
+  // cross images, direct_tiling).
   void compute(int64_t n, int64_t p0, int64_t pt) {
     pt_ = pt;
     panels_ = (pt + nr_ - 1) / nr_;
@@ -585,7 +596,7 @@ class NinBlockTileWorker {
 
   // im2col of the tile into panels: patch[panel][(ci * KH + ky) * KW + kx][j] = x[n, ci, ih, iw], zero
   // outside the image and past the tile's last pixel. Works for any strides of x. Per input channel
-  // and image of the tile (a tile of small maps holds several whole images), the input rows the tile
+  // and image of the tile (tiles cross images), the input rows the tile
   // reads are first copied into a zero-padded band (band column c is input column c - PW), split
   // into SW phases by column (phase c % SW, column c / SW); every patch element is then one read from
   // the band at an offset that depends on the pixel (a table built once per tile) plus one that
@@ -677,8 +688,8 @@ class NinBlockTileWorker {
     }
   }
 
-  // gather_images_ for tile pixels [0, pt), from pixel p0 of image n on (a tile of small maps holds
-  // several whole images), without their runs; returns the most band rows among them.
+  // gather_images_ for tile pixels [0, pt), from pixel p0 of image n on (tiles cross images), without
+  // their runs; returns the most band rows among them.
   int64_t plan_tile_images(int64_t n, int64_t p0, int64_t pt) {
     const NinBlockGeometry& g = g_;
     const int64_t P = g.pixels();
@@ -844,43 +855,29 @@ class NinBlockTileWorker {
 };
 
 // Runs `tile_fn(worker, tile, n, p0, pt)` for every tile of the batch (pixels [p0, p0 + pt) from
-// image n on, direct_tiling), in parallel over tiles; each thread builds its workspace once and
-// reuses it for all its tiles.
+// image n on, continuing into the next images past an image's last pixel; direct_tiling), in parallel
+// over tiles; each thread builds its workspace once and reuses it for all its tiles.
 template <typename scalar_t, typename TileFn>
 void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                              const DirectTiling& tiling, const TileFn& tile_fn) {
-  at::parallel_for(0, tiling.tiles(g.N), 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, tiling.tile_pixels);
+  const int64_t P = g.pixels();
+  at::parallel_for(0, tiling.tiles(), 1, [&](int64_t begin, int64_t end) {
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, tiling.tile_pixels());
     for (int64_t tile = begin; tile < end; ++tile) {
-      if (tiling.images_per_tile > 1) {
-        const int64_t n = tile * tiling.images_per_tile;
-        tile_fn(worker, tile, n, int64_t{0}, std::min(tiling.images_per_tile, g.N - n) * g.pixels());
-        continue;
-      }
-      const int64_t n = tile / tiling.tiles_per_image;
-      const int64_t p0 = (tile % tiling.tiles_per_image) * tiling.tile_pixels;
-      tile_fn(worker, tile, n, p0, std::min(tiling.tile_pixels, g.pixels() - p0));
+      const int64_t q = tiling.first_pixel(tile);
+      tile_fn(worker, tile, q / P, q % P, tiling.pixels_in(tile));
     }
   });
 }
 
-// The batch's m x m blocks in Winograd tiles of at most NR consecutive blocks: as many tiles as the
-// least multiple of the thread count that can hold them, tile t blocks [t B / T, (t + 1) B / T), so
-// that tile sizes differ by one block at most. A tile's products cost the same whatever its count of
+// The batch's m x m blocks in Winograd tiles (TileSplit) of at most NR consecutive blocks: as many
+// tiles as the least multiple of the thread count that can hold them. A tile's products cost the same whatever its count of
 // blocks, but its transforms and 1x1 layers shrink with it: the seed's block 2 at batch 16 is 26
 // tiles of 30 or 31 blocks (the threads' halves 392 blocks each; 25 full tiles would leave one thread
 // idle for a tile's time, and 25 of 31 and one of 9 gave them 403 and 381), at batch 32 50 tiles of
 // 31 or 32 (49 of 32 before: 25 and 24). Each block is computed the same way in any tile, so the
 // result does not change.
-struct WinogradTiles {
-  int64_t blocks, count;
-
-  int64_t first_block(int64_t tile) const { return tile * blocks / count; }
-  int64_t blocks_in(int64_t tile) const { return first_block(tile + 1) - first_block(tile); }
-  int64_t tile_of(int64_t block) const { return ((block + 1) * count - 1) / blocks; }
-};
-
-inline WinogradTiles winograd_tiles(int64_t blocks, int64_t nr) {
+inline TileSplit winograd_tiles(int64_t blocks, int64_t nr) {
   const int64_t threads = at::get_num_threads(), full_tiles = (blocks + nr - 1) / nr;
   const int64_t tiles =
       full_tiles < threads ? std::min(threads, blocks) : (full_tiles + threads - 1) / threads * threads;
@@ -894,11 +891,11 @@ void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, cons
                             const PackedWinogradConv& winograd, InputPhases phases, const TileFn& tile_fn) {
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
-  const WinogradTiles tiles = winograd_tiles(blocks, nr);
+  const TileSplit tiles = winograd_tiles(blocks, nr);
   at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases);
     for (int64_t tile = begin; tile < end; ++tile) {
-      tile_fn(worker, tiles.first_block(tile), tiles.blocks_in(tile));
+      tile_fn(worker, tiles.first(tile), tiles.size(tile));
     }
   });
 }
