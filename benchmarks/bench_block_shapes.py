@@ -1,8 +1,8 @@
 """nin_ext.ops.nin_block against ATen (the reference block) across the NiN family, not only the seed:
 the seed's four blocks, the CIFAR-10 NiN of Lin et al. (2013), and blocks with large kernels, strides,
 few output channels, small batches and small maps, which take the CPU backend's other paths (the
-shifted products, a strided block's polyphase form, bands of rows for one large image, direct tiles of
-several small images, the direct path's conv by the pixel-broadcast kernel or its gather by lanes). One batch per
+shifted products, a strided block's polyphase form, bands of rows for one large image, direct tiles across
+small images, the direct path's conv by the pixel-broadcast kernel or its gather by lanes). One batch per
 shape, chosen so that a call does about a GFLOP or less.
 
     python benchmarks/bench_block_shapes.py [--device cpu] [--repeat 10] [--shapes NAME,NAME]
