@@ -84,9 +84,9 @@ static nin_ext::cpu::NinBlockChoice float_block_choice(const nin_ext::NinBlockGe
 }
 
 // winograd_tile_size((N, C0, H, W), (CC, C0, KH, KW), C1, C2, (SH, SW), (PH, PW)): the output-block size
-// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU (a strided one in
-// its polyphase form), 0 for the other paths; tests and benchmarks use it to know which path they
-// check.
+// m of the Winograd path that a float32 nin_block of these shapes runs on the CPU (in its phase form
+// where it has one: a strided block's polyphase form, a large kernel's split form), 0 for the other
+// paths; tests and benchmarks use it to know which path they check.
 static PyObject* winograd_tile_size(PyObject*, PyObject* args) {
   nin_ext::NinBlockGeometry g{};
   int64_t weight_in = 0;
@@ -116,8 +116,8 @@ static PyObject* shifted_bands(PyObject*, PyObject* args) {
   if (!parse_nin_block_shapes(args, g, weight_in)) {
     return nullptr;
   }
-  const bool polyphase = float_block_choice(g, weight_in).polyphase;
-  const nin_ext::NinBlockGeometry form = polyphase ? nin_ext::cpu::polyphase_geometry(g) : g;
+  const bool phase_form = float_block_choice(g, weight_in).phase_form;
+  const nin_ext::NinBlockGeometry form = phase_form ? nin_ext::cpu::conv_phase_form(g).g : g;
   const int64_t nr = nin_ext::cpu::float_microkernel().nr;
   return PyLong_FromLongLong(nin_ext::cpu::shifted_tiling(form, sizeof(float), nr).bands);
 }

@@ -149,7 +149,7 @@ def test_bands_of_rows(cpu_backend, case, dtype):
     assert_close_ref(h1, torch.relu(torch.nn.functional.conv2d(h0.double(), x64[3], x64[4])), what="hidden1")
 
 
-# Strided blocks that run their polyphase form (polyphase_cpu.h: stride 1, no padding, over the input's
+# Strided blocks that run their polyphase form (conv_phase_forms_cpu.h: stride 1, no padding, over the input's
 # phases) by shifted products: long reductions into few channels, where the gather path's copies cost
 # more than the form's zero taps and dropped positions. Square and non-square strides, padding, maps
 # that end mid-phase, bands and whole images.

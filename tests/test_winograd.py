@@ -96,14 +96,15 @@ def test_nin_block_other_kernel_sizes(cpu_backend, winograd_mode, case):
 
 
 def test_kernel_sizes_without_a_winograd_path():
-    """2x2 kernels (and the polyphase forms that have them) and kernels past 7x7 stay off the path;
-    F(4x4, 4x4) is never used (its error); a 7x7 NiN block takes F(2x2, 7x7)."""
+    """2x2 kernels (and the polyphase forms that have them) stay off the path, and kernels past 7x7 take
+    it in their split form only (test_phase_forms.py); F(4x4, 4x4) is never used (its error); a 7x7 NiN
+    block takes F(2x2, 7x7)."""
     previous = _C.set_winograd_mode(-1)
     try:
         size = _C.winograd_tile_size
         assert size((4, 64, 28, 28), (128, 64, 2, 2), 128, 128, (1, 1), (0, 0)) == 0
         assert size((4, 64, 28, 28), (128, 64, 3, 3), 128, 128, (2, 2), (1, 1)) == 0  # 2x2 phases
-        assert size((1, 64, 64, 64), (128, 64, 9, 9), 128, 128, (1, 1), (4, 4)) == 0
+        assert size((1, 64, 64, 64), (128, 64, 9, 9), 128, 128, (1, 1), (4, 4)) == 4  # 2 x 2 pieces of 5x5
         assert size((16, 96, 28, 28), (192, 96, 7, 7), 192, 192, (1, 1), (3, 3)) == 2
         for mode in (2, 3, 4):
             _C.set_winograd_mode(mode)

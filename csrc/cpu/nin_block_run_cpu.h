@@ -1,4 +1,4 @@
-// prepare_nin_block_call: the form a block call runs in (as given, or its polyphase form) and its path;
+// prepare_nin_block_call: the form a block call runs in (as given, or a phase form) and its path;
 // run_nin_block: the fused block over a whole batch, by whichever of the CPU paths the shapes call for.
 #pragma once
 
@@ -18,8 +18,8 @@ namespace cpu {
 // pixel tiles with an im2col gather (the direct path).
 enum class NinBlockPath { winograd, shifted, direct };
 
-// A block call in the form it runs in: the call as given, or its polyphase form (polyphase_cpu.h),
-// which reads x's phases in place, and the path the form takes.
+// A block call in the form it runs in: the call as given, or its phase form (conv_phase_forms_cpu.h:
+// polyphase or split), which reads x's phase channels in place, and the path the form takes.
 template <typename scalar_t>
 struct NinBlockCall {
   at::Tensor x;
@@ -28,26 +28,26 @@ struct NinBlockCall {
   NinBlockPath path;
   int winograd_tile;  // the output-block size m of its Winograd tiles, 0 for the other paths
   std::shared_ptr<const NinBlockPacked<scalar_t>> weights;  // the weights' packing, from the cache
-  const NinBlockPacked<scalar_t>* packed;                    // the packing that runs: it or its polyphase form
+  const NinBlockPacked<scalar_t>* packed;                    // the packing that runs: it or its phase form's
 };
 
-// The output-block size m of the Winograd tiles that a strided block runs by in its polyphase form,
-// 0 when it does not: the form runs when its Winograd tiles do fewer multiply-adds than the direct
-// path.
-inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_weights, int64_t nr,
-                                        int64_t element_size) {
-  if (g.SH == 1 && g.SW == 1) {
+// The output-block size m of the Winograd tiles that a block runs by in its phase form (a strided
+// block's polyphase form, a large kernel's split form), 0 when it does not: the form runs when its
+// Winograd tiles do fewer multiply-adds than the direct path.
+inline int phase_form_winograd_tile_size(const NinBlockGeometry& g, bool float_weights, int64_t nr,
+                                         int64_t element_size) {
+  if (!has_phase_form(g)) {
     return 0;
   }
-  const NinBlockGeometry p = polyphase_geometry(g);
+  const NinBlockGeometry p = conv_phase_form(g).g;
   const bool winograd_weights = float_weights && winograd_conv_shape(p.CC, p.C0, p.KH, p.KW);
   const int m = winograd_tile_size(p, winograd_weights, nr, element_size);
   return m > 0 && winograd_work(p, m, nr) < direct_work(g, direct_tiling(g, element_size, nr)) ? m : 0;
 }
 
 // The path a call of these shapes takes, the output-block size m of its Winograd tiles (0 on the
-// other paths), and whether it runs in its polyphase form. In order: Winograd tiles (strided blocks
-// in their polyphase form), shifted products, a strided block's polyphase form by shifted products
+// other paths), and whether it runs in its phase form. In order: Winograd tiles (strided blocks in
+// their polyphase form, stride-1 kernels of more than 7 taps in their split form), shifted products, a strided block's polyphase form by shifted products
 // where that does less work than the gather (a long reduction into few channels, as 192 -> 10
 // channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather) and the direct path
 // would not run the conv by the broadcast kernel, else the direct path.
@@ -55,12 +55,12 @@ inline int polyphase_winograd_tile_size(const NinBlockGeometry& g, bool float_we
 struct NinBlockChoice {
   NinBlockPath path;
   int m;
-  bool polyphase;
+  bool phase_form;
 };
 
 inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool float_weights, bool winograd_weights,
                                             int64_t nr, int64_t element_size) {
-  if (const int m = polyphase_winograd_tile_size(g, float_weights, nr, element_size)) {
+  if (const int m = phase_form_winograd_tile_size(g, float_weights, nr, element_size)) {
     return {NinBlockPath::winograd, m, true};
   }
   if (const int m = winograd_tile_size(g, winograd_weights, nr, element_size)) {
@@ -73,7 +73,7 @@ inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool floa
   // zero taps and short rows cost more than the work model counts (48 -> 10 channels by 11x11 at
   // stride 4: 13.2 ms by the form, 10.4 by the kernel; 96 -> 10 by 5x5 at stride 2: 9.5 and 7.9).
   if ((g.SH != 1 || g.SW != 1) && !direct_conv_by_broadcast(g, element_size) &&
-      shifted_path_work(polyphase_geometry(g), nr) < gather_path_work(g, nr, element_size)) {
+      shifted_path_work(conv_phase_form(g).g, nr) < gather_path_work(g, nr, element_size)) {
     return {NinBlockPath::shifted, 0, true};
   }
   return {NinBlockPath::direct, 0, false};
@@ -93,10 +93,11 @@ NinBlockCall<scalar_t> prepare_nin_block_call(const at::Tensor& x, const NinBloc
                                                       sizeof(scalar_t));
   call.path = choice.path;
   call.winograd_tile = choice.m;
-  if (choice.polyphase) {
-    call.g = polyphase_geometry(g);
-    call.phases = InputPhases::of(g);
-    call.packed = &call.weights->polyphase(g.SH, g.SW, w, b, w1, b1, w2, b2);
+  if (choice.phase_form) {
+    const ConvPhaseForm form = conv_phase_form(g);
+    call.g = form.g;
+    call.phases = form.phases;
+    call.packed = &call.weights->phase_form(form, w, b, w1, b1, w2, b2);
   }
   return call;
 }

@@ -13,7 +13,7 @@
 // are computed and dropped (shifted_skips_overhang). The path pays where the gather costs more than
 // the input copy, a long reduction (C0 KH KW) into few channels (CC), as in the seed's block 4 (384 ->
 // 10 channels on 5x5 maps: no gathering of 3456 floats per pixel for 10 outputs). A strided conv runs
-// this way in its polyphase form (polyphase_cpu.h), its copy reading x's phases: stride 1, no padding.
+// this way in its polyphase form (conv_phase_forms_cpu.h), its copy reading x's phases: stride 1, no padding.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "cpu/nin_block_tiles_cpu.h"
-#include "cpu/polyphase_cpu.h"
+#include "cpu/conv_phase_forms_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
 
 namespace nin_ext {
@@ -194,15 +194,14 @@ class ShiftedTileWorker {
     for (int64_t ci = 0; ci < g.C0; ++ci) {
       scalar_t* row = rows_.data() + ci * row_stride_;
       std::fill(row, row + fill, scalar_t(0));  // what the tile reads
-      // The channel's phase (a, b) of x's channel ci / (SH SW) (polyphase_cpu.h): its row ih and
-      // column iw are x's row SH ih + a - PH and column SW iw + b - PW, columns [iw0, iw1) inside x.
-      const int64_t a = ci / ph.SW % ph.SH, b = ci % ph.SW, last = x_cols - 1 - b + ph.PW;
-      const int64_t iw0 = std::min(g.W, (ph.PW - b + ph.SW - 1) / ph.SW);
-      const int64_t iw1 = last < 0 ? iw0 : std::max(iw0, std::min(g.W, last / ph.SW + 1));
-      const scalar_t* plane = xd + ci / (ph.SH * ph.SW) * sc + (ph.SW * iw0 + b - ph.PW) * sw;
+      // The channel's phase of x's channel (conv_phase_forms_cpu.h): its row ih and column iw are x's
+      // row SH ih + row_offset and column SW iw + column_offset, columns [iw0, iw1) inside x.
+      const int64_t row_offset = ph.row_offset(ci);
+      const int64_t iw0 = ph.first_column_inside(ci, g.W), iw1 = ph.end_column_inside(ci, g.W, x_cols);
+      const scalar_t* plane = xd + ph.x_channel(ci) * sc + (ph.SW * iw0 + ph.column_offset(ci)) * sw;
       for (int64_t n = t.n0; n < t.n1; ++n) {
         for (int64_t ih = ih0; ih < ih1; ++ih) {
-          const int64_t xh = ph.SH * ih + a - ph.PH;
+          const int64_t xh = ph.SH * ih + row_offset;
           if (xh < 0 || xh >= x_rows) {
             continue;
           }

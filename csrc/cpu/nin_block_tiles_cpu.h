@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -26,7 +27,7 @@
 #include "cpu/broadcast_conv_cpu.h"
 #include "cpu/copy_runs.h"
 #include "cpu/microkernel.h"
-#include "cpu/polyphase_cpu.h"
+#include "cpu/conv_phase_forms_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
 #include "cpu/winograd_cpu.h"
 #include "nin_block_checks.h"
@@ -188,15 +189,17 @@ struct NinBlockPacked {
     return *broadcast_;
   }
 
-  // The packing of the block's polyphase form for stride (sh, sw) (polyphase_cpu.h), built on first
-  // use from the tensors that this packing was made of (the caller's: the cache found them unchanged).
-  const NinBlockPacked& polyphase(int64_t sh, int64_t sw, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                                  const c10::optional<at::Tensor>& b2) const {
-    std::lock_guard<std::mutex> lock(polyphase_mutex_);
-    std::unique_ptr<const NinBlockPacked>& slot = polyphase_[{sh, sw}];
+  // The packing of the block's conv in a phase form (conv_phase_forms_cpu.h), built on first use from
+  // the tensors that this packing was made of (the caller's: the cache found them unchanged).
+  const NinBlockPacked& phase_form(const ConvPhaseForm& form, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                                   const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                   const c10::optional<at::Tensor>& b2) const {
+    const InputPhases& ph = form.phases;
+    std::lock_guard<std::mutex> lock(phase_forms_mutex_);
+    std::unique_ptr<const NinBlockPacked>& slot = phase_forms_[{ph.SH, ph.SW, ph.AH, ph.AW, ph.DH, ph.DW}];
     if (slot == nullptr) {
-      slot = std::make_unique<const NinBlockPacked>(kernel, polyphase_weight(w, sh, sw), b, w1, b1, w2, b2);
+      slot = std::make_unique<const NinBlockPacked>(kernel, phase_form_weight(w, ph, form.g.KH, form.g.KW), b, w1, b1,
+                                                    w2, b2);
     }
     return *slot;
   }
@@ -208,8 +211,8 @@ struct NinBlockPacked {
   mutable std::unique_ptr<const PackedBroadcastConv> broadcast_;
   mutable std::mutex winograd_mutex_;
   mutable std::unique_ptr<const PackedWinogradConv> winograd_[kWinogradMaxTile - kWinogradMinTile + 1];
-  mutable std::mutex polyphase_mutex_;
-  mutable std::map<std::pair<int64_t, int64_t>, std::unique_ptr<const NinBlockPacked>> polyphase_;
+  mutable std::mutex phase_forms_mutex_;
+  mutable std::map<std::array<int64_t, 6>, std::unique_ptr<const NinBlockPacked>> phase_forms_;
 };
 
 // The most pixels a tile takes: its patch and activations take about 1 MiB (the L2 size of the
@@ -339,7 +342,7 @@ class NinBlockTileWorker {
  public:
   // A Winograd worker's (winograd != nullptr) tiles are up to NR blocks of m x m output pixels (up to
   // m^2 NR pixels); its patch holds the transformed input and `products_` the per-point products. It
-  // may read the conv's input as x's phases (polyphase_cpu.h; g is then the polyphase form's).
+  // may read the conv's input as x's phase channels (conv_phase_forms_cpu.h; g is then the form's).
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                      int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {})
       : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
@@ -426,7 +429,7 @@ class NinBlockTileWorker {
     // zero-padded band (band column c is input column c - PW), from which each patch element of every
     // block is a stride-m read with no bounds check (the kernel's winograd_gather). The band's padding
     // columns are zero from the worker's construction on and never written: only columns [PW, PW + W)
-    // are (a fill call per row for the padding cost block 3 1%). A polyphase form's input rows are read
+    // are (a fill call per row for the padding cost block 3 1%). A phase form's input rows are read
     // from x's phases in place.
     const int64_t band_width = winograd_band_width();
     float* band = winograd_band();
@@ -436,18 +439,17 @@ class NinBlockTileWorker {
     float* v = reinterpret_cast<float*>(patch_.data());
     const int64_t vs = winograd_channel_floats();
     for (int64_t ci = 0; ci < g.C0; ++ci) {
-      // The channel's phase (a, b) of x's channel ci / (SH SW): its column iw is x's column
-      // SW iw + b - PW, inside x for iw in [iw0, iw1) (all of [0, W) when the input is x itself).
-      const int64_t a = ci / ph.SW % ph.SH, b = ci % ph.SW, last = x_cols - 1 - b + ph.PW;
-      const int64_t iw0 = std::min(g.W, (ph.PW - b + ph.SW - 1) / ph.SW);
-      const int64_t iw1 = last < 0 ? iw0 : std::max(iw0, std::min(g.W, last / ph.SW + 1));
+      // The channel's phase of x's channel (conv_phase_forms_cpu.h): its column iw is x's column
+      // SW iw + column_offset, inside x for iw in [iw0, iw1) (all of [0, W) when the input is x itself).
+      const int64_t row_offset = ph.row_offset(ci), column_offset = ph.column_offset(ci);
+      const int64_t iw0 = ph.first_column_inside(ci, g.W), iw1 = ph.end_column_inside(ci, g.W, x_cols);
       const int64_t column_stride = ph.SW * sw;
       for (const BlockRun& run : block_runs_) {
-        const scalar_t* plane = xd + run.image_offset + ci / (ph.SH * ph.SW) * sc;
+        const scalar_t* plane = xd + run.image_offset + ph.x_channel(ci) * sc;
         band_rows_.clear();
         for (int i = 0; i < alpha; ++i) {
           float* row = band + i * band_width + g.PW;  // the input row's column 0
-          const int64_t ih = m * run.by - g.PH + i, xh = ph.SH * ih + a - ph.PH;  // its row in the input, in x
+          const int64_t ih = m * run.by - g.PH + i, xh = ph.SH * ih + row_offset;  // its row in the input, in x
           if (ih < 0 || ih >= g.H || xh < 0 || xh >= x_rows) {
             std::fill(row, row + g.W, 0.f);
             continue;
@@ -458,7 +460,7 @@ class NinBlockTileWorker {
           if (iw1 < g.W) {
             std::fill(row + iw1, row + g.W, 0.f);
           }
-          const int64_t src = xh * sh + (ph.SW * iw0 + b - ph.PW) * sw;  // in plane
+          const int64_t src = xh * sh + (ph.SW * iw0 + column_offset) * sw;  // in plane
           if (std::is_same_v<scalar_t, float> && column_stride == 1) {  // NCHW: one contiguous run per row
             band_rows_.push_back({src, iw1 - iw0, row + iw0 - band});
           } else {

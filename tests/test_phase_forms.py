@@ -1,9 +1,12 @@
-"""The CPU backend's polyphase form of strided blocks (csrc/cpu/polyphase_cpu.h): a stride-s conv run as a
-stride-1 conv over the input's s_h s_w phases, by Winograd tiles, when that does fewer multiply-adds than
-the direct path (an RGB NiN's block 1: 11x11, stride 4, 3 -> 48 channels of a 3x3 conv).
+"""The CPU backend's phase forms (csrc/cpu/conv_phase_forms_cpu.h), run by Winograd tiles when that does
+fewer multiply-adds than the direct path:
+- the polyphase form of strided blocks: a stride-s conv run as a stride-1 conv over the input's s_h s_w
+  phases (an RGB NiN's block 1: 11x11, stride 4, 3 -> 48 channels of a 3x3 conv);
+- the split form of stride-1 kernels of 8 to 11 taps: the kernel cut into 2 x 2 pieces of 4 to 6 taps,
+  a conv over 4 shifted copies of the input.
 
 Against float64 with the Winograd tolerance, in every Winograd mode; the cases are chosen so that each
-output-block size m runs in the polyphase form at least once (test_every_m_runs)."""
+output-block size m runs in a phase form at least once (test_every_m_runs)."""
 import pytest
 import torch
 
@@ -25,7 +28,14 @@ CASES = [
     # kernels of 6x6 and 4x4 taps over the phases (F(m x m, 6 x 6) and F(m x m, 4 x 4) exist for m = 2, 3)
     (2, 12, 31, 27, 64, 5, (11, 11), (2, 2), (5, 5), "contiguous"),
     (2, 9, 31, 30, 67, 9, (7, 7), (2, 2), (3, 3), "channels_last"),
+    # the split form: 11x11 as 2 x 2 pieces of 6x6, 10x10 and 9x9 of 5x5 (one piece's last row and
+    # column zero), 8x8 of 4x4; odd maps, padding of every size and unequal by side
+    (2, 16, 29, 27, 64, 7, (11, 11), (1, 1), (5, 5), "contiguous"),
+    (1, 12, 25, 26, 65, 4, (10, 10), (1, 1), (4, 4), "channels_last"),
+    (3, 9, 21, 19, 70, 5, (9, 9), (1, 1), (0, 2), "channels_last"),
+    (2, 8, 17, 23, 64, 9, (8, 8), (1, 1), (3, 4), "contiguous"),
 ]
+SPLIT_CASE = CASES[8]
 
 
 def _ids(case):
@@ -62,7 +72,7 @@ def _tile_size(case):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_nin_block(cpu_backend, winograd_mode, case):
     if winograd_mode == -1:
-        assert _tile_size(case) > 0, "the case does not take the polyphase form"
+        assert _tile_size(case) > 0, "the case does not take a phase form"
     args, s, p = _args(case)
     expected = ref64_fn(ref_block_fn, *args, s, p)
     assert_close_ref(nin_ext.ops.nin_block(*args, s, p), expected, kind="fwd_winograd", what="nin_block")
@@ -83,8 +93,9 @@ def test_every_m_runs():
     assert {2, 3, 4} <= seen, seen
 
 
-def test_training_forward_and_gradients(cpu_backend):
-    case = CASES[0]
+@pytest.mark.parametrize("case", [CASES[0], None], ids=["polyphase", "split"])
+def test_training_forward_and_gradients(cpu_backend, case):
+    case = case or SPLIT_CASE
     assert _tile_size(case) > 0
     args, s, p = _args(case, requires_grad=True)
     out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args, s, p)
@@ -100,14 +111,14 @@ def test_training_forward_and_gradients(cpu_backend):
 
 
 def test_weights_changed_in_place(cpu_backend):
-    """The polyphase packing belongs to the weights' cache entry: an in-place update repacks it."""
-    case = CASES[0]
-    args, s, p = _args(case)
-    with torch.no_grad():
-        nin_ext.ops.nin_block(*args, s, p)
-        args[1].mul_(-0.5)
-        assert_close_ref(nin_ext.ops.nin_block(*args, s, p), ref64_fn(ref_block_fn, *args, s, p),
-                         kind="fwd_winograd", what="after the in-place update")
+    """The phase forms' packings belong to the weights' cache entry: an in-place update repacks them."""
+    for case in (CASES[0], SPLIT_CASE):
+        args, s, p = _args(case)
+        with torch.no_grad():
+            nin_ext.ops.nin_block(*args, s, p)
+            args[1].mul_(-0.5)
+            assert_close_ref(nin_ext.ops.nin_block(*args, s, p), ref64_fn(ref_block_fn, *args, s, p),
+                             kind="fwd_winograd", what="after the in-place update")
 
 
 @pytest.mark.parametrize("channels, m", [(1, 0), (2, 3), (3, 3)])
