@@ -127,9 +127,9 @@ def test_rows_of_any_width(cpu_backend, width):
 # Maps that the shifted path splits into bands of output rows: an image larger than the tiles' 1 MiB
 # (the first two), or too few images to give the threads 8 tiles. Odd sizes, a short last band.
 BAND_CASES = [
-    dict(n=1, c0=200, cc=10, c1=10, c2=10, k=(3, 3), p=(1, 1), h=40, w=41, layout="contiguous"),
+    dict(n=1, c0=200, cc=9, c1=10, c2=10, k=(3, 3), p=(1, 1), h=40, w=41, layout="contiguous"),
     dict(n=2, c0=160, cc=13, c1=17, c2=10, k=(5, 3), p=(2, 0), h=37, w=35, layout="channels_last"),
-    dict(n=1, c0=64, cc=10, c1=10, c2=2, k=(3, 3), p=(0, 1), h=45, w=33, layout="sliced"),
+    dict(n=1, c0=64, cc=9, c1=10, c2=2, k=(3, 3), p=(0, 1), h=45, w=33, layout="sliced"),
     dict(n=3, c0=97, cc=3, c1=1, c2=10, k=(2, 3), p=(1, 2), h=29, w=30, layout="contiguous"),
 ]
 

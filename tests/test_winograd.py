@@ -1,6 +1,7 @@
 """The CPU backend's Winograd path F(m x m, r x r) of the block's spatial convolution (float32, stride 1,
-square kernels of 3 to 7 taps, at least 32 input and 64 output channels; m = 2, 3 or 4 where m + r - 1
-<= 8, chosen per call by the least work), against float64.
+square kernels of 3 to 7 taps, at least 32 input and 64 output channels, or 10 output channels on the
+shapes where that pays; m = 2, 3 or 4 where m + r - 1 <= 8, chosen per call by the least work), against
+float64.
 
 Its error grows with the transform's points and stays within ten times direct convolution's (about
 1e-6 of the output's scale, 7e-6 at worst for F(4x4, 3x3) here): conftest's "fwd_winograd" tolerance
@@ -49,6 +50,14 @@ OTHER_KERNEL_CASES = [
     dict(n=1, c0=48, cc=96, c1=5, c2=3, k=7, h=23, w=5, layout="channels_last"),
 ]
 
+# Convs into 10-63 channels (narrow_winograd_pays): stride 1, 8x8 outputs or more, at most 1024 input
+# channels in the form they run in.
+NARROW_CASES = [
+    dict(n=2, c0=40, cc=10, c1=7, c2=10, k=3, h=29, w=23, layout="contiguous"),
+    dict(n=1, c0=33, cc=17, c1=20, c2=3, k=5, h=31, w=26, layout="channels_last"),
+    dict(n=1, c0=64, cc=32, c1=32, c2=10, k=7, h=27, w=30, layout="contiguous"),
+]
+
 
 def _case_id(c):
     return "n{n}_c{c0}-{cc}-{c1}-{c2}_k{k}_{h}x{w}_{layout}".format(**c)
@@ -93,6 +102,35 @@ def test_nin_block_other_kernel_sizes(cpu_backend, winograd_mode, case):
     else:
         assert m > 0, "the case does not take the Winograd path"
     _check(nin_ext.ops.nin_block(*args), args, f"nin_block, {case['k']}x{case['k']}, Winograd mode {winograd_mode}")
+
+
+@pytest.mark.parametrize("case", NARROW_CASES, ids=_case_id)
+def test_nin_block_narrow_convs(cpu_backend, winograd_mode, case):
+    args = _block_args(case)
+    m = _tile_size(args)
+    if winograd_mode > 0:
+        exists = winograd_mode + case["k"] - 1 <= 8
+        assert m == (winograd_mode if exists else 0), "the forced m does not run where F(m x m, r x r) exists"
+    else:
+        assert m > 0, "the case does not take the Winograd path"
+    _check(nin_ext.ops.nin_block(*args), args, f"nin_block into {case['cc']} channels, Winograd mode {winograd_mode}")
+
+
+def test_narrow_convs_off_the_path():
+    """Convs into fewer than 64 channels stay off the path below 10 channels, on outputs under 8x8,
+    at stride 2 (their polyphase forms: the broadcast kernel ran them faster) and with more than 1024
+    input channels in their split form (384 -> 16 by 11x11: 1536)."""
+    size = _C.winograd_tile_size
+    for mode in MODES:
+        previous = _C.set_winograd_mode(mode)
+        try:
+            assert size((4, 64, 32, 32), (9, 64, 3, 3), 9, 9, (1, 1), (1, 1)) == 0
+            assert size((64, 256, 7, 7), (32, 256, 3, 3), 32, 32, (1, 1), (0, 0)) == 0
+            assert size((4, 64, 64, 64), (32, 64, 5, 5), 32, 32, (2, 2), (2, 2)) == 0
+            assert size((1, 384, 56, 56), (16, 384, 11, 11), 16, 16, (1, 1), (5, 5)) == 0
+        finally:
+            _C.set_winograd_mode(previous)
+    assert size((4, 64, 32, 32), (10, 64, 3, 3), 10, 10, (1, 1), (1, 1)) > 0
 
 
 def test_kernel_sizes_without_a_winograd_path():

@@ -40,7 +40,8 @@ inline int phase_form_winograd_tile_size(const NinBlockGeometry& g, bool float_w
     return 0;
   }
   const NinBlockGeometry p = conv_phase_form(g).g;
-  const bool winograd_weights = float_weights && winograd_conv_shape(p.CC, p.C0, p.KH, p.KW);
+  const bool winograd_weights =
+      float_weights && winograd_conv_shape(p.CC, p.C0, p.KH, p.KW) && narrow_winograd_pays(g, p);
   const int m = winograd_tile_size(p, winograd_weights, nr, element_size);
   return m > 0 && winograd_work(p, m, nr) < direct_work(g, direct_tiling(g, element_size, nr)) ? m : 0;
 }
@@ -63,7 +64,7 @@ inline NinBlockChoice choose_nin_block_path(const NinBlockGeometry& g, bool floa
   if (const int m = phase_form_winograd_tile_size(g, float_weights, nr, element_size)) {
     return {NinBlockPath::winograd, m, true};
   }
-  if (const int m = winograd_tile_size(g, winograd_weights, nr, element_size)) {
+  if (const int m = winograd_tile_size(g, winograd_weights && narrow_winograd_pays(g, g), nr, element_size)) {
     return {NinBlockPath::winograd, m, false};
   }
   if (shifted_conv_pays(g, nr, element_size)) {

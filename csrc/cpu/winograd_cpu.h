@@ -32,13 +32,31 @@ inline std::atomic<int>& winograd_mode() {
   return mode;
 }
 
+// The fewest output channels of a conv that runs by Winograd tiles on any shapes, and the fewest on
+// the shapes of narrow_winograd_pays.
+constexpr int64_t kWinogradWideChannels = 64;
+constexpr int64_t kWinogradNarrowChannels = 10;
+
 // Whether a conv weight (C_out, C_in, r, r) gets a Winograd packing: square, with an F(2x2, r x r)
 // (3 <= r <= 7; the larger m exist for fewer r), and the layer wide enough for the transforms' cost to pay (narrow layers
 // stay direct). 2x2 kernels (the polyphase form of 3x3 at stride 2, of 5x5 and 7x7 at stride 4) stay
 // direct: their F(m x m, 2 x 2) tiles save few multiplications, and measured 0.68-1.19x the direct
 // path's speed, more often slower (benchmarks/NOTES.md, v24).
 inline bool winograd_conv_shape(int64_t out_channels, int64_t in_channels, int64_t kh, int64_t kw) {
-  return kh == kw && winograd_size(kWinogradMinTile, static_cast<int>(kh)) && out_channels >= 64 && in_channels >= 32;
+  return kh == kw && winograd_size(kWinogradMinTile, static_cast<int>(kh)) &&
+         out_channels >= kWinogradNarrowChannels && in_channels >= 32;
+}
+
+// Whether a block into fewer than 64 channels (`g`, as called) may run its conv by Winograd tiles, in
+// the form `form` (g itself, or its phase form): stride 1, at most 1024 input channels in the form
+// and output maps of 8x8 or more. Each tile's transformed input meets few weights there, so it must
+// stay small: of 44 family shapes into 10-32 channels, the 28 of these shapes ran 1.05-3.1x as
+// fast as by their other paths (most 1.5-2.4x), while most polyphase forms (0.29-0.92x against the
+// broadcast kernel), 1536 channels in a split form (0.68x) and 5x5-6x6 outputs (0.62-0.83x) ran
+// slower (benchmarks/NOTES.md, v27).
+inline bool narrow_winograd_pays(const NinBlockGeometry& g, const NinBlockGeometry& form) {
+  return g.CC >= kWinogradWideChannels ||
+         (g.SH == 1 && g.SW == 1 && form.C0 <= 1024 && g.OH >= 8 && g.OW >= 8);
 }
 
 inline bool winograd_weight(const at::Tensor& w) {
