@@ -48,15 +48,16 @@ inline bool winograd_conv_shape(int64_t out_channels, int64_t in_channels, int64
 }
 
 // Whether a block into fewer than 64 channels (`g`, as called) may run its conv by Winograd tiles, in
-// the form `form` (g itself, or its phase form): stride 1, at most 1024 input channels in the form
+// the form `form` (g itself, or its phase form): stride 1, at most 512 input channels in the form
 // and output maps of 8x8 or more. Each tile's transformed input meets few weights there, so it must
-// stay small: of 44 family shapes into 10-32 channels, the 28 of these shapes ran 1.05-3.1x as
-// fast as by their other paths (most 1.5-2.4x), while most polyphase forms (0.29-0.92x against the
-// broadcast kernel), 1536 channels in a split form (0.68x) and 5x5-6x6 outputs (0.62-0.83x) ran
-// slower (benchmarks/NOTES.md, v27).
+// stay small: of 44 family shapes into 10-32 channels, the 28 with stride 1, 8x8 outputs and at most
+// 1024 channels ran 1.05-3.1x as fast as by their other paths (most 1.5-2.4x), while most polyphase
+// forms (0.29-0.92x against the broadcast kernel), 1536 channels in a split form (0.68x) and 5x5-6x6
+// outputs (0.62-0.83x) ran slower. The one with 1024 (256 -> 10 by 11x11, split) reached 1.1e-5 of
+// the output's scale in error in one draw, so 512 is the bound (benchmarks/NOTES.md, v27).
 inline bool narrow_winograd_pays(const NinBlockGeometry& g, const NinBlockGeometry& form) {
   return g.CC >= kWinogradWideChannels ||
-         (g.SH == 1 && g.SW == 1 && form.C0 <= 1024 && g.OH >= 8 && g.OW >= 8);
+         (g.SH == 1 && g.SW == 1 && form.C0 <= 512 && g.OH >= 8 && g.OW >= 8);
 }
 
 inline bool winograd_weight(const at::Tensor& w) {
