@@ -77,8 +77,13 @@ def path_of(c_in, c_out, k, s, p, hw, batch):
     """The CPU backend's path for a float32 call of these shapes (csrc/cpu/nin_block_run_cpu.h)."""
     shapes = ((batch, c_in, hw, hw), (c_out, c_in, k, k), c_out, c_out, (s, s), (p, p))
     if m := _C.winograd_tile_size(*shapes):
-        r = -(-k // s)  # the polyphase form's kernel
-        return f"winograd F({m}x{m}, {r}x{r})" + (" polyphase" if s > 1 else "")
+        if s > 1:  # the polyphase form's kernel
+            r, form = -(-k // s), " polyphase"
+        elif k > 7:  # the split form's pieces
+            r, form = -(-k // -(-k // 7)), " split"
+        else:
+            r, form = k, ""
+        return f"winograd F({m}x{m}, {r}x{r})" + form
     if _C.shifted_conv(*shapes):
         return "shifted" + (" polyphase" if s > 1 else "") + f", {_C.shifted_bands(*shapes)} band(s)"
     conv = ", broadcast" if _C.direct_conv_by_broadcast(*shapes) else ""
