@@ -48,10 +48,11 @@ inline int phase_form_winograd_tile_size(const NinBlockGeometry& g, bool float_w
 
 // The path a call of these shapes takes, the output-block size m of its Winograd tiles (0 on the
 // other paths), and whether it runs in its phase form. In order: Winograd tiles (strided blocks in
-// their polyphase form, stride-1 kernels of more than 7 taps in their split form), shifted products, a strided block's polyphase form by shifted products
-// where that does less work than the gather (a long reduction into few channels, as 192 -> 10
-// channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather) and the direct path
-// would not run the conv by the broadcast kernel, else the direct path.
+// their polyphase form, stride-1 kernels of more than 7 taps in their split form; convs into fewer
+// than 64 channels where narrow_winograd_pays), shifted products, a strided block's polyphase form by
+// shifted products where that does less work than the gather (a long reduction into few channels, as
+// 192 -> 10 channels by an 11x11 kernel at stride 2: 0.46x eager's speed by the gather) and the
+// direct path would not run the conv by the broadcast kernel, else the direct path.
 // `winograd_weights`: whether the conv's own weights allow the Winograd path.
 struct NinBlockChoice {
   NinBlockPath path;
