@@ -92,8 +92,8 @@ def test_nin_block(cpu_backend, winograd_mode, case):
     _check(nin_ext.ops.nin_block(*args), args, f"nin_block, Winograd mode {winograd_mode}")
 
 
-@pytest.mark.parametrize("case", OTHER_KERNEL_CASES, ids=_case_id)
-def test_nin_block_other_kernel_sizes(cpu_backend, winograd_mode, case):
+@pytest.mark.parametrize("case", OTHER_KERNEL_CASES + NARROW_CASES, ids=_case_id)
+def test_nin_block_other_kernel_sizes_and_narrow_convs(cpu_backend, winograd_mode, case):
     args = _block_args(case)
     m = _tile_size(args)
     if winograd_mode > 0:
@@ -101,19 +101,8 @@ def test_nin_block_other_kernel_sizes(cpu_backend, winograd_mode, case):
         assert m == (winograd_mode if exists else 0), "the forced m does not run where F(m x m, r x r) exists"
     else:
         assert m > 0, "the case does not take the Winograd path"
-    _check(nin_ext.ops.nin_block(*args), args, f"nin_block, {case['k']}x{case['k']}, Winograd mode {winograd_mode}")
-
-
-@pytest.mark.parametrize("case", NARROW_CASES, ids=_case_id)
-def test_nin_block_narrow_convs(cpu_backend, winograd_mode, case):
-    args = _block_args(case)
-    m = _tile_size(args)
-    if winograd_mode > 0:
-        exists = winograd_mode + case["k"] - 1 <= 8
-        assert m == (winograd_mode if exists else 0), "the forced m does not run where F(m x m, r x r) exists"
-    else:
-        assert m > 0, "the case does not take the Winograd path"
-    _check(nin_ext.ops.nin_block(*args), args, f"nin_block into {case['cc']} channels, Winograd mode {winograd_mode}")
+    what = f"nin_block, {case['k']}x{case['k']} into {case['cc']} channels, Winograd mode {winograd_mode}"
+    _check(nin_ext.ops.nin_block(*args), args, what)
 
 
 def test_narrow_convs_off_the_path():
