@@ -1,10 +1,10 @@
 // The fused NiN block on the CPU, one tile of output pixels at a time.
 //
-// A tile is a few panels of NR consecutive output pixels of the batch (direct_tiling). Per tile, the im2col gather
-// writes the input patch straight into the packed panel layout ([panel][k][NR]); each layer then
-// runs the register-blocked micro-kernel (microkernel.h) over (MR channels x NR pixels) blocks and
-// writes its output in the same panel layout, which is what the next layer reads. A float conv of
-// 16 input channels or more into up to 128 (192 by 3x3) runs instead by the pixel-broadcast kernel on a
+// A tile is a few panels of NR consecutive output pixels of the batch (direct_tiling). Per tile, the
+// im2col gather writes the input patch straight into the packed panel layout ([panel][k][NR]); each
+// layer then runs the register-blocked micro-kernel (microkernel.h) over (MR channels x NR pixels)
+// blocks and writes its output in the same panel layout, which is what the next layer reads. A float
+// conv of 16 input channels or more into up to 128 (192 by 3x3) runs instead by the pixel-broadcast kernel on a
 // channels-last copy of the tile's input rows (broadcast_conv_cpu.h), with no patch. The patch and
 // the three activations of a tile live in a per-thread workspace sized to stay in cache; no tensor
 // of the block's hidden activations is ever allocated at full size.
@@ -873,8 +873,8 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
 }
 
 // The batch's m x m blocks in Winograd tiles (TileSplit) of at most NR consecutive blocks: as many
-// tiles as the least multiple of the thread count that can hold them. A tile's products cost the same whatever its count of
-// blocks, but its transforms and 1x1 layers shrink with it: the seed's block 2 at batch 16 is 26
+// tiles as the least multiple of the thread count that can hold them. A tile's products cost the
+// same whatever its count of blocks, but its transforms and 1x1 layers shrink with it: the seed's block 2 at batch 16 is 26
 // tiles of 30 or 31 blocks (the threads' halves 392 blocks each; 25 full tiles would leave one thread
 // idle for a tile's time, and 25 of 31 and one of 9 gave them 403 and 381), at batch 32 50 tiles of
 // 31 or 32 (49 of 32 before: 25 and 24). Each block is computed the same way in any tile, so the

@@ -39,9 +39,10 @@ constexpr int64_t kWinogradNarrowChannels = 10;
 
 // Whether a conv weight (C_out, C_in, r, r) may get a Winograd packing: square, with an F(2x2, r x r)
 // (3 <= r <= 7; the larger m exist for fewer r), and the layer wide enough for the transforms' cost to
-// pay (below 10 output channels convs stay direct; below 64 only on narrow_winograd_pays's shapes). 2x2 kernels (the polyphase form of 3x3 at stride 2, of 5x5 and 7x7 at stride 4) stay
-// direct: their F(m x m, 2 x 2) tiles save few multiplications, and measured 0.68-1.19x the direct
-// path's speed, more often slower (benchmarks/NOTES.md, v24).
+// pay (below 10 output channels convs stay direct; below 64 only on narrow_winograd_pays's shapes).
+// 2x2 kernels (the polyphase form of 3x3 at stride 2, of 5x5 and 7x7 at stride 4) stay direct: their
+// F(m x m, 2 x 2) tiles save few multiplications, and measured 0.68-1.19x the direct path's speed,
+// more often slower (benchmarks/NOTES.md, v24).
 inline bool winograd_conv_shape(int64_t out_channels, int64_t in_channels, int64_t kh, int64_t kw) {
   return kh == kw && winograd_size(kWinogradMinTile, static_cast<int>(kh)) &&
          out_channels >= kWinogradNarrowChannels && in_channels >= 32;
