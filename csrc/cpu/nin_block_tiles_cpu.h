@@ -4,8 +4,8 @@
 // im2col gather writes the input patch straight into the packed panel layout ([panel][k][NR]); each
 // layer then runs the register-blocked micro-kernel (microkernel.h) over (MR channels x NR pixels)
 // blocks and writes its output in the same panel layout, which is what the next layer reads. A float
-// conv of 16 input channels or more into up to 128 (192 by 3x3) runs instead by the pixel-broadcast kernel on a
-// channels-last copy of the tile's input rows (broadcast_conv_cpu.h), with no patch. The patch and
+// conv of 16 input channels or more into up to 128 (192 by 3x3) runs instead by the pixel-broadcast
+// kernel on a channels-last copy of the tile's input rows (broadcast_conv_cpu.h), with no patch. The patch and
 // the three activations of a tile live in a per-thread workspace sized to stay in cache; no tensor
 // of the block's hidden activations is ever allocated at full size.
 #pragma once
