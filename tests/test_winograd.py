@@ -50,7 +50,7 @@ OTHER_KERNEL_CASES = [
     dict(n=1, c0=48, cc=96, c1=5, c2=3, k=7, h=23, w=5, layout="channels_last"),
 ]
 
-# Convs into 10-63 channels (narrow_winograd_pays): stride 1, 8x8 outputs or more, at most 512 input
+# Convs into 10-63 channels (narrow_winograd_pays): stride 1, 16x16 outputs or more, at most 512 input
 # channels in the form they run in.
 NARROW_CASES = [
     dict(n=2, c0=40, cc=10, c1=7, c2=10, k=3, h=29, w=23, layout="contiguous"),
@@ -106,7 +106,7 @@ def test_nin_block_other_kernel_sizes_and_narrow_convs(cpu_backend, winograd_mod
 
 
 def test_narrow_convs_off_the_path():
-    """Convs into fewer than 64 channels stay off the path below 10 channels, on outputs under 8x8,
+    """Convs into fewer than 64 channels stay off the path below 10 channels, on outputs under 16x16,
     at stride 2 (their polyphase forms: the broadcast kernel ran them faster) and with more than 512
     input channels in their split form (256 -> 10 by 11x11: 1024, its error up to 1.1e-5)."""
     size = _C.winograd_tile_size
@@ -115,6 +115,7 @@ def test_narrow_convs_off_the_path():
         try:
             assert size((4, 64, 32, 32), (9, 64, 3, 3), 9, 9, (1, 1), (1, 1)) == 0
             assert size((64, 256, 7, 7), (32, 256, 3, 3), 32, 32, (1, 1), (0, 0)) == 0
+            assert size((64, 256, 10, 10), (10, 256, 3, 3), 10, 10, (1, 1), (1, 1)) == 0
             assert size((4, 64, 64, 64), (32, 64, 5, 5), 32, 32, (2, 2), (2, 2)) == 0
             assert size((3, 256, 32, 32), (10, 256, 11, 11), 10, 10, (1, 1), (0, 0)) == 0
         finally:

@@ -50,15 +50,16 @@ inline bool winograd_conv_shape(int64_t out_channels, int64_t in_channels, int64
 
 // Whether a block into fewer than 64 channels (`g`, as called) may run its conv by Winograd tiles, in
 // the form `form` (g itself, or its phase form): stride 1, at most 512 input channels in the form
-// and output maps of 8x8 or more. Each tile's transformed input meets few weights there, so it must
-// stay small: of 44 family shapes into 10-32 channels, the 28 with stride 1, 8x8 outputs and at most
-// 1024 channels ran 1.05-3.1x as fast as by their other paths (most 1.5-2.4x), while most polyphase
-// forms (0.29-0.92x against the broadcast kernel), 1536 channels in a split form (0.68x) and 5x5-6x6
-// outputs (0.62-0.83x) ran slower. The one with 1024 (256 -> 10 by 11x11, split) reached 1.1e-5 of
-// the output's scale in error in one draw, so 512 is the bound (benchmarks/NOTES.md, v27).
+// and output maps of 16x16 or more. Each tile's transformed input meets few weights there, so it must
+// stay small: of 44 family shapes into 10-32 channels, the 28 with stride 1, outputs of 16x16 or more
+// and at most 1024 channels ran 1.05-3.1x as fast as by their other paths (most 1.5-2.4x), while most
+// polyphase forms (0.29-0.92x against the broadcast kernel), 1536 channels in a split form (0.68x) and
+// 5x5-6x6 outputs (0.62-0.83x) ran slower; 3x3 convs into 10-16 channels on 8x8-12x12 maps (a last
+// block into the classes) ran 0.80-1.03x. The one with 1024 (256 -> 10 by 11x11, split) reached 1.1e-5
+// of the output's scale in error in one draw, so 512 is the bound (benchmarks/NOTES.md, v27).
 inline bool narrow_winograd_pays(const NinBlockGeometry& g, const NinBlockGeometry& form) {
   return g.CC >= kWinogradWideChannels ||
-         (g.SH == 1 && g.SW == 1 && form.C0 <= 512 && g.OH >= 8 && g.OW >= 8);
+         (g.SH == 1 && g.SW == 1 && form.C0 <= 512 && g.OH >= 16 && g.OW >= 16);
 }
 
 inline bool winograd_weight(const at::Tensor& w) {
