@@ -61,11 +61,11 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
       });
     } else {
       const DirectTiling tiling = direct_tiling(g, sizeof(scalar_t), packed.kernel.nr);
-      const int64_t P = g.pixels(), nr = packed.kernel.nr;
+      const int64_t P = g.pixels();
       // An image's part of a tile: the tile's index less that of the image's first tile.
-      auto first_tile = [&](int64_t n) { return tiling.panels.tile_of(n * P / nr); };
+      auto first_tile = [&](int64_t n) { return tiling.tile_of_pixel(n * P); };
       for (int64_t n = 0; n < g.N; ++n) {
-        parts = std::max(parts, tiling.panels.tile_of(((n + 1) * P - 1) / nr) - first_tile(n) + 1);
+        parts = std::max(parts, tiling.tile_of_pixel((n + 1) * P - 1) - first_tile(n) + 1);
       }
       part_sums.assign(g.N * parts * g.C2, acc_t(0));
       for_each_nin_block_tile<scalar_t>(

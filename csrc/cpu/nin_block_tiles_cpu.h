@@ -264,6 +264,7 @@ struct DirectTiling {
   int64_t pixels_in(int64_t tile) const {
     return std::min(panels.first(tile + 1) * nr, pixels) - first_pixel(tile);
   }
+  int64_t tile_of_pixel(int64_t q) const { return panels.tile_of(q / nr); }  // q: a pixel of the batch
 };
 
 inline DirectTiling direct_tiling(const NinBlockGeometry& g, int64_t element_size, int64_t nr) {
