@@ -146,6 +146,17 @@ static PyObject* direct_conv_by_broadcast(PyObject*, PyObject* args) {
   return PyBool_FromLong(nin_ext::cpu::direct_conv_by_broadcast(g, sizeof(float)));
 }
 
+// winograd_channel_lanes(channels, blocks): whether a float32 Winograd tile of `blocks` blocks into
+// `channels` output channels runs its products with the channels in the vector lanes (the swapped
+// product), for the tests.
+static PyObject* winograd_channel_lanes(PyObject*, PyObject* args) {
+  long long channels = 0, blocks = 0;
+  if (!PyArg_ParseTuple(args, "LL", &channels, &blocks)) {
+    return nullptr;
+  }
+  return PyBool_FromLong(nin_ext::cpu::winograd_channel_lanes(nin_ext::cpu::float_microkernel(), channels, blocks));
+}
+
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
 // 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
 static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
@@ -170,6 +181,17 @@ static PyObject* set_broadcast_conv(PyObject*, PyObject* arg) {
   return PyBool_FromLong(nin_ext::cpu::broadcast_mode().exchange(on != 0));
 }
 
+// set_channel_lanes(on) -> the previous setting: whether the CPU's Winograd tiles of few blocks may run
+// their products with the output channels in the vector lanes (NIN_EXT_CPU_CHANNEL_LANES=0 turns it
+// off at start-up; the bits are the same either way). For tests and comparisons.
+static PyObject* set_channel_lanes(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) {
+    return nullptr;
+  }
+  return PyBool_FromLong(nin_ext::cpu::channel_lanes_mode().exchange(on != 0));
+}
+
 // Importing nin_ext._C runs the static registrations above. The module reports how it was built and
 // manages the CPU kernels' packed-weight cache; the ops are reached through torch.ops.nin_ext.
 extern "C" PyObject* PyInit__C(void) {
@@ -186,10 +208,14 @@ extern "C" PyObject* PyInit__C(void) {
        "Whether a float32 nin_block of these shapes on the direct path runs its conv by the broadcast kernel."},
       {"direct_tile_pixels", direct_tile_pixels, METH_VARARGS,
        "The most pixels a tile holds on the CPU's direct path for a float32 nin_block of these shapes."},
+      {"winograd_channel_lanes", winograd_channel_lanes, METH_VARARGS,
+       "Whether a float32 Winograd tile of these many blocks and output channels puts the channels in the lanes."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {"set_broadcast_conv", set_broadcast_conv, METH_O,
        "Whether the CPU direct path may run convs by the broadcast kernel; returns the previous setting."},
+      {"set_channel_lanes", set_channel_lanes, METH_O,
+       "Whether CPU Winograd tiles of few blocks may put output channels in the lanes; returns the previous setting."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, methods};

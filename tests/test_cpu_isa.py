@@ -40,13 +40,14 @@ ISAS = [
 # (13 output channels: the narrow one; 40: the wide one, with a group tail), their band copied by
 # channels_last_row; the last three take Winograd tiles of other kernel sizes: 7x7 at stride 1 (F(2x2, 7x7)),
 # 11x11 and 7x7 at stride 2 in their polyphase forms (6x6 and 4x4 kernels). The
-# cases that take Winograd tiles run again with every m forced (each m has its own transforms).
+# cases that take Winograd tiles run again with every m forced (each m has its own transforms), and with
+# the swapped products off (their tiles of few blocks put the output channels in the lanes).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference
 nin_ext.set_backend("cpu")
 torch.manual_seed(0)
-worst, winograd_cases, broadcast_cases = 0.0, 0, 0
+worst, winograd_cases, broadcast_cases, lanes_mismatches = 0.0, 0, 0, 0
 for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 5, 2, 2, 23, 19, 1),
                                      (5, 1, 3, (2, 3), (1, 2), (0, 1), 7, 13, 3), (17, 40, 25, 1, 1, 0, 6, 5, 2),
                                      (200, 13, 5, 3, 1, 1, 5, 6, 3),
@@ -77,6 +78,11 @@ for c0, c1, c2, k, s, p, h, w, n in [(3, 13, 7, 3, 1, 1, 9, 11, 2), (1, 33, 17, 
             for got, want in ((nin_ext.ops.nin_block(xm, *params, s, p), expected),
                               (nin_ext.ops.nin_block_gap(xm, *params, s, p), expected.mean((2, 3)))):
                 worst = max(worst, ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item())
+        if winograd:  # Winograd tiles of few blocks run swapped products where the ISA has them: same bits
+            swapped = nin_ext.ops.nin_block(x, *params, s, p)
+            nin_ext._C.set_channel_lanes(False)
+            lanes_mismatches += int(not torch.equal(swapped, nin_ext.ops.nin_block(x, *params, s, p)))
+            nin_ext._C.set_channel_lanes(True)
     nin_ext._C.set_winograd_mode(-1)
 # max_pool2d's and max_pool2d_with_argmax's NCHW plane kernels are compiled per ISA too: every
 # stride-2 window position, row tails of every vector width (the 3x3 stride-2 kernels' chunks of 8
@@ -97,7 +103,8 @@ for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (
 polyphase_tile = nin_ext._C.winograd_tile_size((2, 3, 61, 57), (64, 3, 11, 11), 64, 9, (4, 4), (1, 1))
 print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches,
                   "polyphase_tile": polyphase_tile, "winograd_cases": winograd_cases,
-                  "broadcast_cases": broadcast_cases}))
+                  "broadcast_cases": broadcast_cases, "lanes_mismatches": lanes_mismatches,
+                  "swapped_tiles": nin_ext._C.winograd_channel_lanes(65, 4)}))
 """
 
 
@@ -109,6 +116,8 @@ def test_microkernel_parity(isa):
     assert report["isa"] == isa
     assert report["worst"] < 1e-5
     assert report["pool_mismatches"] == 0
+    assert report["lanes_mismatches"] == 0, "swapped Winograd products changed the bits"
+    assert report["swapped_tiles"], "the ISA's kernel has no swapped product"
     assert report["polyphase_tile"] > 0, "the RGB block 1 case did not take the polyphase form"
     assert report["winograd_cases"] == 7, "the 3x3, 5x5, RGB block 1, wide 3x3, 7x7 and two strided cases run every m"
     assert report["broadcast_cases"] >= 3, "the 200-, 24- and 40-channel cases run the broadcast kernels"

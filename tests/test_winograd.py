@@ -219,6 +219,54 @@ def test_choice_for_the_seed_blocks(batch):
         _C.set_winograd_mode(previous)
 
 
+# Tiles of few blocks (one image, small maps: 9 to 20 blocks at m = 2, fewer at larger m, however the
+# tiles are split) into channel counts that fill the swapped kernel's channel panels or leave a tail
+# (65, 130).
+CHANNEL_LANES_CASES = [
+    dict(n=1, c0=37, cc=65, c1=5, c2=70, k=3, h=7, w=5, layout="contiguous"),
+    dict(n=1, c0=96, cc=130, c1=64, c2=3, k=5, h=8, w=10, layout="channels_last"),
+    dict(n=1, c0=256, cc=96, c1=96, c2=10, k=3, h=6, w=6, layout="contiguous"),
+]
+
+
+@pytest.mark.parametrize("case", CHANNEL_LANES_CASES, ids=_case_id)
+def test_channel_lanes_give_the_same_bits(cpu_backend, winograd_mode, case):
+    """Winograd tiles of few blocks run their products swapped (the output channels in the vector lanes,
+    the blocks as the rows): each product is the plain kernel's sum in the same order, so every op
+    gives the same bits as with the swapped kernel off."""
+    blocks = case["n"] * ((case["h"] + 1) // 2) * ((case["w"] + 1) // 2)  # the most, at m = 2
+    assert _C.winograd_channel_lanes(case["cc"], blocks), "the case's tiles do not run swapped"
+    args = _block_args(case)
+    if winograd_mode > 0:
+        assert _tile_size(args) == winograd_mode, "the case does not take the forced Winograd path"
+
+    def outputs():
+        return (nin_ext.ops.nin_block(*args), nin_ext.ops.nin_block_gap(*args),
+                nin_ext.ops.nin_block_max_pool(*args, 3, 2), *torch.ops.nin_ext.nin_block_with_hidden(*args[:7], [1, 1], list(args[8])))
+
+    swapped = outputs()
+    previous = _C.set_channel_lanes(False)
+    try:
+        plain = outputs()
+    finally:
+        _C.set_channel_lanes(previous)
+    for got, want in zip(swapped, plain):
+        assert torch.equal(got, want)
+    _check(swapped[0], args, f"nin_block with channel lanes, Winograd mode {winograd_mode}")
+
+
+def test_channel_lanes_only_where_they_save_products():
+    """Tiles of a full pixel panel of blocks stay plain; so do few channels (their panel would be padded)
+    and tiles of blocks that fill all but a few of the panel's lanes."""
+    lanes = _C.winograd_channel_lanes
+    nr = 32 if _C.cpu_microkernel == "avx512" else 16 if _C.cpu_microkernel == "avx2" else 8
+    assert not lanes(384, nr)
+    assert not lanes(10, nr // 2)
+    if _C.cpu_microkernel != "portable":
+        assert lanes(384, nr // 2)
+        assert not lanes(384, nr - 1)
+
+
 @pytest.mark.parametrize("mode", [1, 5, -2])
 def test_set_winograd_mode_rejects_unknown_modes(mode):
     with pytest.raises(ValueError, match="mode must be -1, 0, 2, 3 or 4"):

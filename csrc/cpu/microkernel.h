@@ -34,6 +34,17 @@ template <typename scalar_t>
 using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, int64_t ldb, const scalar_t* bias,
                                scalar_t* c, int64_t ldc, int64_t rows);
 
+// The product with the operands' roles swapped, for Winograd tiles of fewer blocks than NR (a batch's
+// few blocks left most of a pixel panel's lanes empty): the tile's `rows` <= MR blocks are the
+// broadcast operand, read at a stride, and an NR-channel weight panel (k-major, NR apart) fills the
+// vector lanes; the block is stored transposed, where the plain kernel with the weights as rows would
+// store it:
+//   c[j * ldc + r] = sum_k a[k * lda + r] * b[k * NR + j]   for r < rows, j < NR
+// Each value is the plain kernel's sum, in the same order (a product's operands commute), so the bits
+// are the same. The kernel computes rows up to its row class and may read a's lanes up to there.
+using SwappedProductFn = void (*)(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                                  int64_t rows);
+
 template <typename scalar_t>
 using ShiftedMicroKernelFn = void (*)(int64_t K, int64_t shifts, const int64_t* offsets, const scalar_t* a,
                                       const scalar_t* b, int64_t ldb, const int64_t* lanes, const scalar_t* bias,
@@ -112,6 +123,7 @@ struct MicroKernel {
   ChannelsLastRowFn channels_last_row = nullptr;
   // float kernels only: G of two vectors, and of one (for convs into a vector's channels or fewer)
   BroadcastPixelsKernel broadcast_pixels{}, broadcast_pixels_narrow{};
+  SwappedProductFn swapped_fn = nullptr;  // float kernels only
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -157,6 +169,30 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, int64
       bias, c, ldc, rows);
 }
 
+// An (MR x NR) block computed row-major, stored transposed: c[j * ldc + r] for r < rows.
+template <int MR, int NR>
+inline void store_transposed(const float* block, float* c, int64_t ldc, int64_t rows) {
+  for (int j = 0; j < NR; ++j) {
+    for (int64_t r = 0; r < rows; ++r) {
+      c[j * ldc + r] = block[r * NR + j];
+    }
+  }
+}
+
+template <int MR, int NR>
+void swapped_product_portable(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                              int64_t rows) {
+  float block[MR * NR];
+  portable_product<float, MR, NR>(
+      [&](const auto& step) {
+        for (int64_t k = 0; k < K; ++k) {
+          step(a + k * lda, b + k * NR);
+        }
+      },
+      nullptr, block, NR, MR);
+  store_transposed<MR, NR>(block, c, ldc, rows);
+}
+
 // Whether a panel's n lanes are consecutive positions of the rows (the shifted kernels then read
 // them in place).
 inline bool lanes_consecutive(const int64_t* lanes, int n) {
@@ -197,6 +233,10 @@ void shifted_microkernel_portable(int64_t K, int64_t shifts, const int64_t* offs
 // AVX-512 and AVX2 + FMA kernels for float (microkernel_avx512.cpp, microkernel_avx2.cpp).
 void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
                               int64_t ldc, int64_t rows);
+void swapped_product_avx512_12x32(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                                  int64_t rows);
+void swapped_product_avx2_6x16(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                               int64_t rows);
 void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
                            int64_t ldc, int64_t rows);
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,

@@ -48,6 +48,14 @@ void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ld
   register_blocked_microkernel_rows<Avx2, 6, 2>(K, a, b, ldb, bias, c, ldc, rows);
 }
 
+void swapped_product_avx2_6x16(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                               int64_t rows) {
+  register_blocked_swapped_product<Avx2, 6, 2>(
+      K, a, lda, b, c, ldc, rows, [](auto row_class, const float* block, float* c_, int64_t ldc_, int64_t rows_) {
+        store_transposed<decltype(row_class)::value, 16>(block, c_, ldc_, rows_);
+      });
+}
+
 void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
                                    const float* b, int64_t ldb, const int64_t* lanes,
                                    const float* bias, bool accumulate, float* c, int64_t ldc, int64_t rows) {

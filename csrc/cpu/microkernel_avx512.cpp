@@ -42,11 +42,66 @@ struct Avx512 {
   static reg blend(mask m, reg a, reg b) { return _mm512_mask_blend_ps(m, a, b); }
 };
 
+// r[i][j] -> r[j][i] for a 16 x 16 block in registers.
+inline void transpose_16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+  const __m512i high = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_permutex2var_ps(r[i], low, r[i + 4]);
+    t[i + 4] = _mm512_permutex2var_ps(r[i], high, r[i + 4]);
+    t[i + 8] = _mm512_permutex2var_ps(r[i + 8], low, r[i + 12]);
+    t[i + 12] = _mm512_permutex2var_ps(r[i + 8], high, r[i + 12]);
+  }
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_permutex2var_ps(t[i], first, t[i + 8]);
+    r[i + 8] = _mm512_permutex2var_ps(t[i], second, t[i + 8]);
+  }
+}
+
+
+// store_transposed by two 16 x 16 transposes in registers: a block of up to 12 rows (its rows past
+// ROWS read as zero) of 32 channels, each channel one masked store of `rows` lanes.
+struct StoreTransposedAvx512 {
+  template <typename RowClass>
+  void operator()(RowClass, const float* block, float* c, int64_t ldc, int64_t rows) const {
+    constexpr int ROWS = RowClass::value;
+    const __mmask16 lanes = Avx512::first_lanes(rows);
+    for (int half = 0; half < 2; ++half) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < ROWS ? _mm512_load_ps(block + i * 32 + half * 16) : _mm512_setzero_ps();
+      }
+      transpose_16x16(r);
+      for (int j = 0; j < 16; ++j) {
+        _mm512_mask_storeu_ps(c + (half * 16 + j) * ldc, lanes, r[j]);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 void microkernel_avx512_12x32(int64_t K, const float* a, const float* b, int64_t ldb, const float* bias, float* c,
                               int64_t ldc, int64_t rows) {
   register_blocked_microkernel_rows<Avx512, 12, 2>(K, a, b, ldb, bias, c, ldc, rows);
+}
+
+void swapped_product_avx512_12x32(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                                  int64_t rows) {
+  register_blocked_swapped_product<Avx512, 12, 2>(K, a, lda, b, c, ldc, rows, StoreTransposedAvx512{});
 }
 
 void shifted_microkernel_avx512_12x32(int64_t K, int64_t shifts, const int64_t* offsets, const float* a,
@@ -129,39 +184,6 @@ void broadcast_pixels_avx512_12x16(int64_t tap_count, const int64_t* taps, int64
   broadcast_pixels_microkernel<Avx512, 12, 1>(tap_count, taps, channels, x, pixels, rows, w, tap_stride, bias,
                                               accumulate, c, ldc);
 }
-
-namespace {
-
-// r[i][j] -> r[j][i] for a 16 x 16 block in registers.
-inline void transpose_16x16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-  const __m512i high = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_permutex2var_ps(r[i], low, r[i + 4]);
-    t[i + 4] = _mm512_permutex2var_ps(r[i], high, r[i + 4]);
-    t[i + 8] = _mm512_permutex2var_ps(r[i + 8], low, r[i + 12]);
-    t[i + 12] = _mm512_permutex2var_ps(r[i + 8], high, r[i + 12]);
-  }
-  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_permutex2var_ps(t[i], first, t[i + 8]);
-    r[i + 8] = _mm512_permutex2var_ps(t[i], second, t[i + 8]);
-  }
-}
-
-}  // namespace
 
 // channels_last_row_portable by 16 x 16 blocks transposed in registers (masked at the edges) where
 // the row's columns are contiguous.

@@ -143,6 +143,32 @@ inline void register_blocked_microkernel_rows(int64_t K, const float* a, const f
   });
 }
 
+// The swapped product (microkernel.h, SwappedProductFn), by row class: the rows (a tile's blocks)
+// broadcast, the NR-channel weight panel streamed and prefetched as the plain kernel prefetches its
+// weights. The block goes through a buffer to `store(row_class, block, c, ldc, rows)`, which stores
+// it transposed (store_transposed, or the ISA's transposes in registers: with K = 96, scalar stores
+// cost a tenth of the FMAs' time).
+template <typename Vec, int MR, int NV, typename StoreTransposed>
+inline void register_blocked_swapped_product(int64_t K, const float* a, int64_t lda, const float* b, float* c,
+                                             int64_t ldc, int64_t rows, const StoreTransposed& store) {
+  constexpr int NR = NV * Vec::lanes;
+  with_row_class<MR>(rows, [&](auto row_class) {
+    constexpr int ROWS = decltype(row_class)::value;
+    alignas(64) float block[ROWS * NR];
+    register_blocked_product<Vec, ROWS, NV>(
+        [&](const auto& step) __attribute__((always_inline)) {
+          for (int64_t k = 0; k < K; ++k) {
+            for (int line = 0; line < NR; line += 16) {  // a step reads NR / 16 cache lines of weights
+              __builtin_prefetch(b + (k + weight_prefetch_steps<NR>()) * NR + line);
+            }
+            step(a + k * lda, b + k * NR);
+          }
+        },
+        nullptr, block, NR, ROWS);
+    store(row_class, block, c, ldc, rows);
+  });
+}
+
 // One vector of a panel's pixels as pieces: the lanes whose pixels lie at the same distance from their
 // lane, each piece a whole vector loaded from `starts[i]` (where the vector's lane 0 would be) and
 // blended in by its lanes' mask. A vector within one output row is one piece, one load. (Masked loads

@@ -173,7 +173,8 @@ struct NinBlockPacked {
     std::unique_ptr<const PackedWinogradConv>& slot = winograd_[m - kWinogradMinTile];
     if (slot == nullptr) {
       slot = std::make_unique<const PackedWinogradConv>(reinterpret_cast<const float*>(conv.a.data()), conv.M,
-                                                        conv.K / (conv_taps_ * conv_taps_), conv_taps_, m, kernel.mr);
+                                                        conv.K / (conv_taps_ * conv_taps_), conv_taps_, m, kernel.mr,
+                                                        kernel.nr);
     }
     return *slot;
   }
@@ -285,6 +286,34 @@ inline double direct_work(const NinBlockGeometry& g, const DirectTiling& tiling)
   return double((tiles + 1) / 2 * 2) * tiling.tile_pixels() * (g.K() * g.CC + g.CC * g.C1 + g.C1 * g.C2);
 }
 
+// The rows the micro-kernel computes for `rows` rows of products: whole MR-row panels, the last one
+// rounded up to its row class (a third of MR, microkernel_register_blocked.h) where MR has thirds.
+inline int64_t computed_rows(int64_t rows, int64_t mr) {
+  const int64_t step = mr % 3 == 0 ? mr / 3 : mr;
+  return rows / mr * mr + (rows % mr + step - 1) / step * step;
+}
+
+// The cost of a swapped product (microkernel.h) relative to a plain one: with 96 input channels (the
+// seed's block 2) the swapped kernel took about 1.18x the time per multiply-add, with 256 about the
+// same.
+constexpr double kSwappedProductCost = 1.15;
+
+// Whether a Winograd tile of `blocks` blocks into `channels` channels runs its products swapped, with
+// the output channels in the vector lanes and the blocks as the rows (unless
+// NIN_EXT_CPU_CHANNEL_LANES=0): where that computes fewer products, at kSwappedProductCost each. Plain,
+// each pixel panel is NR lanes however few blocks the tile holds; swapped, the channels are whole
+// NR-channel panels. At batch 1 the seed's block 3 has tiles of 18 blocks: 20 rows swapped against
+// 32 lanes plain. The path's choice (winograd_work) leaves this out, so the m and path a call takes do
+// not depend on it.
+template <typename scalar_t>
+bool winograd_channel_lanes(const MicroKernel<scalar_t>& kernel, int64_t channels, int64_t blocks) {
+  const int64_t nr = kernel.nr;
+  const double plain = double((blocks + nr - 1) / nr * nr) * computed_rows(channels, kernel.mr);
+  const double swapped =
+      kSwappedProductCost * double(computed_rows(blocks, kernel.mr)) * double((channels + nr - 1) / nr * nr);
+  return kernel.swapped_fn != nullptr && channel_lanes_mode().load() && swapped < plain;
+}
+
 inline double winograd_work(const NinBlockGeometry& g, int m, int64_t nr) {
   const int64_t alpha = m + g.KH - 1;
   const int64_t blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m), tiles = (blocks + nr - 1) / nr;
@@ -351,13 +380,15 @@ class NinBlockTileWorker {
         patch_(winograd ? g.C0 * winograd_channel_floats() : broadcast_ ? 0 : g.K() * tile_pixels),
         hidden0_(g.CC * tile_pixels),
         hidden1_(g.C1 * tile_pixels), hidden2_(g.C2 * tile_pixels),
-        products_(winograd ? winograd_points() * products_chunk_channels() * nr_ : 0),
+        products_(winograd ? winograd_products_floats() : 0),
         transform_scratch_(winograd ? (winograd_points() + winograd->transform.m * winograd->transform.m) * nr_ +
                                           winograd_band_floats()
                                     : 0),
         writer_(packed.kernel) {
     if (winograd) {  // the band's padding columns stay zero (compute_winograd writes the others)
       std::fill(winograd_band(), winograd_band() + winograd_band_floats(), 0.f);
+      // The swapped products leave the lanes past a tile's blocks as they were: finite, never read.
+      std::fill(products_.data(), products_.data() + winograd_products_floats(), scalar_t(0));
     }
   }
 
@@ -480,21 +511,37 @@ class NinBlockTileWorker {
     // Per chunk of output channels (the chunk's products stay in L2): the products, one GEMM per
     // transform point, M[xi] = U[xi] V[xi] (V[xi]'s rows vs apart); then the output transform,
     // Y = AT M A per channel, and bias + ReLU into the m^2 pixel panels.
+    // With channel lanes (winograd_channel_lanes), the same products come from the swapped kernel, the
+    // tile's blocks as its rows, in chunks of whole NR-channel panels. A point's products are a
+    // channel more than the chunk apart: 32 channels of 32 lanes apart, 4 KiB, put the output
+    // transform's reads of a channel in one L1 set (the transforms took 2.5x the time).
     float* products = reinterpret_cast<float*>(products_.data());
     const scalar_t* bias = packed_.conv.bias.data();
-    const int64_t chunk = products_chunk_channels();
+    const bool channel_lanes = winograd_channel_lanes(packed_.kernel, g.CC, tb);
+    const int64_t chunk = channel_lanes ? std::max(nr, products_chunk_channels() / nr * nr) : products_chunk_channels();
+    const int64_t point_stride = chunk + 1;
     for (int64_t c0 = 0; c0 < g.CC; c0 += chunk) {
       const int64_t channels = std::min(chunk, g.CC - c0);
       for (int xi = 0; xi < points; ++xi) {
+        if (channel_lanes) {
+          for (int64_t j0 = 0; j0 < channels; j0 += nr) {
+            for (int64_t lane = 0; lane < tb; lane += wino.mr) {
+              packed_.kernel.swapped_fn(g.C0, v + xi * nr + lane, vs, wino.channel_panel(xi, c0 + j0),
+                                        products + (xi * point_stride + j0) * nr + lane, nr,
+                                        std::min(wino.mr, tb - lane));
+            }
+          }
+          continue;
+        }
         for (int64_t m0 = 0; m0 < channels; m0 += wino.mr) {
           packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(wino.panel(xi, c0 + m0)),
                             reinterpret_cast<const scalar_t*>(v + xi * nr), vs, nullptr,
-                            reinterpret_cast<scalar_t*>(products + (xi * chunk + m0) * nr), nr,
+                            reinterpret_cast<scalar_t*>(products + (xi * point_stride + m0) * nr), nr,
                             std::min(wino.mr, channels - m0));
         }
       }
       for (int64_t c = 0; c < channels; ++c) {
-        packed_.kernel.winograd_output_transform(m, r, products + c * nr, chunk * nr, y, nr);
+        packed_.kernel.winograd_output_transform(m, r, products + c * nr, point_stride * nr, y, nr);
         packed_.kernel.winograd_scatter(y, m, nr, static_cast<float>(bias[c0 + c]), row_runs_.data(),
                                         static_cast<int64_t>(row_runs_.size()),
                                         reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr);
@@ -574,6 +621,12 @@ class NinBlockTileWorker {
   int64_t products_chunk_channels() const {
     const int64_t mr = packed_.kernel.mr, per_channel = winograd_points() * nr_ * int64_t(sizeof(float));
     return std::max<int64_t>(mr, (int64_t{512} << 10) / std::max<int64_t>(per_channel, 1) / mr * mr);
+  }
+
+  // The products buffer: a chunk of channels per point (plain, or whole NR-channel panels), one channel
+  // of padding after each.
+  int64_t winograd_products_floats() const {
+    return winograd_points() * (std::max(nr_, products_chunk_channels()) + 1) * nr_;
   }
 
   // The Winograd band's width: the padded input row, plus the zero columns that blocks past the map's

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,17 @@ inline bool narrow_winograd_pays(const NinBlockGeometry& g, const NinBlockGeomet
          (g.SH == 1 && g.SW == 1 && form.C0 <= 512 && g.OH >= 16 && g.OW >= 16);
 }
 
+// Whether Winograd tiles of few blocks may run their products with the output channels in the vector
+// lanes (the micro-kernel's swapped product): yes unless NIN_EXT_CPU_CHANNEL_LANES=0, changeable at
+// run time for tests and comparisons. Either way gives the same bits.
+inline std::atomic<bool>& channel_lanes_mode() {
+  static std::atomic<bool> mode([] {
+    const char* flag = std::getenv("NIN_EXT_CPU_CHANNEL_LANES");
+    return flag == nullptr || std::string(flag) != "0";
+  }());
+  return mode;
+}
+
 inline bool winograd_weight(const at::Tensor& w) {
   return w.scalar_type() == at::kFloat && winograd_conv_shape(w.size(0), w.size(1), w.size(2), w.size(3));
 }
@@ -74,16 +86,18 @@ inline bool winograd_geometry(const NinBlockGeometry& g) {
 
 // The conv weight in the Winograd domain, U = G g G^T per (C_out, C_in) pair, packed for the
 // micro-kernel: one (C_out x C_in) matrix per transform point xi, in MR-row panels, k-major:
-// u[((xi * panels + m / MR) * C_in + k) * MR + m % MR].
+// u[((xi * panels + m / MR) * C_in + k) * MR + m % MR]; for the swapped product (channel_panel) also
+// in NR-column panels, built on first use.
 struct PackedWinogradConv {
   const WinogradMatrices& transform;
-  int64_t M, K, mr;
+  int64_t M, K, mr, nr;
   std::vector<float> u;
 
   // From the direct path's packing of the same weight (`conv_panels`, MR-row panels of the
   // (C_out x C_in r r) matrix, k-major): the float weights, widened to double exactly.
-  PackedWinogradConv(const float* conv_panels, int64_t out_channels, int64_t in_channels, int r, int m, int64_t mr_)
-      : transform(winograd_matrices(m, r)), M(out_channels), K(in_channels), mr(mr_) {
+  PackedWinogradConv(const float* conv_panels, int64_t out_channels, int64_t in_channels, int r, int m, int64_t mr_,
+                     int64_t nr_)
+      : transform(winograd_matrices(m, r)), M(out_channels), K(in_channels), mr(mr_), nr(nr_) {
     const int alpha = transform.alpha;
     const int64_t panels = (M + mr - 1) / mr;
     u.assign(alpha * alpha * panels * K * mr, 0.f);
@@ -143,6 +157,31 @@ struct PackedWinogradConv {
     const int64_t panels = (M + mr - 1) / mr;
     return u.data() + ((xi * panels + m0 / mr) * K) * mr;
   }
+
+  // The NR output channels from m0 (a multiple of NR) of point xi, k-major, for the swapped product:
+  // u_nr[((xi * groups + m0 / NR) * C_in + k) * NR + m % NR], zero past C_out. Built on first use
+  // (only tiles of few blocks read it; any thread may ask first).
+  const float* channel_panel(int xi, int64_t m0) const {
+    const int64_t groups = (M + nr - 1) / nr;
+    std::call_once(channel_panels_built_, [&] {
+      const int64_t points = transform.alpha * transform.alpha;
+      u_nr_.assign(points * groups * K * nr, 0.f);
+      for (int64_t xi = 0; xi < points; ++xi) {
+        for (int64_t m = 0; m < M; ++m) {
+          const float* src = panel(static_cast<int>(xi), m) + m % mr;
+          float* dst = u_nr_.data() + ((xi * groups + m / nr) * K) * nr + m % nr;
+          for (int64_t k = 0; k < K; ++k) {
+            dst[k * nr] = src[k * mr];
+          }
+        }
+      }
+    });
+    return u_nr_.data() + ((xi * groups + m0 / nr) * K) * nr;
+  }
+
+ private:
+  mutable std::once_flag channel_panels_built_;
+  mutable std::vector<float> u_nr_;
 };
 
 }  // namespace cpu
