@@ -387,8 +387,6 @@ class NinBlockTileWorker {
         writer_(packed.kernel) {
     if (winograd) {  // the band's padding columns stay zero (compute_winograd writes the others)
       std::fill(winograd_band(), winograd_band() + winograd_band_floats(), 0.f);
-      // The swapped products leave the lanes past a tile's blocks as they were: finite, never read.
-      std::fill(products_.data(), products_.data() + winograd_products_floats(), scalar_t(0));
     }
   }
 
@@ -512,14 +510,15 @@ class NinBlockTileWorker {
     // transform point, M[xi] = U[xi] V[xi] (V[xi]'s rows vs apart); then the output transform,
     // Y = AT M A per channel, and bias + ReLU into the m^2 pixel panels.
     // With channel lanes (winograd_channel_lanes), the same products come from the swapped kernel, the
-    // tile's blocks as its rows, in chunks of whole NR-channel panels. A point's products are a
-    // channel more than the chunk apart: 32 channels of 32 lanes apart, 4 KiB, put the output
-    // transform's reads of a channel in one L1 set (the transforms took 2.5x the time).
+    // tile's blocks as its rows, in chunks of whole NR-channel panels, each point's a channel more than
+    // the chunk apart (32 channels of 32 lanes, 4 KiB apart, put the output transform's reads of a
+    // channel in one L1 set: the transforms took 2.5x the time); the lanes past the tile's blocks keep
+    // what the buffer held (the output transform runs on them, the scatter never reads them).
     float* products = reinterpret_cast<float*>(products_.data());
     const scalar_t* bias = packed_.conv.bias.data();
     const bool channel_lanes = winograd_channel_lanes(packed_.kernel, g.CC, tb);
     const int64_t chunk = channel_lanes ? std::max(nr, products_chunk_channels() / nr * nr) : products_chunk_channels();
-    const int64_t point_stride = chunk + 1;
+    const int64_t point_stride = channel_lanes ? chunk + 1 : chunk;
     for (int64_t c0 = 0; c0 < g.CC; c0 += chunk) {
       const int64_t channels = std::min(chunk, g.CC - c0);
       for (int xi = 0; xi < points; ++xi) {
@@ -623,8 +622,8 @@ class NinBlockTileWorker {
     return std::max<int64_t>(mr, (int64_t{512} << 10) / std::max<int64_t>(per_channel, 1) / mr * mr);
   }
 
-  // The products buffer: a chunk of channels per point (plain, or whole NR-channel panels), one channel
-  // of padding after each.
+  // The products buffer: a chunk of channels per point (plain, or whole NR-channel panels and one
+  // channel of padding).
   int64_t winograd_products_floats() const {
     return winograd_points() * (std::max(nr_, products_chunk_channels()) + 1) * nr_;
   }
