@@ -88,6 +88,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
   const int64_t nr = packed.kernel.nr;
   const int64_t blocks_per_image = ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m), blocks = g.N * blocks_per_image;
   const TileSplit tiles = winograd_tiles(blocks, nr);
+  const bool channel_lanes = winograd_channel_lanes(packed.kernel, g.CC, tiles.largest());
   const int64_t ranges = std::min<int64_t>(tiles.count, at::get_num_threads());
   auto range_of_tile = [&](int64_t tile) { return tile * ranges / tiles.count; };  // ranges of near-equal size
   auto first_tile = [&](int64_t range) { return (range * tiles.count + ranges - 1) / ranges; };
@@ -108,7 +109,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
     pool_plane(image + c * g.OH * g.OW, out_data + (n * g.C2 + c) * pool.OH * pool.OW, pool, row_scratch);
   };
   at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases);
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases, channel_lanes);
     std::vector<scalar_t> row_scratch(g.OW);
     std::vector<std::pair<int64_t, at::Tensor>> open_images;  // images of the range not pooled yet
     std::vector<at::Tensor> free_buffers;

@@ -303,8 +303,10 @@ constexpr double kSwappedProductCost = 1.15;
 // NIN_EXT_CPU_CHANNEL_LANES=0): where that computes fewer products, at kSwappedProductCost each. Plain,
 // each pixel panel is NR lanes however few blocks the tile holds; swapped, the channels are whole
 // NR-channel panels. At batch 1 the seed's block 3 has tiles of 18 blocks: 20 rows swapped against
-// 32 lanes plain. The path's choice (winograd_work) leaves this out, so the m and path a call takes do
-// not depend on it.
+// 32 lanes plain. A call decides for all its tiles by its largest, so that the threads' tiles take
+// the same time (mixed, a tile of 24 blocks swapped and one of 25 plain left a thread idle for a
+// seventh of the block). The path's choice (winograd_work) leaves this out, so the m and path a call
+// takes do not depend on it.
 template <typename scalar_t>
 bool winograd_channel_lanes(const MicroKernel<scalar_t>& kernel, int64_t channels, int64_t blocks) {
   const int64_t nr = kernel.nr;
@@ -371,11 +373,14 @@ template <typename scalar_t>
 class NinBlockTileWorker {
  public:
   // A Winograd worker's (winograd != nullptr) tiles are up to NR blocks of m x m output pixels (up to
-  // m^2 NR pixels); its patch holds the transformed input and `products_` the per-point products. It
-  // may read the conv's input as x's phase channels (conv_phase_forms_cpu.h; g is then the form's).
+  // m^2 NR pixels); its patch holds the transformed input and `products_` the per-point products,
+  // swapped where `channel_lanes` (winograd_channel_lanes). It may read the conv's input as x's phase
+  // channels (conv_phase_forms_cpu.h; g is then the form's).
   NinBlockTileWorker(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                     int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {})
-      : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), nr_(packed.kernel.nr),
+                     int64_t tile_pixels, const PackedWinogradConv* winograd = nullptr, InputPhases phases = {},
+                     bool channel_lanes = false)
+      : x_(x), g_(g), phases_(phases), packed_(packed), winograd_(winograd), channel_lanes_(channel_lanes),
+        nr_(packed.kernel.nr),
         broadcast_(winograd == nullptr ? broadcast_packing(packed, g) : nullptr),
         patch_(winograd ? g.C0 * winograd_channel_floats() : broadcast_ ? 0 : g.K() * tile_pixels),
         hidden0_(g.CC * tile_pixels),
@@ -516,13 +521,12 @@ class NinBlockTileWorker {
     // what the buffer held (the output transform runs on them, the scatter never reads them).
     float* products = reinterpret_cast<float*>(products_.data());
     const scalar_t* bias = packed_.conv.bias.data();
-    const bool channel_lanes = winograd_channel_lanes(packed_.kernel, g.CC, tb);
-    const int64_t chunk = channel_lanes ? std::max(nr, products_chunk_channels() / nr * nr) : products_chunk_channels();
-    const int64_t point_stride = channel_lanes ? chunk + 1 : chunk;
+    const int64_t chunk = channel_lanes_ ? std::max(nr, products_chunk_channels() / nr * nr) : products_chunk_channels();
+    const int64_t point_stride = channel_lanes_ ? chunk + 1 : chunk;
     for (int64_t c0 = 0; c0 < g.CC; c0 += chunk) {
       const int64_t channels = std::min(chunk, g.CC - c0);
       for (int xi = 0; xi < points; ++xi) {
-        if (channel_lanes) {
+        if (channel_lanes_) {
           for (int64_t j0 = 0; j0 < channels; j0 += nr) {
             for (int64_t lane = 0; lane < tb; lane += wino.mr) {
               packed_.kernel.swapped_fn(g.C0, v + xi * nr + lane, vs, wino.channel_panel(xi, c0 + j0),
@@ -876,6 +880,7 @@ class NinBlockTileWorker {
   const InputPhases phases_;
   const NinBlockPacked<scalar_t>& packed_;
   const PackedWinogradConv* const winograd_;  // null for a direct-path worker
+  const bool channel_lanes_;                  // Winograd: whether the products run swapped
   const int64_t nr_;
   const PackedBroadcastConv* const broadcast_;  // the direct path's conv by the broadcast kernel, or null
   ScratchBuffer<scalar_t> patch_, hidden0_, hidden1_, hidden2_;
@@ -947,8 +952,9 @@ void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, cons
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
   const TileSplit tiles = winograd_tiles(blocks, nr);
+  const bool channel_lanes = winograd_channel_lanes(packed.kernel, g.CC, tiles.largest());
   at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
-    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases);
+    NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases, channel_lanes);
     for (int64_t tile = begin; tile < end; ++tile) {
       tile_fn(worker, tiles.first(tile), tiles.size(tile));
     }
