@@ -169,8 +169,8 @@ void microkernel_portable(int64_t K, const scalar_t* a, const scalar_t* b, int64
       bias, c, ldc, rows);
 }
 
-// An (MR x NR) block computed row-major, stored transposed: c[j * ldc + r] for r < rows.
-template <int MR, int NR>
+// A block of NR columns computed row-major, stored transposed: c[j * ldc + r] for r < rows.
+template <int NR>
 inline void store_transposed(const float* block, float* c, int64_t ldc, int64_t rows) {
   for (int j = 0; j < NR; ++j) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -190,7 +190,7 @@ void swapped_product_portable(int64_t K, const float* a, int64_t lda, const floa
         }
       },
       nullptr, block, NR, MR);
-  store_transposed<MR, NR>(block, c, ldc, rows);
+  store_transposed<NR>(block, c, ldc, rows);
 }
 
 // Whether a panel's n lanes are consecutive positions of the rows (the shifted kernels then read

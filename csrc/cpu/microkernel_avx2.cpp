@@ -51,8 +51,8 @@ void microkernel_avx2_6x16(int64_t K, const float* a, const float* b, int64_t ld
 void swapped_product_avx2_6x16(int64_t K, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
                                int64_t rows) {
   register_blocked_swapped_product<Avx2, 6, 2>(
-      K, a, lda, b, c, ldc, rows, [](auto row_class, const float* block, float* c_, int64_t ldc_, int64_t rows_) {
-        store_transposed<decltype(row_class)::value, 16>(block, c_, ldc_, rows_);
+      K, a, lda, b, c, ldc, rows, [](auto, const float* block, float* c_, int64_t ldc_, int64_t rows_) {
+        store_transposed<16>(block, c_, ldc_, rows_);
       });
 }
 

@@ -5,9 +5,10 @@
 
 #if NIN_EXT_X86_64
 #pragma GCC target("avx512f")
-// GCC 12's _mm512_max_ps passes _mm512_undefined_ps() as its unused merge source, which
-// -Wmaybe-uninitialized reports as a false positive.
+// GCC 12's _mm512_max_ps and _mm512_unpack{lo,hi}_ps pass _mm512_undefined_ps() as their unused merge
+// source, which -Wmaybe-uninitialized and -Wuninitialized report as a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -70,7 +71,6 @@ inline void transpose_16x16(__m512 r[16]) {
     r[i + 8] = _mm512_permutex2var_ps(t[i], second, t[i + 8]);
   }
 }
-
 
 // store_transposed by two 16 x 16 transposes in registers: a block of up to 12 rows (its rows past
 // ROWS read as zero) of 32 channels, each channel one masked store of `rows` lanes.
