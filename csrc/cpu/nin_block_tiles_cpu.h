@@ -528,8 +528,9 @@ class NinBlockTileWorker {
       for (int xi = 0; xi < points; ++xi) {
         if (channel_lanes_) {
           for (int64_t j0 = 0; j0 < channels; j0 += nr) {
+            const float* weights = wino.channel_panel(xi, c0 + j0);
             for (int64_t lane = 0; lane < tb; lane += wino.mr) {
-              packed_.kernel.swapped_fn(g.C0, v + xi * nr + lane, vs, wino.channel_panel(xi, c0 + j0),
+              packed_.kernel.swapped_fn(g.C0, v + xi * nr + lane, vs, weights,
                                         products + (xi * point_stride + j0) * nr + lane, nr,
                                         std::min(wino.mr, tb - lane));
             }
