@@ -7,7 +7,8 @@
 #   benchmarks/gpu_lease.sh OUTDIR TARBALL      e.g. /tmp/gpu-h100-<commit> $OUT/report.tgz
 #
 # Timings (OUTDIR/quick-*.txt and .json): the NiN at batch 256 in TF32 and bf16 and at batch 1 in
-# TF32, eager against nin_ext's `auto` backend and the triton backend, no torch.compile.
+# TF32, eager against nin_ext's `auto` backend and the triton backend (NIN_LEASE_EXTRA_BACKENDS, default
+# triton; `none` saves the autotuning's half minute when the Triton kernels did not change), no torch.compile.
 # Environment: as gpu_validate.sh (NIN_VALIDATE_PREBUILT=1 and NIN_VALIDATE_COMMIT for a `_C` from
 # `make gpu-prebuild`); NIN_LEASE_BUDGET_S (default 420) bounds the whole run. NIN_LEASE_AB_TREE, a
 # folder holding another build's nin_ext package (e.g. an earlier commit's, carried to the machine),
@@ -46,14 +47,15 @@ quick() {
 }
 B256_TF32="--batch 256 --repeat 10 --warmup 3 --dtype float32 --tf32 on"
 B256_BF16="--batch 256 --repeat 10 --warmup 3 --dtype bfloat16"
-quick b256-tf32 $B256_TF32 --extra-backends triton
+EXTRA=${NIN_LEASE_EXTRA_BACKENDS:-triton}
+quick b256-tf32 $B256_TF32 --extra-backends "$EXTRA"
 if [ -n "${NIN_LEASE_AB_TREE:-}" ]; then
   QUICK_TREE=$NIN_LEASE_AB_TREE quick ab-b256-tf32 $B256_TF32 --extra-backends none
   quick b256-tf32-again $B256_TF32 --extra-backends none
   QUICK_TREE=$NIN_LEASE_AB_TREE quick ab-b256-bf16 $B256_BF16 --extra-backends none
 fi
-quick b256-bf16 $B256_BF16 --extra-backends triton
-quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra-backends triton
+quick b256-bf16 $B256_BF16 --extra-backends "$EXTRA"
+quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra-backends "$EXTRA"
 
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null)
 if [ -n "$NCU" ]; then

@@ -137,6 +137,8 @@ int main() {
       CHECK(half.tile_pixels >= kTensorCoreMinTilePixels && half.smem.bytes <= limit, "fp16 C=%lld", (long long)c);
       const TilePlan f64 = plan_nin_block_tile(c, c, 8, 8, kSimtMinTilePixels, limit, 256, 144, false, 132);
       CHECK(f64.tile_pixels >= kSimtMinTilePixels && f64.smem.bytes <= limit, "fp64 C=%lld", (long long)c);
+      CHECK(f64.smem.chunk_group <= max_chunk_group(8) && tc.smem.chunk_group <= max_chunk_group(4),
+            "a pass holds at most the chunks its accumulators fit in registers: C=%lld", (long long)c);
     }
   }
   const TilePlan block1 = plan_nin_block_tile(96, 96, 4, 4, 16, h100, 256, 54 * 54, false, 132);
@@ -154,6 +156,17 @@ int main() {
   CHECK(wide_a100.tile_pixels == 16 && wide_a100.smem.chunk_group < kMaxChunkGroup,
         "C=1024 fp32 on an A100 fits with a smaller group, got %lld pixels, group %d",
         (long long)wide_a100.tile_pixels, wide_a100.smem.chunk_group);
+  // packed weights: zero-padded to whole chunks of rows and K, every matrix a whole number of 16-byte rows
+  for (int64_t rows : {1, 63, 64, 65, 384}) {
+    for (int64_t K : {1, 9, 31, 32, 33, 2400}) {
+      const PackedWeightShape w{rows, K};
+      CHECK(w.padded_rows() % kChannelChunk == 0 && w.padded_rows() >= rows && w.padded_rows() < rows + kChannelChunk &&
+                w.padded_K() % kReductionChunk == 0 && w.padded_K() >= K && w.padded_K() < K + kReductionChunk,
+            "packed %lld x %lld", (long long)rows, (long long)K);
+      for (int64_t elem : {2, 4, 8}) CHECK(w.padded_K() * elem % 16 == 0, "packed rows of %lld-byte elements", (long long)elem);
+    }
+  }
+  CHECK(packed_weights_elems(96, 121, 96, 10) == 128 * 128 + 128 * 96 + 64 * 96, "three packed matrices");
   const TilePlan none = plan_nin_block_tile(8192, 8192, 4, 4, 16, h100, 1, 1, false, 132);
   CHECK(none.tile_pixels == 0, "channels too wide must give no plan");
 

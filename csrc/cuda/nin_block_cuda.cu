@@ -7,7 +7,8 @@
 // kChannelChunk output channels and kReductionChunk reduction elements, so any channel count works;
 // only the tile's pixel count shrinks (host plan, nin_block_tile_plan.h) when h0 and h1 are wide. Each
 // layer accumulates a group of channel chunks from each staged chunk of its A, so that the im2col
-// gather runs once per group rather than once per chunk.
+// gather runs once per group rather than once per chunk. The launch first writes the weights in the
+// form the kernel stages (pack_weights_kernel: padded, rounded), so that staging them is a copy.
 //
 // The inner product of a chunk is a policy: WmmaMath (tensor cores through WMMA: TF32, fp16, bf16
 // with fp32 accumulation; sm_80+) or SimtMath (FFMA: exact fp32, and fp64).
@@ -50,10 +51,9 @@ struct SimtMath {
   __device__ static T to_input(T v) { return v; }
 
   // f[g] += a[0:P, 0:kReductionChunk] @ b[g * kChannelChunk + (0:kChannelChunk), 0:kReductionChunk]^T
-  // for the first `chunks` of the G fragments
+  // for each of the G fragments
   template <int G>
-  __device__ static void mma(Fragment (&f)[G], int chunks, const T* a, int64_t a_ld, const T* b, int64_t b_ld,
-                             int P) {
+  __device__ static void mma(Fragment (&f)[G], const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
     const int col = threadIdx.x % kChannelChunk;
     const int row0 = threadIdx.x / kChannelChunk;
 #pragma unroll
@@ -63,12 +63,10 @@ struct SimtMath {
         const T* a_row = a + p * a_ld;
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          if (g < chunks) {
-            const T* b_row = b + (g * kChannelChunk + col) * b_ld;
-            Acc s = f[g].v[i];
-            for (int k = 0; k < kReductionChunk; ++k) s = fma(to_acc(a_row[k]), to_acc(b_row[k]), s);
-            f[g].v[i] = s;
-          }
+          const T* b_row = b + (g * kChannelChunk + col) * b_ld;
+          Acc s = f[g].v[i];
+          for (int k = 0; k < kReductionChunk; ++k) s = fma(to_acc(a_row[k]), to_acc(b_row[k]), s);
+          f[g].v[i] = s;
         }
       }
     }
@@ -171,11 +169,10 @@ struct WmmaMath {
   // Every value staged into a, b, h0 and h1 passes through this, so fragments load ready inputs.
   __device__ static T to_input(T v) { return WmmaInput<T>::to_input(v); }
 
-  // As SimtMath::mma: the warp's fragments of the first `chunks` channel chunks; each A fragment is
-  // loaded once for all of them.
+  // As SimtMath::mma: the warp's fragments of the G channel chunks; each A fragment is loaded once
+  // for all of them.
   template <int G>
-  __device__ static void mma(Fragment (&f)[G], int chunks, const T* a, int64_t a_ld, const T* b, int64_t b_ld,
-                             int P) {
+  __device__ static void mma(Fragment (&f)[G], const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
     using namespace nvcuda;
     const int column = column_of_warp();
     if (row_of_fragment(0) * 16 >= P) return;  // a small tile leaves this warp without rows
@@ -189,12 +186,10 @@ struct WmmaMath {
           WmmaInput<T>::load_a(a_frag, a + row * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
 #pragma unroll
           for (int g = 0; g < G; ++g) {
-            if (g < chunks) {
-              wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
-              WmmaInput<T>::load_b(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk,
-                                   static_cast<unsigned>(b_ld));
-              wmma::mma_sync(f[g].v[i], a_frag, b_frag, f[g].v[i]);
-            }
+            wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
+            WmmaInput<T>::load_b(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk,
+                                 static_cast<unsigned>(b_ld));
+            wmma::mma_sync(f[g].v[i], a_frag, b_frag, f[g].v[i]);
           }
         }
       }
@@ -214,92 +209,146 @@ struct WmmaMath {
   }
 };
 
-// A [rows][kReductionChunk] chunk of a weight matrix ([out channel][k], zero past out_channels and
-// K), staged through registers: load() issues the global loads of the next chunk before the current
-// chunk's products, store() puts them into shared memory after them, so that their latency overlaps
-// the tensor-core work. kThreads is a multiple of kReductionChunk: a thread keeps one column k.
-template <typename Math, int kMaxRows>
-struct WeightStage {
-  using T = typename Math::Elem;
-  static constexpr int kPerThread = kMaxRows / kStageRowStep;
-  static_assert(kMaxRows % kStageRowStep == 0, "whole rows per thread");
-  T v[kPerThread];
+// The packed weights (PackedWeightShape) of one layer, as the kernel reads them.
+template <typename T>
+struct PackedWeight {
+  const T* data;  // [padded rows][padded_K]
+  int64_t padded_K;
+};
 
-  __device__ void load(const T* weight, int64_t K, int64_t out_channels, int64_t n0, int rows, int64_t k0) {
-    const int64_t gk = k0 + threadIdx.x % kReductionChunk;
-    const int n_first = threadIdx.x / kReductionChunk;
-    // rows this thread may read: below `rows` and out_channels, and none past K
-    const int64_t rows_here = gk < K ? (out_channels - n0 < rows ? out_channels - n0 : rows) : 0;
-    const T* element = weight + (n0 + n_first) * K + gk;  // stepped by a pointer add, not a 64-bit multiply
+// Writes the packed form of one weight matrix per blockIdx.y (w, w1, w2): zeros past its rows and K,
+// values through Math::to_input.
+struct PackJob {
+  const void* weight;  // [rows][K], contiguous
+  void* packed;
+  PackedWeightShape shape;
+};
+struct PackJobs {
+  PackJob job[3];
+};
+
+template <typename Math>
+__global__ void pack_weights_kernel(const PackJobs jobs) {
+  using T = typename Math::Elem;
+  const PackJob& job = jobs.job[blockIdx.y];
+  const T* weight = static_cast<const T*>(job.weight);
+  T* packed = static_cast<T*>(job.packed);
+  const int64_t padded_K = job.shape.padded_K();
+  const int64_t elems = job.shape.elems();
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < elems; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / padded_K;
+    const int64_t k = e - r * padded_K;
+    packed[e] = r < job.shape.rows && k < job.shape.K ? Math::to_input(weight[r * job.shape.K + k]) : from_acc<T>(0);
+  }
+}
+
+// A [kRows][kReductionChunk] chunk of a layer's packed weights ([out channel][k]), staged through
+// registers in 16-byte pieces: load() issues the global loads of the next chunk before the current
+// chunk's products, store() puts them into shared memory after them, so that their latency overlaps
+// the tensor-core work. The packing's zeros and rounding leave a plain copy to do.
+template <typename T, int kRows>
+struct WeightStage {
+  using Piece = uint4;
+  static constexpr int kPieceElems = sizeof(Piece) / sizeof(T);
+  static constexpr int kPiecesPerRow = kReductionChunk / kPieceElems;
+  static constexpr int kRowStep = kThreads / kPiecesPerRow;  // rows apart that one thread stages
+  static constexpr int kPerThread = (kRows + kRowStep - 1) / kRowStep;
+  static constexpr int64_t kLd = padded_row(kReductionChunk, sizeof(T));  // b's row stride
+  static_assert(kReductionChunk % kPieceElems == 0 && kThreads % kPiecesPerRow == 0, "whole pieces per thread");
+  static_assert(kLd % kPieceElems == 0, "b's rows are 16-byte aligned");
+  Piece v[kPerThread];
+
+  __device__ static int first_row() { return static_cast<int>(threadIdx.x) / kPiecesPerRow; }
+  // whether this thread's piece j is a row of the chunk (always, when the rows are a multiple of kRowStep)
+  __device__ static bool has_row(int j) { return kRows % kRowStep == 0 || first_row() + j * kRowStep < kRows; }
+  __device__ void load(const PackedWeight<T>& w, int64_t n0, int64_t k0) {
+    const Piece* piece = reinterpret_cast<const Piece*>(w.data + (n0 + first_row()) * w.padded_K + k0) +
+                         threadIdx.x % kPiecesPerRow;
+    const int64_t row_step = kRowStep * w.padded_K / kPieceElems;  // in pieces
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      v[j] = n_first + j * kStageRowStep < rows_here ? *element : from_acc<T>(0);
-      element += kStageRowStep * K;
+      if (has_row(j)) v[j] = piece[j * row_step];
     }
   }
-  __device__ void store(T* b_tile, int64_t b_ld, int rows) const {
-    const int k = threadIdx.x % kReductionChunk;
+  __device__ void store(T* b_tile) const {
+    Piece* piece = reinterpret_cast<Piece*>(b_tile + first_row() * kLd) + threadIdx.x % kPiecesPerRow;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int n = threadIdx.x / kReductionChunk + j * kStageRowStep;
-      if (n < rows) b_tile[n * b_ld + k] = Math::to_input(v[j]);
+      if (has_row(j)) piece[j * kRowStep * kLd / kPieceElems] = v[j];
     }
   }
 };
 
-// One layer of the block for the tile: for each chunk of kChannelChunk output channels,
-// acc = A[0:P, 0:K] @ weight[chunk, 0:K]^T, then epilogue(n0, acc tile) with the accumulators in c.
-// A pass computes `group` (at most kMaxChunkGroup) chunks from each staged A chunk; b_tile holds
-// `group` chunks. a_stage provides A's
-// columns [k0, k0 + kReductionChunk): load(k0) and store() stage them (as WeightStage does, or
-// nothing when A is already in shared memory), tile(k0) and ld() read them; A and the weight chunks
-// are zero beyond K.
-template <typename Math, typename AStage, typename Epilogue>
-__device__ void tile_layer(const typename Math::Elem* weight, int64_t K, int64_t out_channels, int group, int P,
-                           typename Math::Elem* b_tile, int64_t b_ld, typename Math::Acc* c_tile, int64_t c_ld,
-                           AStage& a_stage, Epilogue epilogue) {
+// One pass of a layer over the tile: output channels [n0, n0 + kChunks * kChannelChunk),
+// acc = A[0:P, 0:K] @ weight[those channels, 0:K]^T, then epilogue(n0 + g * kChannelChunk) for each
+// chunk g with its accumulators in c. The chunk count is a compile-time constant so that the products
+// run without a branch per chunk. a_stage provides A's columns [k0, k0 + kReductionChunk): load(k0)
+// and store() stage them (as WeightStage does, or nothing when A is already in shared memory),
+// tile(k0) and ld() read them; A and the packed weights are zero beyond K.
+template <int kChunks, typename Math, typename AStage, typename Epilogue>
+__device__ void layer_pass(const PackedWeight<typename Math::Elem>& weight, int64_t K, int64_t n0, int P,
+                           typename Math::Elem* b_tile, typename Math::Acc* c_tile, int64_t c_ld, AStage& a_stage,
+                           Epilogue& epilogue) {
   using T = typename Math::Elem;
-  constexpr int G = kMaxChunkGroup;
-  const int per_pass = group < G ? group : G;
+  using Stage = WeightStage<T, kChunks * kChannelChunk>;
   const int64_t steps = ceil_div(K, kReductionChunk);
-  for (int64_t n0 = 0; n0 < out_channels; n0 += int64_t(per_pass) * kChannelChunk) {
-    // the same in every thread: the barriers below are uniform
-    const int chunks = chunks_per_pass(out_channels - n0, per_pass);
-    const int rows = chunks * kChannelChunk;
-    typename Math::Fragment acc[G];
+  typename Math::Fragment acc[kChunks];
 #pragma unroll
-    for (int g = 0; g < G; ++g) Math::zero(acc[g]);
-    WeightStage<Math, G * kChannelChunk> b_stage;
-    if (steps > 0) {
-      __syncthreads();  // the previous pass's readers of a and b are done
-      b_stage.load(weight, K, out_channels, n0, rows, 0);
-      a_stage.load(0);
-      b_stage.store(b_tile, b_ld, rows);
+  for (int g = 0; g < kChunks; ++g) Math::zero(acc[g]);
+  Stage b_stage;
+  if (steps > 0) {
+    __syncthreads();  // the previous pass's readers of a and b are done
+    b_stage.load(weight, n0, 0);
+    a_stage.load(0);
+    b_stage.store(b_tile);
+    a_stage.store();
+    __syncthreads();
+  }
+  for (int64_t step = 0; step < steps; ++step) {
+    const int64_t k0 = step * kReductionChunk;
+    const bool more = step + 1 < steps;
+    if (more) {  // the next chunk's global loads, in flight during the products
+      b_stage.load(weight, n0, k0 + kReductionChunk);
+      a_stage.load(k0 + kReductionChunk);
+    }
+    Math::mma(acc, a_stage.tile(k0), a_stage.ld(), b_tile, Stage::kLd, P);
+    if (more) {
+      __syncthreads();  // the products' readers of a and b are done
+      b_stage.store(b_tile);
       a_stage.store();
       __syncthreads();
     }
-    for (int64_t step = 0; step < steps; ++step) {
-      const int64_t k0 = step * kReductionChunk;
-      const bool more = step + 1 < steps;
-      if (more) {  // the next chunk's global loads, in flight during the products
-        b_stage.load(weight, K, out_channels, n0, rows, k0 + kReductionChunk);
-        a_stage.load(k0 + kReductionChunk);
-      }
-      Math::mma(acc, chunks, a_stage.tile(k0), a_stage.ld(), b_tile, b_ld, P);
-      if (more) {
-        __syncthreads();  // the products' readers of a and b are done
-        b_stage.store(b_tile, b_ld, rows);
-        a_stage.store();
-        __syncthreads();
-      }
-    }
+  }
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      if (g < chunks) {
-        __syncthreads();  // the products' and the previous epilogue's readers of c are done
-        Math::store(acc[g], c_tile, c_ld, P);
-        __syncthreads();
-        epilogue(n0 + int64_t(g) * kChannelChunk);
+  for (int g = 0; g < kChunks; ++g) {
+    __syncthreads();  // the products' and the previous epilogue's readers of c are done
+    Math::store(acc[g], c_tile, c_ld, P);
+    __syncthreads();
+    epilogue(n0 + int64_t(g) * kChannelChunk);
+  }
+}
+
+// One layer of the block for the tile, in passes of `group` (at most max_chunk_group) channel chunks
+// (fewer in the last): each pass computes its chunks from each staged chunk of A, and b holds them.
+template <typename Math, typename AStage, typename Epilogue>
+__device__ void tile_layer(const PackedWeight<typename Math::Elem>& weight, int64_t K, int64_t out_channels,
+                           int group, int P, typename Math::Elem* b_tile, typename Math::Acc* c_tile, int64_t c_ld,
+                           AStage& a_stage, Epilogue epilogue) {
+  constexpr int kGroup = max_chunk_group(sizeof(typename Math::Acc));
+  static_assert(kGroup <= 4, "a case per chunk count below");
+  const int per_pass = group < kGroup ? group : kGroup;
+  for (int64_t n0 = 0; n0 < out_channels; n0 += int64_t(per_pass) * kChannelChunk) {
+    // the same in every thread: the barriers in the pass are uniform
+    const int chunks = chunks_per_pass(out_channels - n0, per_pass);
+    if (chunks == 1) {
+      layer_pass<1, Math>(weight, K, n0, P, b_tile, c_tile, c_ld, a_stage, epilogue);
+    } else if (chunks == 2) {
+      layer_pass<2, Math>(weight, K, n0, P, b_tile, c_tile, c_ld, a_stage, epilogue);
+    } else if constexpr (kGroup >= 3) {
+      if (chunks == 3) {
+        layer_pass<3, Math>(weight, K, n0, P, b_tile, c_tile, c_ld, a_stage, epilogue);
+      } else {
+        layer_pass<4, Math>(weight, K, n0, P, b_tile, c_tile, c_ld, a_stage, epilogue);
       }
     }
   }
@@ -402,7 +451,7 @@ struct SmemRows {
 };
 
 template <typename Math>
-__global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunch p) {
+__global__ void __launch_bounds__(kThreads, 1) nin_block_kernel(const NinBlockLaunch p) {
   using T = typename Math::Elem;
   using Acc = typename Math::Acc;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -418,12 +467,15 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   int32_t* iw0 = ih0 + P;
 
   const T* x = static_cast<const T*>(p.x);
-  const T* w = static_cast<const T*>(p.w);
   const T* b = static_cast<const T*>(p.b);
-  const T* w1 = static_cast<const T*>(p.w1);
   const T* b1 = static_cast<const T*>(p.b1);
-  const T* w2 = static_cast<const T*>(p.w2);
   const T* b2 = static_cast<const T*>(p.b2);
+  const int64_t conv_K = p.C0 * p.KH * p.KW;
+  const PackedWeightShape w_shape{p.CC, conv_K}, w1_shape{p.C1, p.CC}, w2_shape{p.C2, p.C1};
+  const T* packed = static_cast<const T*>(p.packed_weights);
+  const PackedWeight<T> w{packed, w_shape.padded_K()};
+  const PackedWeight<T> w1{w.data + w_shape.elems(), w1_shape.padded_K()};
+  const PackedWeight<T> w2{w1.data + w1_shape.elems(), w2_shape.padded_K()};
 
   const int64_t tile = blockIdx.x;
   const int64_t first = p.tiling.first_pixel(tile);
@@ -442,24 +494,24 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
   // (tile_layer's first __syncthreads publishes the pixel table)
 
   // (the host checks that K, H and W plus padding fit in int32)
-  // a, b and c strides as constants (the host's layout has the same values)
-  constexpr int64_t a_ld = padded_row(kReductionChunk, sizeof(T)), b_ld = a_ld;
+  // a and c strides as constants, as b's (WeightStage::kLd); the host's layout has the same values
+  constexpr int64_t a_ld = padded_row(kReductionChunk, sizeof(T));
   constexpr int64_t c_ld = padded_row(kChannelChunk, sizeof(Acc));
   Im2colStage<Math> gather{x, x_corner, ih0, iw0, a_tile, a_ld,
-                        static_cast<int32_t>(p.C0 * p.KH * p.KW), static_cast<int32_t>(p.KH),
+                        static_cast<int32_t>(conv_K), static_cast<int32_t>(p.KH),
                         static_cast<int32_t>(p.KW), p.x_stride[1], p.x_stride[2], p.x_stride[3],
                         static_cast<int32_t>(p.H), static_cast<int32_t>(p.W), count, P};
   SmemRows<T> from_h0{h0, p.smem.h0_ld};
   SmemRows<T> from_h1{h1, p.smem.h1_ld};
   using ToSmem = ReluToSmem<Math>;
   const int group = p.smem.chunk_group;
-  tile_layer<Math>(w, gather.K, p.CC, group, P, b_tile, b_ld, c_tile, c_ld, gather,
+  tile_layer<Math>(w, conv_K, p.CC, group, P, b_tile, c_tile, c_ld, gather,
                    ToSmem{h0, p.smem.h0_ld, b, p.CC, c_tile, c_ld, P});
-  tile_layer<Math>(w1, p.CC, p.C1, group, P, b_tile, b_ld, c_tile, c_ld, from_h0,
+  tile_layer<Math>(w1, p.CC, p.C1, group, P, b_tile, c_tile, c_ld, from_h0,
                    ToSmem{h1, p.smem.h1_ld, b1, p.C1, c_tile, c_ld, P});
   if (p.gap) {
     Acc* partial = static_cast<Acc*>(p.gap_partial) + tile * p.C2;
-    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int n = threadIdx.x; n < kChannelChunk; n += kThreads) {
         const int64_t c = n0 + n;
         if (c < p.C2) {
@@ -475,7 +527,7 @@ __global__ void __launch_bounds__(kThreads) nin_block_kernel(const NinBlockLaunc
     // Consecutive threads take consecutive channels when they are adjacent in memory (channels_last),
     // else consecutive pixels.
     const bool channels_fastest = p.out_stride[1] == 1;
-    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, b_ld, c_tile, c_ld, from_h1, [&](int64_t n0) {
+    tile_layer<Math>(w2, p.C1, p.C2, group, P, b_tile, c_tile, c_ld, from_h1, [&](int64_t n0) {
       for (int e = threadIdx.x; e < P * kChannelChunk; e += kThreads) {
         const int i = channels_fastest ? e / kChannelChunk : e % P;
         const int n = channels_fastest ? e % kChannelChunk : e / P;
@@ -505,6 +557,26 @@ __global__ void gap_mean_kernel(const typename AccumulateOf<T>::type* partial, T
 template <typename Math>
 cudaError_t launch_with(const NinBlockLaunch& p, cudaStream_t stream) {
   using T = typename Math::Elem;
+  PackJobs pack{};
+  const PackedWeightShape shapes[3] = {{p.CC, p.C0 * p.KH * p.KW}, {p.C1, p.CC}, {p.C2, p.C1}};
+  const void* weights[3] = {p.w, p.w1, p.w2};
+  T* packed = static_cast<T*>(p.packed_weights);
+  int64_t largest = 0;
+  for (int i = 0; i < 3; ++i) {
+    pack.job[i] = PackJob{weights[i], packed, shapes[i]};
+    packed += shapes[i].elems();
+    largest = shapes[i].elems() > largest ? shapes[i].elems() : largest;
+  }
+  constexpr int kPackThreads = 256;
+  constexpr int64_t kPackMaxBlocks = 1024;  // the kernel strides over larger matrices
+  const int64_t pack_blocks = ceil_div(largest, kPackThreads);
+  if (pack_blocks > 0) {  // (no weights at all with zero channels: an empty grid is a launch error)
+    pack_weights_kernel<Math>
+        <<<dim3(static_cast<unsigned>(pack_blocks < kPackMaxBlocks ? pack_blocks : kPackMaxBlocks), 3), kPackThreads,
+           0, stream>>>(pack);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
   cudaError_t err = cudaFuncSetAttribute(nin_block_kernel<Math>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(p.smem.bytes));
   if (err != cudaSuccess) return err;

@@ -28,6 +28,9 @@ constexpr int kMaxTilePixels = 64;       // pixels per tile, at most; 4 WMMA row
 // chunk, and each warp reuses an A fragment for the whole group. The plan picks the group
 // (SmemLayout::chunk_group) that fits, since b holds a whole group's weights.
 constexpr int kMaxChunkGroup = 4;
+// The group that a pass can hold in registers: fp64 accumulators take twice the registers, and a pass
+// of 4 chunks spilled 1.7 KB per thread (ptxas, sm_90a).
+NIN_HOST_DEVICE constexpr int max_chunk_group(int64_t acc_bytes) { return acc_bytes > 4 ? 2 : kMaxChunkGroup; }
 constexpr int kTensorCoreMinTilePixels = 16;  // one WMMA row fragment
 constexpr int kSimtMinTilePixels = 8;
 constexpr int64_t kSmemAlign = 128;
@@ -115,6 +118,23 @@ NIN_HOST_DEVICE constexpr int64_t padded_row(int64_t elems, int64_t elem_bytes) 
   return elems + kRowPadBytes / elem_bytes;
 }
 
+// The weights as the kernel stages them: a [out][K] matrix becomes [round_up(out, kChannelChunk)]
+// [round_up(K, kReductionChunk)], zero-padded and its values in the form the products take (TF32
+// rounded for tensor-core fp32), so that a thread stages a chunk by 16-byte loads with no bounds
+// check and no conversion. The three matrices lie one after another; each size is a multiple of
+// kReductionChunk elements, so every row starts 16-byte aligned.
+struct PackedWeightShape {
+  int64_t rows, K;  // of the weight
+  NIN_HOST_DEVICE int64_t padded_rows() const { return round_up(rows, kChannelChunk); }
+  NIN_HOST_DEVICE int64_t padded_K() const { return round_up(K, kReductionChunk); }
+  NIN_HOST_DEVICE int64_t elems() const { return padded_rows() * padded_K(); }
+};
+
+NIN_HOST_DEVICE inline int64_t packed_weights_elems(int64_t conv_channels, int64_t conv_K, int64_t c1, int64_t c2) {
+  return PackedWeightShape{conv_channels, conv_K}.elems() + PackedWeightShape{c1, conv_channels}.elems() +
+         PackedWeightShape{c2, c1}.elems();
+}
+
 // Shared memory of one CTA, offsets in bytes from the (128-byte aligned) base:
 //   h0      [tile_pixels][h0_ld]  elem   relu(conv) of the tile, channels padded to kChannelChunk with zeros
 //   h1      [tile_pixels][h1_ld]  elem   relu(1x1 conv) of h0
@@ -170,7 +190,7 @@ inline TilePlan plan_nin_block_tile(int64_t conv_channels, int64_t c1, int64_t e
                                     int64_t pixels_per_image, bool per_image, int64_t multiprocessors) {
   TilePlan plan{0, SmemLayout{}};
   for (int64_t p = kMaxTilePixels; p >= min_tile_pixels && plan.tile_pixels == 0; p /= 2) {
-    for (int group = kMaxChunkGroup; group >= 1; --group) {
+    for (int group = max_chunk_group(acc_bytes); group >= 1; --group) {
       const SmemLayout s = make_smem_layout(p, conv_channels, c1, elem_bytes, acc_bytes, group);
       if (s.bytes <= smem_limit) {
         plan = TilePlan{p, s};

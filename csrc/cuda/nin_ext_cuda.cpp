@@ -109,6 +109,9 @@ at::Tensor run_nin_block(bool gap, const at::Tensor& x, const at::Tensor& w, con
                             x.options().dtype(dtype == ElemType::f64 ? at::kDouble : at::kFloat));
     p.gap_partial = gap_partial.data_ptr();
   }
+  const at::Tensor packed_weights = at::empty({packed_weights_elems(g.CC, g.C0 * g.KH * g.KW, g.C1, g.C2)},
+                                             x.options().memory_format(at::MemoryFormat::Contiguous));
+  p.packed_weights = packed_weights.data_ptr();
   p.x = x.data_ptr();
   p.N = g.N;
   p.C0 = g.C0;
