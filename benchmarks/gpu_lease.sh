@@ -60,7 +60,8 @@ quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null)
 if [ -n "$NCU" ]; then
   echo "== ncu: blocks 2 and 3"
-  timeout -k 10 90 "$NCU" --profile-from-start off -c 2 --section SpeedOfLight --section Occupancy \
+  # (by name: the weight packing's small kernel runs before each block's)
+  timeout -k 10 90 "$NCU" --profile-from-start off --kernel-name regex:nin_block_kernel -c 2 --section SpeedOfLight --section Occupancy \
     --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
     --section MemoryWorkloadAnalysis --section InstructionStats --section SourceCounters \
     $PY benchmarks/ncu_blocks.py > "$OUTDIR/ncu-blocks.txt" 2>&1

@@ -1,6 +1,7 @@
 """Blocks 2 and 3 of the NiN at batch 256 in TF32, once each inside a CUDA profiler range, for Nsight
-Compute: `ncu --profile-from-start off --set full -c 1 python benchmarks/ncu_blocks.py` profiles
-block 2's kernel (`-c 2` adds block 3's)."""
+Compute: `ncu --profile-from-start off --kernel-name regex:nin_block_kernel --set full -c 1 python
+benchmarks/ncu_blocks.py` profiles block 2's kernel (`-c 2` adds block 3's; without the name, the
+weight packing's kernel that runs before each block counts too)."""
 import torch
 
 import nin_ext
