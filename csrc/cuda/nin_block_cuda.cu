@@ -216,8 +216,7 @@ struct PackedWeight {
   int64_t padded_K;
 };
 
-// Writes the packed form of one weight matrix per blockIdx.y (w, w1, w2): zeros past its rows and K,
-// values through Math::to_input.
+// One weight matrix to pack, and where to.
 struct PackJob {
   const void* weight;  // [rows][K], contiguous
   void* packed;
@@ -227,6 +226,8 @@ struct PackJobs {
   PackJob job[3];
 };
 
+// Writes the packed form of one weight matrix per blockIdx.y (w, w1, w2): zeros past its rows and K,
+// values through Math::to_input.
 template <typename Math>
 __global__ void pack_weights_kernel(const PackJobs jobs) {
   using T = typename Math::Elem;
