@@ -183,7 +183,7 @@ struct TilePlan {
 };
 
 // The largest tile (kMaxTilePixels, halved down to min_tile_pixels), with the largest chunk group at
-// that tile, whose shared memory fits smem_limit bytes; the tile is halved further while the
+// that tile (at most max_chunk_group), whose shared memory fits smem_limit bytes; the tile is halved further while the
 // grid would leave multiprocessors idle (fewer than two tiles per multiprocessor), e.g. at batch 1.
 inline TilePlan plan_nin_block_tile(int64_t conv_channels, int64_t c1, int64_t elem_bytes, int64_t acc_bytes,
                                     int64_t min_tile_pixels, int64_t smem_limit, int64_t images,
