@@ -160,13 +160,20 @@ int main() {
   for (int64_t rows : {1, 63, 64, 65, 384}) {
     for (int64_t K : {1, 9, 31, 32, 33, 2400}) {
       const PackedWeightShape w{rows, K};
-      CHECK(w.padded_rows() % kChannelChunk == 0 && w.padded_rows() >= rows && w.padded_rows() < rows + kChannelChunk &&
-                w.padded_K() % kReductionChunk == 0 && w.padded_K() >= K && w.padded_K() < K + kReductionChunk,
+      CHECK(w.padded_rows() % kChannelChunk == 0 && w.padded_rows() >= rows &&
+                w.padded_rows() < rows + kChannelChunk && w.padded_K() % kReductionChunk == 0 &&
+                w.padded_K() >= K && w.padded_K() < K + kReductionChunk,
             "packed %lld x %lld", (long long)rows, (long long)K);
-      for (int64_t elem : {2, 4, 8}) CHECK(w.padded_K() * elem % 16 == 0, "packed rows of %lld-byte elements", (long long)elem);
+      for (int64_t elem : {2, 4, 8}) {
+        CHECK(w.padded_K() * elem % 16 == 0, "packed rows of %lld-byte elements", (long long)elem);
+      }
     }
   }
-  CHECK(packed_weights_elems(96, 121, 96, 10) == 128 * 128 + 128 * 96 + 64 * 96, "three packed matrices");
+  const PackedWeightShapes block1_weights = packed_weight_shapes(96, 121, 96, 10);
+  CHECK(block1_weights.offset(0) == 0 && block1_weights.offset(1) == 128 * 128 &&
+            block1_weights.offset(2) == 128 * 128 + 128 * 96 &&
+            block1_weights.elems() == 128 * 128 + 128 * 96 + 64 * 96,
+        "three packed matrices, one after another");
   const TilePlan none = plan_nin_block_tile(8192, 8192, 4, 4, 16, h100, 1, 1, false, 132);
   CHECK(none.tile_pixels == 0, "channels too wide must give no plan");
 

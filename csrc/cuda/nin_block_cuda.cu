@@ -472,11 +472,11 @@ __global__ void __launch_bounds__(kThreads, 1) nin_block_kernel(const NinBlockLa
   const T* b1 = static_cast<const T*>(p.b1);
   const T* b2 = static_cast<const T*>(p.b2);
   const int64_t conv_K = p.C0 * p.KH * p.KW;
-  const PackedWeightShape w_shape{p.CC, conv_K}, w1_shape{p.C1, p.CC}, w2_shape{p.C2, p.C1};
+  const PackedWeightShapes shapes = p.packed_shapes();
   const T* packed = static_cast<const T*>(p.packed_weights);
-  const PackedWeight<T> w{packed, w_shape.padded_K()};
-  const PackedWeight<T> w1{w.data + w_shape.elems(), w1_shape.padded_K()};
-  const PackedWeight<T> w2{w1.data + w1_shape.elems(), w2_shape.padded_K()};
+  const PackedWeight<T> w{packed, shapes.layer[0].padded_K()};  // (the three one after another: offset())
+  const PackedWeight<T> w1{w.data + shapes.layer[0].elems(), shapes.layer[1].padded_K()};
+  const PackedWeight<T> w2{w1.data + shapes.layer[1].elems(), shapes.layer[2].padded_K()};
 
   const int64_t tile = blockIdx.x;
   const int64_t first = p.tiling.first_pixel(tile);
@@ -559,14 +559,12 @@ template <typename Math>
 cudaError_t launch_with(const NinBlockLaunch& p, cudaStream_t stream) {
   using T = typename Math::Elem;
   PackJobs pack{};
-  const PackedWeightShape shapes[3] = {{p.CC, p.C0 * p.KH * p.KW}, {p.C1, p.CC}, {p.C2, p.C1}};
+  const PackedWeightShapes shapes = p.packed_shapes();
   const void* weights[3] = {p.w, p.w1, p.w2};
-  T* packed = static_cast<T*>(p.packed_weights);
   int64_t largest = 0;
   for (int i = 0; i < 3; ++i) {
-    pack.job[i] = PackJob{weights[i], packed, shapes[i]};
-    packed += shapes[i].elems();
-    largest = shapes[i].elems() > largest ? shapes[i].elems() : largest;
+    pack.job[i] = PackJob{weights[i], static_cast<T*>(p.packed_weights) + shapes.offset(i), shapes.layer[i]};
+    largest = shapes.layer[i].elems() > largest ? shapes.layer[i].elems() : largest;
   }
   constexpr int kPackThreads = 256;
   constexpr int64_t kPackMaxBlocks = 1024;  // the kernel strides over larger matrices

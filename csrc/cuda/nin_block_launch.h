@@ -34,11 +34,13 @@ struct NinBlockLaunch {
   void* out;       // nin_block: (N, C2, OH, OW) with out_stride; nin_block_gap: (N, C2) contiguous
   int64_t out_stride[4];
   void* gap_partial;  // nin_block_gap: [tiles][C2] in the accumulation type (double for f64, else float)
-  // Workspace of packed_weights_elems(CC, C0 * KH * KW, C1, C2) elements of dtype: w, w1 and w2 as
-  // the kernel stages them (PackedWeights), written by the launch before the block's kernel.
+  // Workspace of packed_shapes().elems() elements of dtype: w, w1 and w2 as the kernel stages them
+  // (PackedWeightShape), written by the launch before the block's kernel.
   void* packed_weights;
   PixelTiling tiling;
   SmemLayout smem;
+
+  NIN_HOST_DEVICE PackedWeightShapes packed_shapes() const { return packed_weight_shapes(CC, C0 * KH * KW, C1, C2); }
 };
 
 // Whether a dtype runs on tensor cores (decides the minimum tile and the accumulator size).

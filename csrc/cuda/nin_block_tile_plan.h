@@ -130,9 +130,20 @@ struct PackedWeightShape {
   NIN_HOST_DEVICE int64_t elems() const { return padded_rows() * padded_K(); }
 };
 
-NIN_HOST_DEVICE inline int64_t packed_weights_elems(int64_t conv_channels, int64_t conv_K, int64_t c1, int64_t c2) {
-  return PackedWeightShape{conv_channels, conv_K}.elems() + PackedWeightShape{c1, conv_channels}.elems() +
-         PackedWeightShape{c2, c1}.elems();
+// A block's three weight matrices (w, w1, w2) in the order they are packed, and where each begins.
+struct PackedWeightShapes {
+  PackedWeightShape layer[3];
+  NIN_HOST_DEVICE int64_t offset(int i) const {
+    int64_t at = 0;
+    for (int j = 0; j < i; ++j) at += layer[j].elems();
+    return at;
+  }
+  NIN_HOST_DEVICE int64_t elems() const { return offset(3); }
+};
+
+NIN_HOST_DEVICE inline PackedWeightShapes packed_weight_shapes(int64_t conv_channels, int64_t conv_K, int64_t c1,
+                                                               int64_t c2) {
+  return PackedWeightShapes{{{conv_channels, conv_K}, {c1, conv_channels}, {c2, c1}}};
 }
 
 // Shared memory of one CTA, offsets in bytes from the (128-byte aligned) base:

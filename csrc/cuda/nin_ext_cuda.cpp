@@ -109,9 +109,6 @@ at::Tensor run_nin_block(bool gap, const at::Tensor& x, const at::Tensor& w, con
                             x.options().dtype(dtype == ElemType::f64 ? at::kDouble : at::kFloat));
     p.gap_partial = gap_partial.data_ptr();
   }
-  const at::Tensor packed_weights = at::empty({packed_weights_elems(g.CC, g.C0 * g.KH * g.KW, g.C1, g.C2)},
-                                             x.options().memory_format(at::MemoryFormat::Contiguous));
-  p.packed_weights = packed_weights.data_ptr();
   p.x = x.data_ptr();
   p.N = g.N;
   p.C0 = g.C0;
@@ -137,6 +134,9 @@ at::Tensor run_nin_block(bool gap, const at::Tensor& x, const at::Tensor& w, con
   p.OW = g.OW;
   p.out = out.data_ptr();
   if (!gap) copy_strides(out, p.out_stride);
+  const at::Tensor packed_weights =
+      at::empty({p.packed_shapes().elems()}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  p.packed_weights = packed_weights.data_ptr();
   C10_CUDA_CHECK(launch_nin_block(p, c10::cuda::getCurrentCUDAStream(device).stream()));
   return out;
 }
