@@ -14,7 +14,7 @@
 # folder holding another build's nin_ext package (e.g. an earlier commit's, carried to the machine),
 # adds its batch-256 TF32 and bf16 timings (quick-ab-*), run alternately with this tree's. Then, when
 # `ncu` is on the PATH or in /usr/local/cuda/bin, Nsight Compute's main sections for the CUDA kernel
-# of blocks 2 and 3 (benchmarks/ncu_blocks.py, about 20 s) into OUTDIR/ncu-blocks.txt.
+# of blocks 2, 3 and 1 (benchmarks/ncu_blocks.py, about 30 s) into OUTDIR/ncu-blocks.txt.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=$(realpath -m "${1:?usage: gpu_lease.sh OUTDIR TARBALL}")
@@ -59,9 +59,9 @@ quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra
 
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null)
 if [ -n "$NCU" ]; then
-  echo "== ncu: blocks 2 and 3"
+  echo "== ncu: blocks 2, 3 and 1"
   # (by name: the weight packing's small kernel runs before each block's)
-  timeout -k 10 90 "$NCU" --profile-from-start off --kernel-name regex:nin_block_kernel -c 2 --section SpeedOfLight --section Occupancy \
+  timeout -k 10 90 "$NCU" --profile-from-start off --kernel-name regex:nin_block_kernel -c 3 --section SpeedOfLight --section Occupancy \
     --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
     --section MemoryWorkloadAnalysis --section InstructionStats --section SourceCounters \
     $PY benchmarks/ncu_blocks.py > "$OUTDIR/ncu-blocks.txt" 2>&1
