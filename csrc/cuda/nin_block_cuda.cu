@@ -29,8 +29,8 @@ constexpr int kColumnWarps = kChannelChunk / 16;  // warps side by side across a
 constexpr int kRowWarps = kWarps / kColumnWarps;  // warps stacked over the tile's pixels
 static_assert(kWarps % kColumnWarps == 0, "WmmaMath: each warp owns 16 output channels of a chunk");
 static_assert(kThreads % kChannelChunk == 0, "SimtMath gives each thread one channel of a chunk");
-static_assert(kThreads % kReductionChunk == 0, "the stages give each thread one column of a chunk");
-constexpr int kStageRowStep = kThreads / kReductionChunk;  // rows apart that one thread stages
+static_assert(kThreads % kReductionChunk == 0, "the im2col stage gives each thread one column of a chunk");
+constexpr int kStageRowStep = kThreads / kReductionChunk;  // pixels apart that one thread gathers
 
 // FFMA: thread t computes channel t % kChannelChunk of the chunk for pixels t / kChannelChunk + i * kRowGroups.
 template <typename T>
