@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
@@ -111,41 +112,55 @@ struct PackedWinogradConv {
     TORCH_INTERNAL_ASSERT(false, "no Winograd transform for ", r, "x", r, " kernels");
   }
 
-  // U = G g G^T for every (output, input) channel pair, in parallel over output channels (training
-  // repacks every step); R fixed so that the small products unroll.
+  // U = G g G^T for every (output, input) channel pair, in parallel over panels of MR output channels
+  // (training repacks every step); R fixed so that the small products unroll. A panel's MR channels
+  // are transformed together: their weights are MR consecutive floats per (input channel, tap), and
+  // their U values MR consecutive floats per (input channel, point), so the loops over the rows
+  // vectorize and U is written in sequential runs. One channel at a time (U's writes in 16-64 strided
+  // streams), a packing of the seed's block 3 took 6.2-6.9 ms, now 3.1-4.6 (benchmarks/NOTES.md v29).
   template <int R>
   void transform_weights(const float* conv_panels, int64_t panels) {
+    constexpr int kMaxRows = 16;
+    TORCH_INTERNAL_ASSERT(mr <= kMaxRows, "Winograd packing: panels of at most ", kMaxRows, " rows, got ", mr);
     const int alpha = transform.alpha;
     const auto& G = transform.G;
-    const int64_t conv_k = K * R * R, point_stride = panels * K * mr;
-    at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        const float* row = conv_panels + (m / mr) * conv_k * mr + m % mr;  // weight(m, k) = row[k * mr]
+    const int64_t conv_k = K * R * R, point_stride = panels * K * mr, rows = mr;
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      double g[R][R][kMaxRows], gg[kWinogradMaxAlpha][R][kMaxRows], s[kMaxRows];
+      for (int64_t panel = begin; panel < end; ++panel) {
         for (int64_t k = 0; k < K; ++k) {
-          double g[R][R];
+          const float* src = conv_panels + (panel * conv_k + k * R * R) * rows;  // weight(row, k, i, j)
           for (int i = 0; i < R; ++i) {
             for (int j = 0; j < R; ++j) {
-              g[i][j] = row[((k * R + i) * R + j) * mr];
-            }
-          }
-          double gg[kWinogradMaxAlpha][R];  // G g
-          for (int i = 0; i < alpha; ++i) {
-            for (int j = 0; j < R; ++j) {
-              double s = 0;
-              for (int l = 0; l < R; ++l) {
-                s += G[i][l] * g[l][j];
+              for (int64_t r = 0; r < rows; ++r) {
+                g[i][j][r] = src[(i * R + j) * rows + r];
               }
-              gg[i][j] = s;
             }
           }
-          float* dst = u.data() + ((m / mr) * K + k) * mr + m % mr;
+          for (int i = 0; i < alpha; ++i) {  // G g
+            for (int j = 0; j < R; ++j) {
+              std::fill(s, s + rows, 0.0);
+              for (int l = 0; l < R; ++l) {
+                for (int64_t r = 0; r < rows; ++r) {
+                  s[r] += G[i][l] * g[l][j][r];
+                }
+              }
+              std::copy(s, s + rows, gg[i][j]);
+            }
+          }
+          float* dst = u.data() + (panel * K + k) * rows;
           for (int i = 0; i < alpha; ++i) {  // (G g) G^T
             for (int j = 0; j < alpha; ++j) {
-              double s = 0;
+              std::fill(s, s + rows, 0.0);
               for (int l = 0; l < R; ++l) {
-                s += gg[i][l] * G[j][l];
+                for (int64_t r = 0; r < rows; ++r) {
+                  s[r] += gg[i][l][r] * G[j][l];
+                }
               }
-              dst[(i * alpha + j) * point_stride] = static_cast<float>(s);
+              float* out = dst + (i * alpha + j) * point_stride;
+              for (int64_t r = 0; r < rows; ++r) {
+                out[r] = static_cast<float>(s[r]);
+              }
             }
           }
         }
