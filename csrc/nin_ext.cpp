@@ -8,6 +8,7 @@
 
 #include <exception>
 
+#include "cpu/conv2d_weight_grad_cpu.h"
 #include "cpu/microkernel.h"
 #include "cpu/nin_block_packed_cache_cpu.h"
 #include "cpu/nin_block_run_cpu.h"
@@ -54,6 +55,10 @@ TORCH_LIBRARY(nin_ext, m) {
       "-> (Tensor, Tensor)");
   // The gradient of max_pool2d with respect to its input (of size input_size), from the argmax.
   m.def("max_pool2d_backward(Tensor grad_out, Tensor argmax, SymInt[4] input_size, bool channels_last) -> Tensor");
+  // The gradient of conv2d(x, weight, stride 1, padding) with respect to its weight (of spatial size
+  // kernel_size), from that of its output: the backward of every block whose conv has stride 1 (CPU
+  // only).
+  m.def("conv2d_weight_grad(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] padding) -> Tensor");
 }
 
 static PyObject* clear_weight_cache(PyObject*, PyObject*) {
@@ -157,6 +162,17 @@ static PyObject* winograd_channel_lanes(PyObject*, PyObject* args) {
   return PyBool_FromLong(nin_ext::cpu::winograd_channel_lanes(nin_ext::cpu::float_microkernel(), channels, blocks));
 }
 
+// conv2d_weight_grad_tile_size(N, C_in, C_out, H_out, W_out, KH, KW): the output-block size m of the
+// Winograd tiles that the weight gradient of a float32 stride-1 conv of these shapes runs by on the
+// CPU (csrc/cpu/conv2d_weight_grad_cpu.h), 0 where ATen runs it; for the tests.
+static PyObject* conv2d_weight_grad_tile_size(PyObject*, PyObject* args) {
+  long long n = 0, c_in = 0, c_out = 0, oh = 0, ow = 0, kh = 0, kw = 0;
+  if (!PyArg_ParseTuple(args, "LLLLLLL", &n, &c_in, &c_out, &oh, &ow, &kh, &kw)) {
+    return nullptr;
+  }
+  return PyLong_FromLong(nin_ext::cpu::conv2d_weight_grad_tile_size(n, c_in, c_out, oh, ow, kh, kw));
+}
+
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
 // 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
 static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
@@ -210,6 +226,8 @@ extern "C" PyObject* PyInit__C(void) {
        "The most pixels a tile holds on the CPU's direct path for a float32 nin_block of these shapes."},
       {"winograd_channel_lanes", winograd_channel_lanes, METH_VARARGS,
        "Whether a float32 Winograd tile of these many blocks and output channels puts the channels in the lanes."},
+      {"conv2d_weight_grad_tile_size", conv2d_weight_grad_tile_size, METH_VARARGS,
+       "The Winograd m of a float32 conv weight gradient of these shapes on the CPU (0: ATen's)."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {"set_broadcast_conv", set_broadcast_conv, METH_O,

@@ -3,7 +3,8 @@ for the compiled torch.ops.nin_ext ops, and by nin_ext.triton for its torch.ops.
 
 nin_block's backward recomputes the block's hidden activations with ATen (the forward keeps none of
 them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
-needs no recomputation. Both run ATen's convolution_backward for the spatial conv and, on the CPU in
+needs no recomputation. Both run ATen's convolution_backward for the spatial conv (on the CPU in
+float32, the weight gradient of a stride-1 conv by nin_ext's conv2d_weight_grad) and, on the CPU in
 float32 and float64, matrix products for the two 1x1 layers.
 """
 import torch
@@ -44,6 +45,25 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
     return torch.ops.aten.convolution_backward(
         grad, input, weight, None if bias is None else [weight.shape[0]], stride, padding, [1, 1], False, [0, 0],
         1, [needs[0], needs[1], bias is not None and needs[2]])
+
+
+def _spatial_conv_backward(grad, input, weight, bias, stride, padding, needs):
+    """_conv_backward of a block's spatial conv. On the CPU, a float32 conv of stride 1 gets its weight
+    gradient from conv2d_weight_grad, by Winograd tiles where they apply (benchmarks/NOTES.md v30);
+    ATen computes the input gradient."""
+    if not (needs[1] and _extension.loaded and grad.device.type == "cpu" and grad.dtype == torch.float32
+            and list(stride) == [1, 1]):
+        return _conv_backward(grad, input, weight, bias, stride, padding, needs)
+    gw = torch.ops.nin_ext.conv2d_weight_grad(grad, input, list(weight.shape[2:]), list(padding))
+    # The bias gradient as a sum: asked for the bias's, ATen's backward computes the weight's as well
+    # (block 2's input gradient 56 ms alone, 115 with the bias's).
+    gx = _conv_backward(grad, input, weight, None, stride, padding, (True, False, False))[0] if needs[0] else None
+    gb = grad.sum((0, 2, 3)) if bias is not None and needs[2] else None
+    return gx, gw, gb
+
+
+def _conv2d_weight_grad_fake(grad_out, x, kernel_size, padding):
+    return x.new_empty((grad_out.shape[1], x.shape[1], *kernel_size))
 
 
 def _pointwise_conv_backward(grad, input, weight, bias, needs, grad_input_out=None):
@@ -128,7 +148,7 @@ def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=
                 grad_h0_in.add_(grad_h0)
             _relu_backward_(grad_h0_in, h0)
             del h0
-            gx, gw, gb = _conv_backward(grad_h0_in, x, w, b, ctx.stride, ctx.padding, needs[:3])
+            gx, gw, gb = _spatial_conv_backward(grad_h0_in, x, w, b, ctx.stride, ctx.padding, needs[:3])
     return gx, gw, gb, gw1, gb1, gw2, gb2, None, None
 
 
@@ -319,6 +339,7 @@ if _extension.loaded:
     torch.library.register_autograd("nin_ext::max_pool2d_with_argmax", _max_pool2d_with_argmax_backward,
                                     setup_context=_setup_max_pool2d_with_argmax_context)
     torch.library.register_fake("nin_ext::max_pool2d_backward")(_max_pool2d_backward_fake)
+    torch.library.register_fake("nin_ext::conv2d_weight_grad")(_conv2d_weight_grad_fake)
     torch.library.register_autograd("nin_ext::max_pool2d", _max_pool2d_backward,
                                     setup_context=_setup_max_pool2d_context)
     torch.library.register_fake("nin_ext::nin_block_max_pool")(_nin_block_max_pool_fake)
