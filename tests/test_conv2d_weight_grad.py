@@ -42,7 +42,7 @@ CASES = [
     (2, 256, 384, 12, 12, (3, 3), (1, 1), False, 2),  # the seed's block 3
     (4, 48, 70, 17, 13, (3, 3), (1, 1), True, 2),     # odd sizes, channels_last
     (3, 70, 33, 14, 13, (5, 5), (1, 2), False, 4),    # unequal padding, odd channel counts
-    (1, 48, 64, 15, 15, (7, 7), (3, 3), False, 2),    # 7x7: F(2x2, 7x7)
+    (1, 48, 64, 15, 15, (7, 7), (3, 3), False, 0),    # 7x7: F(2x2, 7x7)'s error is above the tolerance
     (4, 65, 80, 15, 15, (3, 3), (0, 0), False, 2),    # no padding
     (2, 12, 64, 17, 17, (3, 3), (1, 1), False, 0),    # too few input channels
     (1, 32, 32, 6, 6, (3, 3), (1, 1), False, 0),      # too little work for the tiles

@@ -1,6 +1,6 @@
 // nin_ext::conv2d_weight_grad on the CPU: the gradient of a stride-1 conv2d with respect to its
-// weight, by Winograd F(m x m, r x r) tiles, which the training step's backward needs for every block
-// whose conv has stride 1. The forward computes each m x m output block as Y = AT (U (.) V) A, with
+// weight, by Winograd F(m x m, r x r) tiles (3x3 and 5x5 kernels), which the training step's backward
+// needs for every block whose conv has stride 1. The forward computes each m x m output block as Y = AT (U (.) V) A, with
 // U = G g G^T and V = BT d B; so dU = sum over the blocks of (A dY AT) (.) V, one product per
 // transform point with the blocks as the reduction, and dW = G^T dU G. The sum over many blocks is
 // coherent, so the transforms' rounding weighs less than in the input gradient (benchmarks/NOTES.md
@@ -63,45 +63,6 @@ at::Tensor aten_conv2d_weight_grad(const at::Tensor& grad_out, const at::Tensor&
       .contiguous();
 }
 
-// (A dY AT) for nr channels side by side: dy[(i m + j) nr + lane], an m x m block of the output
-// gradient, into out[(a alpha + b) out_stride + lane]; AT is m x alpha.
-void output_gradient_transform(const WinogradMatrices& t, const float* dy, int64_t nr, float* rows_scratch,
-                               float* out, int64_t out_stride) {
-  const int m = t.m, alpha = t.alpha;
-  for (int a = 0; a < alpha; ++a) {  // rows_scratch[a][j] = sum_i AT[i][a] dy[i][j]
-    for (int j = 0; j < m; ++j) {
-      float* dst = rows_scratch + (a * m + j) * nr;
-      std::fill(dst, dst + nr, 0.f);
-      for (int i = 0; i < m; ++i) {
-        const float c = static_cast<float>(t.AT[i][a]);
-        if (c == 0.f) {
-          continue;
-        }
-        const float* src = dy + (i * m + j) * nr;
-        for (int64_t lane = 0; lane < nr; ++lane) {
-          dst[lane] += c * src[lane];
-        }
-      }
-    }
-  }
-  for (int a = 0; a < alpha; ++a) {  // out[a][b] = sum_j rows_scratch[a][j] AT[j][b]
-    for (int b = 0; b < alpha; ++b) {
-      float* dst = out + (a * alpha + b) * out_stride;
-      std::fill(dst, dst + nr, 0.f);
-      for (int j = 0; j < m; ++j) {
-        const float c = static_cast<float>(t.AT[j][b]);
-        if (c == 0.f) {
-          continue;
-        }
-        const float* src = rows_scratch + (a * m + j) * nr;
-        for (int64_t lane = 0; lane < nr; ++lane) {
-          dst[lane] += c * src[lane];
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 
 at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
@@ -148,7 +109,7 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
   for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
     const int64_t count = std::min(chunk, blocks - b0);
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      ScratchBuffer<float> patch(points * nr), rows(alpha * m * nr);
+      ScratchBuffer<float> patch(points * nr);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t block = b0 + i, n = block / (bh * bw), by = block / bw % bh, bx = block % bw;
         for (int64_t g = 0; g < ci_groups; ++g) {  // V = BT d B of nr input channels
@@ -182,7 +143,8 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
               std::fill(dst + lanes, dst + nr, 0.f);
             }
           }
-          output_gradient_transform(t, patch.data(), nr, rows.data(), mg + (g * chunk + i) * nr, mg_point);
+          kernel.winograd_output_gradient_transform(m, static_cast<int>(r), patch.data(), nr,
+                                                    mg + (g * chunk + i) * nr, mg_point);
         }
       }
     });

@@ -124,6 +124,8 @@ struct MicroKernel {
   // float kernels only: G of two vectors, and of one (for convs into a vector's channels or fewer)
   BroadcastPixelsKernel broadcast_pixels{}, broadcast_pixels_narrow{};
   SwappedProductFn swapped_fn = nullptr;  // float kernels only
+  // float kernels only: A dY AT of the output gradient (conv2d_weight_grad_cpu.cpp)
+  WinogradTransformFn winograd_output_gradient_transform = nullptr;
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -247,6 +249,8 @@ void shifted_microkernel_avx2_6x16(int64_t K, int64_t shifts, const int64_t* off
                                    int64_t ldc, int64_t rows);
 void winograd_input_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
                                         int64_t out_stride);
+void winograd_output_gradient_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
+                                                  int64_t out_stride);
 void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
                                          int64_t out_stride);
 void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
@@ -275,6 +279,8 @@ void channels_last_row_avx512(const float* src, int64_t channel_stride, int64_t 
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);
+void winograd_output_gradient_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
+                                                int64_t out_stride);
 void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                        int64_t out_stride);
 void max_pool2d_plane_avx512(const float* in, float* out, const MaxPool2dGeometry& g, float* row);

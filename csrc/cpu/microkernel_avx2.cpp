@@ -73,6 +73,11 @@ void winograd_output_transform_avx2_16(int m, int r, const float* in, int64_t in
   winograd_transform_lanes<Avx2, 16, true>(m, r, in, in_stride, out, out_stride);
 }
 
+void winograd_output_gradient_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
+                                                int64_t out_stride) {
+  winograd_output_gradient_lanes<Avx2, 16>(m, r, in, in_stride, out, out_stride);
+}
+
 // winograd_scatter_portable with permutes: 8 raster values per vector, each column's lanes
 // permuted into place and blended where the value is that column's (the portable pass takes a load,
 // a store and the column and lane bookkeeping per value).

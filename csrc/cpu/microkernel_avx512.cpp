@@ -121,6 +121,11 @@ void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t 
   winograd_transform_lanes<Avx512, 32, true>(m, r, in, in_stride, out, out_stride);
 }
 
+void winograd_output_gradient_transform_avx512_32(int m, int r, const float* in, int64_t in_stride, float* out,
+                                                  int64_t out_stride) {
+  winograd_output_gradient_lanes<Avx512, 32>(m, r, in, in_stride, out, out_stride);
+}
+
 // winograd_gather_portable with permutes: per band row, the 32 values that up to `chunk` blocks read
 // are loaded once, and each patch element's lanes are one two-source permute of them (stride m) and
 // one masked store. The scalar reads were 4% of the seed's block 2.

@@ -32,7 +32,8 @@ MicroKernel<float> choose_float_microkernel() {
                                     &channels_last_row_portable<float>,
                                     {&broadcast_pixels_microkernel<ScalarVec, 4, 8>, 4, 8},
                                     {&broadcast_pixels_microkernel<ScalarVec, 4, 4>, 4, 4},
-                                    &swapped_product_portable<4, 8>};
+                                    &swapped_product_portable<4, 8>,
+                                    &winograd_output_gradient_lanes<ScalarVec, 8>};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -50,7 +51,8 @@ MicroKernel<float> choose_float_microkernel() {
                                   &channels_last_row_avx512,
                                   {&broadcast_pixels_avx512_12x32, 12, 32},
                                   {&broadcast_pixels_avx512_12x16, 12, 16},
-                                  &swapped_product_avx512_12x32};
+                                  &swapped_product_avx512_12x32,
+                                  &winograd_output_gradient_transform_avx512_32};
   const MicroKernel<float> avx2{6,
                                 16,
                                 &microkernel_avx2_6x16,
@@ -67,7 +69,8 @@ MicroKernel<float> choose_float_microkernel() {
                                 &channels_last_row_portable<float>,
                                 {&broadcast_pixels_avx2_6x16, 6, 16},
                                 {&broadcast_pixels_avx2_6x8, 6, 8},
-                                &swapped_product_avx2_6x16};
+                                &swapped_product_avx2_6x16,
+                                &winograd_output_gradient_transform_avx2_16};
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

@@ -20,10 +20,12 @@ constexpr bool winograd_size(int m, int r) {
          m + r - 1 <= kWinogradMaxAlpha && !(m == 4 && r == 4);
 }
 
-// AT (m x alpha), G (alpha x r), BT (alpha x alpha), alpha = m + r - 1; unused entries zero.
+// AT (m x alpha), G (alpha x r), BT (alpha x alpha), alpha = m + r - 1, and A = AT^T (alpha x m: the
+// weight gradient's transform of the output gradient, A dY AT); unused entries zero.
 struct WinogradMatrices {
   int m = 0, r = 0, alpha = 0;
   double AT[kWinogradMaxTile][kWinogradMaxAlpha] = {};
+  double A[kWinogradMaxAlpha][kWinogradMaxAlpha] = {};
   double G[kWinogradMaxAlpha][kWinogradMaxTaps] = {};
   double BT[kWinogradMaxAlpha][kWinogradMaxAlpha] = {};
 };
@@ -51,6 +53,11 @@ constexpr WinogradMatrices make_winograd_matrices(int m, int r) {
   }
   t.AT[m - 1][finite] = 1;  // the point at infinity reaches the last output only
   t.G[finite][r - 1] = 1;
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < t.alpha; ++j) {
+      t.A[j][i] = t.AT[i][j];
+    }
+  }
   // Row j of BT: the coefficients of prod_{l != j} (x - p_l); the last row, of prod_l (x - p_l).
   for (int j = 0; j <= finite; ++j) {
     double poly[kWinogradMaxAlpha] = {1};

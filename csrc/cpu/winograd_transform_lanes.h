@@ -1,8 +1,9 @@
 // The Winograd transforms' inner step, shared by the per-ISA translation units (like the
 // micro-kernel body): for LANES tiles side by side (one per SIMD lane),
 //   out[(i * rows + j) * out_stride + lane] = sum_{k, l} C[i][k] in[(k * inner + l) * in_stride + lane] C[j][l]
-// with C = BT of F(m, r) (input transform, rows = inner = alpha) or AT (output transform, rows = m,
-// inner = alpha), winograd_matrices.h. The coefficients are compile-time constants: zeros vanish, +-1
+// with C = BT of F(m, r) (input transform, rows = inner = alpha), AT (output transform, rows = m,
+// inner = alpha) or A (the weight gradient's transform of the output gradient, rows = alpha, inner =
+// m), winograd_matrices.h. The coefficients are compile-time constants: zeros vanish, +-1
 // become adds and subtracts, and each point pair +-p costs one multiply-add chain instead of two
 // (TransformMatrix below). Each pass keeps a column of its input in registers (Vec, as in
 // microkernel_register_blocked.h) for one vector of lanes at a time, so that every input is loaded
@@ -71,6 +72,7 @@ struct WinogradTransformMatrices {
   static constexpr const WinogradMatrices& f = winograd_matrices(M, R);
   static constexpr TransformMatrix input = make_transform_matrix(f.BT, f.alpha, f.alpha);
   static constexpr TransformMatrix output = make_transform_matrix(f.AT, M, f.alpha);
+  static constexpr TransformMatrix output_gradient = make_transform_matrix(f.A, f.alpha, M);
 };
 
 // acc = coefficient x (first term) or acc += coefficient x, with the constant folded: zero adds
@@ -203,6 +205,22 @@ void winograd_transform_lanes(int m, int r, const float* in, int64_t in_stride, 
     }
   }
   std::abort();  // unreachable: no other size passes winograd_size
+}
+
+// The weight gradient's transform of an m x m block of the output gradient, A dY AT (alpha x alpha),
+// for the sizes conv2d_weight_grad_cpu.h chooses: F(2x2, 3x3) and F(4x4, 5x5).
+template <typename Vec, int LANES>
+void winograd_output_gradient_lanes(int m, int r, const float* in, int64_t in_stride, float* out,
+                                    int64_t out_stride) {
+  if (m == 2 && r == 3) {
+    return transform_fixed<Vec, LANES, WinogradTransformMatrices<2, 3>::output_gradient>(in, in_stride, out,
+                                                                                         out_stride);
+  }
+  if (m == 4 && r == 5) {
+    return transform_fixed<Vec, LANES, WinogradTransformMatrices<4, 5>::output_gradient>(in, in_stride, out,
+                                                                                         out_stride);
+  }
+  std::abort();  // unreachable: conv2d_weight_grad_tile_size chooses no other size
 }
 
 // The input patches of `length` consecutive m x m blocks, the first at block column bx, side by side:
