@@ -41,25 +41,25 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, ceil_mode):
 
 
 def _conv_backward(grad, input, weight, bias, stride, padding, needs):
-    """(grad_input, grad_weight, grad_bias) of conv2d; entries not asked for in `needs` are None."""
-    return torch.ops.aten.convolution_backward(
-        grad, input, weight, None if bias is None else [weight.shape[0]], stride, padding, [1, 1], False, [0, 0],
-        1, [needs[0], needs[1], bias is not None and needs[2]])
+    """(grad_input, grad_weight, grad_bias) of conv2d; entries not asked for in `needs` are None. The
+    bias gradient is a sum of its own: asked for it, ATen's CPU backward computes the weight's too,
+    needed or not (block 2's input gradient 56 ms alone, 115 with the bias's; benchmarks/NOTES.md v30)."""
+    gx = gw = None
+    if needs[0] or needs[1]:
+        gx, gw, _ = torch.ops.aten.convolution_backward(grad, input, weight, None, stride, padding, [1, 1], False,
+                                                        [0, 0], 1, [needs[0], needs[1], False])
+    gb = grad.sum((0, 2, 3)) if bias is not None and needs[2] else None
+    return gx, gw, gb
 
 
 def _spatial_conv_backward(grad, input, weight, bias, stride, padding, needs):
     """_conv_backward of a block's spatial conv. On the CPU, a float32 conv of stride 1 gets its weight
-    gradient from conv2d_weight_grad, by Winograd tiles where they apply (benchmarks/NOTES.md v30);
-    ATen computes the input gradient."""
+    gradient from conv2d_weight_grad, by Winograd tiles where they apply (benchmarks/NOTES.md v30)."""
     if not (needs[1] and _extension.loaded and grad.device.type == "cpu" and grad.dtype == torch.float32
             and list(stride) == [1, 1]):
         return _conv_backward(grad, input, weight, bias, stride, padding, needs)
-    gw = torch.ops.nin_ext.conv2d_weight_grad(grad, input, list(weight.shape[2:]), list(padding))
-    # The bias gradient as a sum: asked for the bias's, ATen's backward computes the weight's as well
-    # (block 2's input gradient 56 ms alone, 115 with the bias's).
-    gx = _conv_backward(grad, input, weight, None, stride, padding, (True, False, False))[0] if needs[0] else None
-    gb = grad.sum((0, 2, 3)) if bias is not None and needs[2] else None
-    return gx, gw, gb
+    gx, _, gb = _conv_backward(grad, input, weight, bias, stride, padding, (needs[0], False, needs[2]))
+    return gx, torch.ops.nin_ext.conv2d_weight_grad(grad, input, list(weight.shape[2:]), list(padding)), gb
 
 
 def _conv2d_weight_grad_fake(grad_out, x, kernel_size, padding):

@@ -1,10 +1,11 @@
 // nin_ext::conv2d_weight_grad on the CPU: the gradient of a stride-1 conv2d with respect to its
-// weight, by Winograd F(m x m, r x r) tiles (3x3 and 5x5 kernels), which the training step's backward
-// needs for every block whose conv has stride 1. The forward computes each m x m output block as Y = AT (U (.) V) A, with
-// U = G g G^T and V = BT d B; so dU = sum over the blocks of (A dY AT) (.) V, one product per
-// transform point with the blocks as the reduction, and dW = G^T dU G. The sum over many blocks is
-// coherent, so the transforms' rounding weighs less than in the input gradient (benchmarks/NOTES.md
-// v29, v30). ATen's convolution_backward runs the calls the tiles do not take.
+// weight, by Winograd F(m x m, r x r) tiles (3x3 and 5x5 kernels), which the training step's
+// backward needs for every block whose conv has stride 1. The forward computes each m x m output
+// block as Y = AT (U (.) V) A, with U = G g G^T and V = BT d B; so dU = sum over the blocks of
+// (A dY AT) (.) V, one product per transform point with the blocks as the reduction, and
+// dW = G^T dU G. The sum over many blocks is coherent, so the transforms' rounding weighs less than
+// in the input gradient (benchmarks/NOTES.md v29, v30). ATen's convolution_backward runs the calls
+// the tiles do not take.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -63,6 +64,25 @@ at::Tensor aten_conv2d_weight_grad(const at::Tensor& grad_out, const at::Tensor&
       .contiguous();
 }
 
+// dst[(i size + j) nr + lane] = image[((row0 + i) width + col0 + j) channels + c0 + lane] for i, j <
+// size and lane < nr: a size x size block of a channels-last image's pixels, nr of their channels,
+// zero outside the image and past its channels.
+void copy_pixel_block(const float* image, int64_t height, int64_t width, int64_t channels, int64_t row0,
+                      int64_t col0, int size, int64_t c0, int64_t nr, float* dst) {
+  const int64_t lanes = std::min(nr, channels - c0);
+  for (int i = 0; i < size; ++i) {
+    for (int j = 0; j < size; ++j, dst += nr) {
+      const int64_t row = row0 + i, col = col0 + j;
+      if (row < 0 || row >= height || col < 0 || col >= width) {
+        std::fill(dst, dst + nr, 0.f);
+        continue;
+      }
+      std::memcpy(dst, image + (row * width + col) * channels + c0, lanes * sizeof(float));
+      std::fill(dst + lanes, dst + nr, 0.f);
+    }
+  }
+}
+
 }  // namespace
 
 at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
@@ -112,37 +132,12 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
       ScratchBuffer<float> patch(points * nr);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t block = b0 + i, n = block / (bh * bw), by = block / bw % bh, bx = block % bw;
-        for (int64_t g = 0; g < ci_groups; ++g) {  // V = BT d B of nr input channels
-          const int64_t c0 = g * nr, lanes = std::min(nr, CI - c0);
-          for (int yi = 0; yi < alpha; ++yi) {
-            for (int xi = 0; xi < alpha; ++xi) {
-              float* dst = patch.data() + (yi * alpha + xi) * nr;
-              const int64_t ih = by * m - ph + yi, iw = bx * m - pw + xi;
-              if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-                std::fill(dst, dst + nr, 0.f);
-                continue;
-              }
-              std::memcpy(dst, xd + ((n * H + ih) * W + iw) * CI + c0, lanes * sizeof(float));
-              std::fill(dst + lanes, dst + nr, 0.f);
-            }
-          }
-          kernel.winograd_input_transform(m, static_cast<int>(r), patch.data(), nr, v + i * ldv + c0,
-                                          v_point);
+        for (int64_t c0 = 0; c0 < CI; c0 += nr) {  // V = BT d B of nr input channels
+          copy_pixel_block(xd + n * H * W * CI, H, W, CI, by * m - ph, bx * m - pw, alpha, c0, nr, patch.data());
+          kernel.winograd_input_transform(m, static_cast<int>(r), patch.data(), nr, v + i * ldv + c0, v_point);
         }
         for (int64_t g = 0; g < co_groups; ++g) {  // A dY AT of nr output channels
-          const int64_t c0 = g * nr, lanes = std::min(nr, CO - c0);
-          for (int yi = 0; yi < m; ++yi) {
-            for (int xi = 0; xi < m; ++xi) {
-              float* dst = patch.data() + (yi * m + xi) * nr;
-              const int64_t oh = by * m + yi, ow = bx * m + xi;
-              if (oh >= OH || ow >= OW) {
-                std::fill(dst, dst + nr, 0.f);
-                continue;
-              }
-              std::memcpy(dst, dyd + ((n * OH + oh) * OW + ow) * CO + c0, lanes * sizeof(float));
-              std::fill(dst + lanes, dst + nr, 0.f);
-            }
-          }
+          copy_pixel_block(dyd + n * OH * OW * CO, OH, OW, CO, by * m, bx * m, m, g * nr, nr, patch.data());
           kernel.winograd_output_gradient_transform(m, static_cast<int>(r), patch.data(), nr,
                                                     mg + (g * chunk + i) * nr, mg_point);
         }
