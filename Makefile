@@ -42,7 +42,7 @@ DEPS_STAMP       := $(VENV)/.stamp-deps-$(call torch_tag,$(TORCH))
 BUILD_STAMP      := $(VENV)/.stamp-build
 CUDA_DEPS_STAMP  := $(CUDA_VENV)/.stamp-deps-$(call torch_tag,$(CUDA_TORCH))
 
-OP_BENCHES  := nin_block nin_block_max_pool nin_block_gap global_avg_pool max_pool2d
+OP_BENCHES  := nin_block nin_block_max_pool nin_block_gap global_avg_pool max_pool2d conv2d_weight_grad
 OPS_ARGS    ?=
 
 .PHONY: test bench bench-ops setup cuda-build-check gpu-prebuild clean distclean

@@ -9,9 +9,12 @@
 namespace nin_ext {
 namespace cpu {
 
-// The least work (direct convolution's FLOPs) that the tiles take on: below it their buffers'
-// set-up costs more than they save.
+// The least work (direct convolution's FLOPs) and the fewest output blocks that the tiles take on.
+// A call's fixed costs (dU's zeroing and sums, G^T dU G) grow with the channels, its savings with the
+// blocks: at batch 1 the seed's block 2 (49 blocks) ran at 0.89x ATen's speed and block 3 (36) at
+// 0.62x; at batch 4 (196 and 144 blocks) 1.70x and 1.05x (benchmarks/NOTES.md v30).
 constexpr double kWeightGradWinogradMinFlops = 5e7;
+constexpr int64_t kWeightGradWinogradMinBlocks = 128;
 
 // The output-block size m of the Winograd tiles for the weight gradient of a float32 stride-1 conv
 // (x: N x CI, grad_out: N x CO x OH x OW, a KH x KW kernel), 0 where ATen runs it. The error, as
@@ -23,8 +26,12 @@ constexpr double kWeightGradWinogradMinFlops = 5e7;
 inline int conv2d_weight_grad_tile_size(int64_t N, int64_t CI, int64_t CO, int64_t OH, int64_t OW, int64_t KH,
                                         int64_t KW) {
   const int m = KH != KW ? 0 : KH == 3 ? 2 : KH == 5 ? 4 : 0;
+  if (m == 0 || winograd_mode().load() == 0 || CI < 16 || CO < 16) {
+    return 0;
+  }
   const double direct_flops = 2.0 * N * OH * OW * CI * CO * KH * KW;
-  return winograd_mode().load() != 0 && CI >= 16 && CO >= 16 && direct_flops >= kWeightGradWinogradMinFlops ? m : 0;
+  const int64_t blocks = N * ((OH + m - 1) / m) * ((OW + m - 1) / m);
+  return direct_flops >= kWeightGradWinogradMinFlops && blocks >= kWeightGradWinogradMinBlocks ? m : 0;
 }
 
 }  // namespace cpu
