@@ -17,8 +17,10 @@ SHAPES = {"block2": (96, 256, 26, 5, 2), "block3": (256, 384, 12, 3, 1)}
 
 def main():
     args = op_bench.parse_args(__doc__)
-    if args.device != "cpu" or args.dtype != "float32":
-        sys.exit("conv2d_weight_grad: the tiles run on the CPU in float32 (--device cpu --dtype float32)")
+    if args.device != "cpu" or args.dtype != "float32":  # not an error: `make bench-ops` runs every op
+        print(f"conv2d_weight_grad: skipped on {args.device} in {args.dtype}; its tiles run on the CPU in float32",
+              file=sys.stderr)
+        return
     for label, (c_in, c_out, size, k, p) in SHAPES.items():
         def make_case(batch, dtype, device, c_in=c_in, c_out=c_out, size=size, k=k, p=p):
             x = torch.relu(torch.randn(batch, c_in, size, size, device=device, dtype=dtype))
