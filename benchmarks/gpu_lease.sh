@@ -10,10 +10,11 @@
 # TF32, eager against nin_ext's `auto` backend and the triton backend (NIN_LEASE_EXTRA_BACKENDS, default
 # triton; `none` saves the autotuning's half minute when the Triton kernels did not change), no torch.compile.
 # Environment: as gpu_validate.sh (NIN_VALIDATE_PREBUILT=1 and NIN_VALIDATE_COMMIT for a `_C` from
-# `make gpu-prebuild`); NIN_LEASE_BUDGET_S (default 420) bounds the whole run. NIN_LEASE_AB_TREE, a
-# folder holding another build's nin_ext package (e.g. an earlier commit's, carried to the machine),
-# adds its batch-256 TF32 and bf16 timings (quick-ab-*), run alternately with this tree's. Then, when
-# `ncu` is on the PATH or in /usr/local/cuda/bin, Nsight Compute's main sections for the CUDA kernel
+# `make gpu-prebuild`); NIN_LEASE_BUDGET_S (default 420) bounds the whole run. NIN_LEASE_AB_TREE, one or
+# more folders (space-separated), each holding another build's nin_ext package (e.g. an earlier commit's,
+# carried to the machine), adds their batch-256 TF32 and bf16 and batch-1 TF32 timings
+# (quick-<folder>-*), run alternately with this tree's. Then, when `ncu` is on the PATH or in
+# /usr/local/cuda/bin and NIN_LEASE_NCU is not 0, Nsight Compute's main sections for the CUDA kernel
 # of blocks 2, 3 and 1 (benchmarks/ncu_blocks.py, about 30 s) into OUTDIR/ncu-blocks.txt.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,17 +48,26 @@ quick() {
 }
 B256_TF32="--batch 256 --repeat 10 --warmup 3 --dtype float32 --tf32 on"
 B256_BF16="--batch 256 --repeat 10 --warmup 3 --dtype bfloat16"
+B1_TF32="--batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on"
 EXTRA=${NIN_LEASE_EXTRA_BACKENDS:-triton}
+read -r -a AB_TREES <<< "${NIN_LEASE_AB_TREE:-}"
+# ab NAME ARGS...: the same run in each A/B tree, named after its folder
+ab() {
+  local name=$1 tree
+  shift
+  for tree in "${AB_TREES[@]}"; do QUICK_TREE=$tree quick "$(basename "$tree")-$name" "$@" --extra-backends none; done
+}
 quick b256-tf32 $B256_TF32 --extra-backends "$EXTRA"
-if [ -n "${NIN_LEASE_AB_TREE:-}" ]; then
-  QUICK_TREE=$NIN_LEASE_AB_TREE quick ab-b256-tf32 $B256_TF32 --extra-backends none
+if (( ${#AB_TREES[@]} )); then
+  ab b256-tf32 $B256_TF32
   quick b256-tf32-again $B256_TF32 --extra-backends none
-  QUICK_TREE=$NIN_LEASE_AB_TREE quick ab-b256-bf16 $B256_BF16 --extra-backends none
+  ab b256-bf16 $B256_BF16
 fi
 quick b256-bf16 $B256_BF16 --extra-backends "$EXTRA"
-quick b1-tf32 --batch 1 --repeat 30 --warmup 5 --dtype float32 --tf32 on --extra-backends "$EXTRA"
+quick b1-tf32 $B1_TF32 --extra-backends "$EXTRA"
+(( ${#AB_TREES[@]} )) && ab b1-tf32 $B1_TF32
 
-NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null)
+NCU=$( ((${NIN_LEASE_NCU:-1})) && { command -v ncu || ls /usr/local/cuda/bin/ncu; } 2> /dev/null)
 if [ -n "$NCU" ]; then
   echo "== ncu: blocks 2, 3 and 1"
   # (by name: the weight packing's small kernel runs before each block's)
