@@ -169,8 +169,8 @@ struct WmmaMath {
   // Every value staged into a, b, h0 and h1 passes through this, so fragments load ready inputs.
   __device__ static T to_input(T v) { return WmmaInput<T>::to_input(v); }
 
-  // As SimtMath::mma: the warp's fragments of the G channel chunks. Per K step, the warp loads its A
-  // fragments (one per row fragment) and then each chunk's B fragment once, for all of its rows.
+  // As SimtMath::mma: the warp's fragments of the G channel chunks; each A fragment is loaded once
+  // for all of them.
   template <int G>
   __device__ static void mma(Fragment (&f)[G], const T* a, int64_t a_ld, const T* b, int64_t b_ld, int P) {
     using namespace nvcuda;
@@ -178,20 +178,19 @@ struct WmmaMath {
     if (row_of_fragment(0) * 16 >= P) return;  // a small tile leaves this warp without rows
 #pragma unroll
     for (int kk = 0; kk < kReductionChunk; kk += kK) {
-      wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a_frag[kRowFragments];
 #pragma unroll
       for (int i = 0; i < kRowFragments; ++i) {
-        if (row_of_fragment(i) * 16 < P) {
-          WmmaInput<T>::load_a(a_frag[i], a + row_of_fragment(i) * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
-        }
-      }
+        const int row = row_of_fragment(i);
+        if (row * 16 < P) {
+          wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a_frag;
+          WmmaInput<T>::load_a(a_frag, a + row * 16 * a_ld + kk, static_cast<unsigned>(a_ld));
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
-        WmmaInput<T>::load_b(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk, static_cast<unsigned>(b_ld));
-#pragma unroll
-        for (int i = 0; i < kRowFragments; ++i) {
-          if (row_of_fragment(i) * 16 < P) wmma::mma_sync(f[g].v[i], a_frag[i], b_frag, f[g].v[i]);
+          for (int g = 0; g < G; ++g) {
+            wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::col_major> b_frag;
+            WmmaInput<T>::load_b(b_frag, b + (g * kChannelChunk + column * 16) * b_ld + kk,
+                                 static_cast<unsigned>(b_ld));
+            wmma::mma_sync(f[g].v[i], a_frag, b_frag, f[g].v[i]);
+          }
         }
       }
     }

@@ -15,7 +15,7 @@
 namespace nin_ext {
 namespace cuda {
 
-constexpr int kThreads = 256;            // 8 warps per CTA, each with 2 x 4 WMMA fragments (the wide layers fit one CTA per SM)
+constexpr int kThreads = 512;            // 16 warps per CTA: the wide layers fit one CTA per SM
 constexpr int kChannelChunk = 64;        // output channels per chunk: 4 warps side by side x 16 WMMA columns
 constexpr int kReductionChunk = 32;      // reduction elements (K) staged in shared memory per pass
 // Extra bytes per shared-memory row. 16 bytes keep WMMA's ldm a multiple of 16 bytes and make every
