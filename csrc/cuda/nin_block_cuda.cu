@@ -244,24 +244,20 @@ struct PackJobs {
   PackJob job[3];
 };
 
-// Writes the packed form of one weight matrix per blockIdx.z (w, w1, w2): zeros past its rows and K,
-// values through Math::to_input. A CTA row (blockIdx.y) takes whole packed rows and its threads
-// consecutive k, so that no element's coordinates need a 64-bit division (v7's kernel spent most of
-// its issue slots on one per element).
+// Writes the packed form of one weight matrix per blockIdx.y (w, w1, w2): zeros past its rows and K,
+// values through Math::to_input.
 template <typename Math>
 __global__ void pack_weights_kernel(const PackJobs jobs) {
   using T = typename Math::Elem;
-  const PackJob& job = jobs.job[blockIdx.z];
+  const PackJob& job = jobs.job[blockIdx.y];
   const T* weight = static_cast<const T*>(job.weight);
   T* packed = static_cast<T*>(job.packed);
   const int64_t padded_K = job.shape.padded_K();
-  const int64_t padded_rows = job.shape.padded_rows();
-  for (int64_t r = blockIdx.y; r < padded_rows; r += gridDim.y) {
-    const T* weight_row = weight + r * job.shape.K;
-    T* packed_row = packed + r * padded_K;
-    for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < padded_K; k += int64_t(gridDim.x) * blockDim.x) {
-      packed_row[k] = r < job.shape.rows && k < job.shape.K ? Math::to_input(weight_row[k]) : from_acc<T>(0);
-    }
+  const int64_t elems = job.shape.elems();
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < elems; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / padded_K;
+    const int64_t k = e - r * padded_K;
+    packed[e] = r < job.shape.rows && k < job.shape.K ? Math::to_input(weight[r * job.shape.K + k]) : from_acc<T>(0);
   }
 }
 
@@ -583,18 +579,18 @@ cudaError_t launch_with(const NinBlockLaunch& p, cudaStream_t stream) {
   PackJobs pack{};
   const PackedWeightShapes shapes = p.packed_shapes();
   const void* weights[3] = {p.w, p.w1, p.w2};
-  int64_t widest = 0, tallest = 0;  // padded K and rows, over the three matrices
+  int64_t largest = 0;
   for (int i = 0; i < 3; ++i) {
     pack.job[i] = PackJob{weights[i], static_cast<T*>(p.packed_weights) + shapes.offset(i), shapes.layer[i]};
-    widest = shapes.layer[i].padded_K() > widest ? shapes.layer[i].padded_K() : widest;
-    tallest = shapes.layer[i].padded_rows() > tallest ? shapes.layer[i].padded_rows() : tallest;
+    largest = shapes.layer[i].elems() > largest ? shapes.layer[i].elems() : largest;
   }
   constexpr int kPackThreads = 256;
-  constexpr int64_t kPackMaxRowBlocks = 65535;  // gridDim.y's limit; the kernel strides over more rows
-  if (widest > 0 && tallest > 0) {  // (no weights at all with zero channels: an empty grid is a launch error)
-    const dim3 grid(static_cast<unsigned>(ceil_div(widest, kPackThreads)),
-                    static_cast<unsigned>(tallest < kPackMaxRowBlocks ? tallest : kPackMaxRowBlocks), 3);
-    pack_weights_kernel<Math><<<grid, kPackThreads, 0, stream>>>(pack);
+  constexpr int64_t kPackMaxBlocks = 1024;  // the kernel strides over larger matrices
+  const int64_t pack_blocks = ceil_div(largest, kPackThreads);
+  if (pack_blocks > 0) {  // (no weights at all with zero channels: an empty grid is a launch error)
+    pack_weights_kernel<Math>
+        <<<dim3(static_cast<unsigned>(pack_blocks < kPackMaxBlocks ? pack_blocks : kPackMaxBlocks), 3), kPackThreads,
+           0, stream>>>(pack);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
