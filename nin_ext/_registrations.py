@@ -48,8 +48,12 @@ def _conv_backward(grad, input, weight, bias, stride, padding, needs):
     if needs[0] or needs[1]:
         gx, gw, _ = torch.ops.aten.convolution_backward(grad, input, weight, None, stride, padding, [1, 1], False,
                                                         [0, 0], 1, [needs[0], needs[1], False])
-    gb = grad.sum((0, 2, 3)) if bias is not None and needs[2] else None
-    return gx, gw, gb
+    return gx, gw, _bias_grad(grad, bias, needs)
+
+
+def _bias_grad(grad, bias, needs):
+    """The bias gradient of a conv (None when there is no bias or it is not asked for)."""
+    return grad.sum((0, 2, 3)) if bias is not None and needs[2] else None
 
 
 def _spatial_conv_backward(grad, input, weight, bias, stride, padding, needs):
@@ -75,7 +79,7 @@ def _pointwise_conv_backward(grad, input, weight, bias, needs, grad_input_out=No
     n, c_out, h, w = grad.shape
     c_in = input.shape[1]
     weight_matrix = weight.view(c_out, c_in)
-    gx = gw = gb = None
+    gx = gw = None
     if suggest_memory_format(grad) == torch.channels_last:  # pixels x channels: one product each
         grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)
         if needs[0]:
@@ -94,9 +98,7 @@ def _pointwise_conv_backward(grad, input, weight, bias, needs, grad_input_out=No
             for grad_map, input_map in zip(grad_maps, input_maps):  # no N x C x C temporary
                 gw.addmm_(grad_map, input_map.t())
             gw = gw.view_as(weight)
-    if bias is not None and needs[2]:
-        gb = grad.sum((0, 2, 3))
-    return gx, gw, gb
+    return gx, gw, _bias_grad(grad, bias, needs)
 
 
 def _hidden_conv_backward(grad, input, weight, bias, needs, grad_input_out=None):

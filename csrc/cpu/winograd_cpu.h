@@ -124,41 +124,41 @@ struct PackedWinogradConv {
     TORCH_INTERNAL_ASSERT(mr <= kMaxRows, "Winograd packing: panels of at most ", kMaxRows, " rows, got ", mr);
     const int alpha = transform.alpha;
     const auto& G = transform.G;
-    const int64_t conv_k = K * R * R, point_stride = panels * K * mr, rows = mr;
+    const int64_t conv_k = K * R * R, point_stride = panels * K * mr;
     at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
       double g[R][R][kMaxRows], gg[kWinogradMaxAlpha][R][kMaxRows], s[kMaxRows];
       for (int64_t panel = begin; panel < end; ++panel) {
         for (int64_t k = 0; k < K; ++k) {
-          const float* src = conv_panels + (panel * conv_k + k * R * R) * rows;  // weight(row, k, i, j)
+          const float* src = conv_panels + (panel * conv_k + k * R * R) * mr;  // weight(row, k, i, j)
           for (int i = 0; i < R; ++i) {
             for (int j = 0; j < R; ++j) {
-              for (int64_t r = 0; r < rows; ++r) {
-                g[i][j][r] = src[(i * R + j) * rows + r];
+              for (int64_t r = 0; r < mr; ++r) {
+                g[i][j][r] = src[(i * R + j) * mr + r];
               }
             }
           }
           for (int i = 0; i < alpha; ++i) {  // G g
             for (int j = 0; j < R; ++j) {
-              std::fill(s, s + rows, 0.0);
+              std::fill(s, s + mr, 0.0);
               for (int l = 0; l < R; ++l) {
-                for (int64_t r = 0; r < rows; ++r) {
+                for (int64_t r = 0; r < mr; ++r) {
                   s[r] += G[i][l] * g[l][j][r];
                 }
               }
-              std::copy(s, s + rows, gg[i][j]);
+              std::copy(s, s + mr, gg[i][j]);
             }
           }
-          float* dst = u.data() + (panel * K + k) * rows;
+          float* dst = u.data() + (panel * K + k) * mr;
           for (int i = 0; i < alpha; ++i) {  // (G g) G^T
             for (int j = 0; j < alpha; ++j) {
-              std::fill(s, s + rows, 0.0);
+              std::fill(s, s + mr, 0.0);
               for (int l = 0; l < R; ++l) {
-                for (int64_t r = 0; r < rows; ++r) {
+                for (int64_t r = 0; r < mr; ++r) {
                   s[r] += gg[i][l][r] * G[j][l];
                 }
               }
               float* out = dst + (i * alpha + j) * point_stride;
-              for (int64_t r = 0; r < rows; ++r) {
+              for (int64_t r = 0; r < mr; ++r) {
                 out[r] = static_cast<float>(s[r]);
               }
             }
