@@ -26,6 +26,13 @@ constexpr int64_t weight_prefetch_steps() {
   return kWeightPrefetchBytes / (MR * int64_t(sizeof(float)));
 }
 
+// How many reduction steps ahead the plain kernel prefetches its pixel panel's rows. The rows come
+// from L2: the 1x1 layers stream a tile's pixel panels past one weight panel, and a Winograd
+// product's rows lie a transformed channel apart (3-8 KB on the seed's blocks), where the hardware
+// prefetchers do not follow. On a 2-core Intel Xeon (AVX-512, 48 KB L1, 2 MB L2) this cut the seed's
+// blocks 1-3 by 2-9% (benchmarks/NOTES.md, v31); 4, 8 and 16 steps measured the same.
+constexpr int64_t kPixelPrefetchSteps = 8;
+
 // Vector v of a step's pixels: from b_k's NR consecutive floats, or by a loader, b_k(v).
 template <typename Vec, typename Pixels>
 __attribute__((always_inline)) inline typename Vec::reg pixel_vector(const Pixels& b_k, int v) {
@@ -112,6 +119,10 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
       [&](const auto& step) __attribute__((always_inline)) {
         for (int64_t k = 0; k < K; ++k) {
           __builtin_prefetch(a + (k + weight_prefetch_steps<MR>()) * MR);
+#pragma GCC unroll 4
+          for (int line = 0; line < NV * Vec::lanes; line += 64 / int(sizeof(float))) {
+            __builtin_prefetch(b + (k + kPixelPrefetchSteps) * ldb + line);
+          }
           step(a + k * MR, b + k * ldb);
         }
       },
