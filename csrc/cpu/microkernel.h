@@ -30,6 +30,10 @@
 namespace nin_ext {
 namespace cpu {
 
+// The cache line that the kernels' prefetches step by (64 bytes on x86-64).
+constexpr int64_t kCacheLineBytes = 64;
+constexpr int kCacheLineFloats = kCacheLineBytes / sizeof(float);
+
 template <typename scalar_t>
 using MicroKernelFn = void (*)(int64_t K, const scalar_t* a, const scalar_t* b, int64_t ldb, const scalar_t* bias,
                                scalar_t* c, int64_t ldc, int64_t rows);

@@ -120,7 +120,7 @@ inline void register_blocked_microkernel(int64_t K, const float* a, const float*
         for (int64_t k = 0; k < K; ++k) {
           __builtin_prefetch(a + (k + weight_prefetch_steps<MR>()) * MR);
 #pragma GCC unroll 4
-          for (int line = 0; line < NV * Vec::lanes; line += 64 / int(sizeof(float))) {
+          for (int line = 0; line < NV * Vec::lanes; line += kCacheLineFloats) {
             __builtin_prefetch(b + (k + kPixelPrefetchSteps) * ldb + line);
           }
           step(a + k * MR, b + k * ldb);
@@ -169,7 +169,7 @@ inline void register_blocked_swapped_product(int64_t K, const float* a, int64_t 
     register_blocked_product<Vec, ROWS, NV>(
         [&](const auto& step) __attribute__((always_inline)) {
           for (int64_t k = 0; k < K; ++k) {
-            for (int line = 0; line < NR; line += 16) {  // a step reads NR / 16 cache lines of weights
+            for (int line = 0; line < NR; line += kCacheLineFloats) {  // a step's NR weights
               __builtin_prefetch(b + (k + weight_prefetch_steps<NR>()) * NR + line);
             }
             step(a + k * lda, b + k * NR);
