@@ -521,7 +521,7 @@ class NinBlockTileWorker {
     // what the buffer held (the output transform runs on them, the scatter never reads them).
     float* products = reinterpret_cast<float*>(products_.data());
     const scalar_t* bias = packed_.conv.bias.data();
-    const int64_t chunk = channel_lanes_ ? std::max(nr, products_chunk_channels() / nr * nr) : products_chunk_channels();
+    const int64_t chunk = channel_lanes_ ? std::max(nr, wino.chunk_channels / nr * nr) : wino.chunk_channels;
     const int64_t point_stride = channel_lanes_ ? chunk + 1 : chunk;
     for (int64_t c0 = 0; c0 < g.CC; c0 += chunk) {
       const int64_t channels = std::min(chunk, g.CC - c0);
@@ -634,18 +634,10 @@ class NinBlockTileWorker {
   }
   int64_t activation_channels(int layer) const { return layer == 0 ? g_.CC : layer == 1 ? g_.C1 : g_.C2; }
 
-  // Output channels whose Winograd products are computed and transformed together: a multiple of
-  // MR, about 512 KiB of products (half the L2 of the machines we tune on; 1-2% faster than 256 KiB
-  // on the seed's blocks 2 and 3, measured interleaved in one process).
-  int64_t products_chunk_channels() const {
-    const int64_t mr = packed_.kernel.mr, per_channel = winograd_points() * nr_ * int64_t(sizeof(float));
-    return std::max<int64_t>(mr, (int64_t{512} << 10) / std::max<int64_t>(per_channel, 1) / mr * mr);
-  }
-
   // The products buffer: a chunk of channels per point (plain, or whole NR-channel panels and one
   // channel of padding).
   int64_t winograd_products_floats() const {
-    return winograd_points() * (std::max(nr_, products_chunk_channels()) + 1) * nr_;
+    return winograd_points() * (std::max(nr_, winograd_->chunk_channels) + 1) * nr_;
   }
 
   // The Winograd band's width: the padded input row, plus the zero columns that blocks past the map's
