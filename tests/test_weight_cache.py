@@ -97,6 +97,16 @@ def test_untracked_writes_repack(cpu_backend, cache):
     _check(block, x)
 
 
+def test_untracked_column_write_repacks(cpu_backend, cache):
+    # A column of a 256 x 256 1x1 weight: every 256th value, in place through `.data`.
+    block, x = nin_ext.NiNBlock(3, 256, 3, 1, 1), torch.randn(1, 3, 6, 5)
+    block(x)
+    block[2].weight.data[:, 7] += 0.5
+    _check(block, x)
+    block[4].weight.data[:, 0].neg_()
+    _check(block, x)
+
+
 def test_clear(cpu_backend, cache):
     block, x = _block(), torch.randn(2, 3, 7, 6)
     block(x)
