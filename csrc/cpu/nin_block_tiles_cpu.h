@@ -540,8 +540,10 @@ class NinBlockTileWorker {
         if (xi + 1 < points) {
           prefetch_pixel_rows(v + (xi + 1) * nr, g.C0, vs);
         }
-        for (int64_t m0 = 0; m0 < channels; m0 += wino.mr) {
-          packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(wino.panel(xi, c0 + m0)),
+        // The chunk's panels of this point follow each other in U (PackedWinogradConv::panel_offset).
+        const float* weights = wino.panel(xi, c0);
+        for (int64_t m0 = 0; m0 < channels; m0 += wino.mr, weights += wino.mr * wino.K) {
+          packed_.kernel.fn(g.C0, reinterpret_cast<const scalar_t*>(weights),
                             reinterpret_cast<const scalar_t*>(v + xi * nr), vs, nullptr,
                             reinterpret_cast<scalar_t*>(products + (xi * point_stride + m0) * nr), nr,
                             std::min(wino.mr, channels - m0));
