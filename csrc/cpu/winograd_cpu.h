@@ -175,21 +175,26 @@ struct PackedWinogradConv {
     });
   }
 
-  // Where point xi's panel of the MR output channels from m0 (a multiple of MR) starts in u: chunk by
-  // chunk (chunk_channels), each chunk's points one after another, so that a chunk's products read
-  // its U as one sequential stream. Point-major over all channels, each point's chunk was a run of
-  // its own, 98 KB from the last for the seed's block 2, which the weight prefetch ran past: the
-  // chunked order took block 2 at batch 16 4-6% faster on a 2-vCPU Intel Xeon (NOTES v32).
+  // Where point xi's panel of MR output channels holding channel m0 starts in u: chunk by chunk
+  // (chunk_channels), each chunk's points one after another, so that a chunk's products read its U
+  // as one sequential stream. Point-major over all channels, each point's chunk was a run of its
+  // own, 98 KB from the last for the seed's block 2, which the weight prefetch ran past: the chunked
+  // order took block 2 at batch 16 4-6% faster on a 2-vCPU Intel Xeon (NOTES v32).
   int64_t panel_offset(int xi, int64_t m0) const {
-    const int64_t chunk_panels = chunk_channels / mr, p = m0 / mr, first = p / chunk_panels * chunk_panels;
+    const int64_t p = m0 / mr, first = chunk_first_panel(m0);
     return (first * transform.alpha * transform.alpha * K + (p - first) * K) * mr + xi * point_stride(m0);
   }
 
   // The distance in u from point xi's panel of m0 to point xi + 1's: the panels of m0's chunk.
   int64_t point_stride(int64_t m0) const {
-    const int64_t panels = (M + mr - 1) / mr, chunk_panels = chunk_channels / mr;
-    const int64_t first = m0 / mr / chunk_panels * chunk_panels;
-    return std::min(chunk_panels, panels - first) * K * mr;
+    const int64_t panels = (M + mr - 1) / mr;
+    return std::min(chunk_channels / mr, panels - chunk_first_panel(m0)) * K * mr;
+  }
+
+  // The first panel of the chunk that holds output channel m0.
+  int64_t chunk_first_panel(int64_t m0) const {
+    const int64_t chunk_panels = chunk_channels / mr;
+    return m0 / mr / chunk_panels * chunk_panels;
   }
 
   const float* panel(int xi, int64_t m0) const { return u.data() + panel_offset(xi, m0); }
