@@ -326,9 +326,10 @@ inline double winograd_work(const NinBlockGeometry& g, int m, int64_t nr) {
   return double((tiles + 1) / 2 * 2 * nr) * per_block;
 }
 
-// The output-block size m of the Winograd path for this call, 0 for the direct path: the one with
-// the least work, unless NIN_EXT_CPU_WINOGRAD (or winograd_mode()) forces one (which F(m x m, r x r)
-// must have: a forced m = 4 leaves a 7x7 conv direct).
+// The output-block size m of the Winograd path for this call, 0 for the direct path: of the sizes
+// accurate enough for the conv's channels (winograd_accurate), the one with the least work, unless
+// NIN_EXT_CPU_WINOGRAD (or winograd_mode()) forces one (which F(m x m, r x r) must have: a forced
+// m = 4 leaves a 7x7 conv direct).
 // `winograd_weights`: whether the conv's weights allow the path (winograd_weight); nr: the
 // micro-kernel's panel width.
 inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, int64_t nr, int64_t element_size) {
@@ -342,7 +343,7 @@ inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, 
   int best = 0;
   double best_work = direct_work(g, direct_tiling(g, element_size, nr));
   for (int m = kWinogradMinTile; m <= kWinogradMaxTile; ++m) {
-    if (!winograd_size(m, static_cast<int>(g.KH))) {
+    if (!winograd_size(m, static_cast<int>(g.KH)) || !winograd_accurate(m, static_cast<int>(g.KH), g.C0)) {
       continue;
     }
     const double work = winograd_work(g, m, nr);

@@ -1,10 +1,11 @@
 // Winograd F(m x m, r x r) for the block's spatial convolution (winograd_matrices.h): each m x m
 // block of output pixels takes (m + r - 1)^2 multiplications per input/output channel pair instead of
 // m^2 r^2 (for the seed's 5x5 block 2, F(4x4) does 4 per output pixel, direct convolution 25; a 7x7
-// conv by F(2x2) 16 instead of 49). In float32 the error grows with the transform's points but stays
-// a few times direct convolution's, about 1e-6 of the block output's scale (tests/test_winograd.py
-// bounds it). NIN_EXT_CPU_WINOGRAD=0 switches the path off, =2, 3 or 4 forces that m wherever the
-// path applies and F(m x m, r x r) exists.
+// conv by F(2x2) 16 instead of 49). In float32 the error grows with the transform's points and with
+// the reduction's length, up to ten times direct convolution's (about 1e-6 of the block output's
+// scale): a call takes only the sizes whose modeled error stays within budget (winograd_accurate;
+// tests/test_winograd.py bounds it). NIN_EXT_CPU_WINOGRAD=0 switches the path off, =2, 3 or 4 forces
+// that m wherever the path applies and F(m x m, r x r) exists, accurate or not.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -73,6 +75,32 @@ inline std::atomic<bool>& channel_lanes_mode() {
     return flag == nullptr || std::string(flag) != "0";
   }());
   return mode;
+}
+
+// The relative error (max |y - y64| over max |y64|) of a block whose conv runs by F(m x m, r x r)
+// tiles over `channels` input channels (a phase form's: a split or polyphase form sums its pieces in
+// the same reduction): the worst of six random draws at 96 channels (128 output channels, 24x24
+// maps, batch 4; benchmarks/NOTES.md, v33), growing with the square root of the channels (1.2-1.5x
+// from 96 to 192 measured). Direct convolution: about 1e-6 at any count.
+inline double winograd_error_estimate(int m, int r, int64_t channels) {
+  constexpr double kErrorAt96Channels[kWinogradMaxTile - kWinogradMinTile + 1]
+                                     [kWinogradMaxTaps - kWinogradMinTaps + 1] = {
+                                         {0.44e-6, 1.8e-6, 3.8e-6, 5.3e-6, 5.0e-6},  // m = 2, r = 3..7
+                                         {1.8e-6, 4.5e-6, 5.6e-6, 5.8e-6, 0},         // m = 3
+                                         {5.7e-6, 0, 5.7e-6, 0, 0},                   // m = 4
+                                     };
+  return kErrorAt96Channels[m - kWinogradMinTile][r - kWinogradMinTaps] *
+         std::sqrt(static_cast<double>(channels) / 96.0);
+}
+
+// Whether F(m x m, r x r) over `channels` input channels keeps a block's modeled error within
+// 6.5e-6, so that random draws stay within the 1e-5 relative error the package holds float32 to
+// (they reached 1.8e-5 before this bound, on split and polyphase forms over 256 channels or more).
+// F(4x4, 5x5) on the seed's 96-channel block 2 (5.7e-6) passes; F(4x4, 3x3) on its 256-channel
+// block 3 (9.3e-6 modeled, 8.3e-6 measured) does not, nor on 192 channels (8.0e-6 measured).
+inline bool winograd_accurate(int m, int r, int64_t channels) {
+  constexpr double kErrorBudget = 6.5e-6;
+  return winograd_error_estimate(m, r, channels) <= kErrorBudget;
 }
 
 inline bool winograd_weight(const at::Tensor& w) {
