@@ -19,7 +19,7 @@ except (ImportError, OSError) as error:  # not built (NIN_EXT_NO_EXT=1), or buil
 loaded = _C is not None
 cuda_built = bool(loaded and _C.cuda_built)
 cuda_archs = (_C.cuda_archs or None) if loaded else None
-cpu_microkernel = _C.cpu_microkernel if loaded else None  # avx512, avx2 or portable
+cpu_microkernel = _C.cpu_microkernel if loaded else None  # amx, avx512, avx2 or portable
 
 
 def clear_weight_cache():

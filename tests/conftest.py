@@ -330,6 +330,23 @@ def device_for(backend_name):
 # --------------------------------------------------------------------------------------
 # Subprocess helper
 # --------------------------------------------------------------------------------------
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+CPU_FLAGS = _cpu_flags()
+# What the CPU backend's "amx" kernel needs (csrc/cpu/packed_layer_amx.cpp, amx_bf16_usable).
+AMX_FLAGS = {"amx_tile", "amx_bf16", "avx512_bf16", "avx512bw", "avx512dq", "avx512vl"}
+HAS_AMX = AMX_FLAGS <= CPU_FLAGS
+NO_AMX_REASON = "CPU has no AMX-BF16 tiles (/proc/cpuinfo flags amx_tile, amx_bf16, avx512_bf16)"
+
 PKG_ROOT = str(Path(nin_ext.__file__).resolve().parent.parent)
 
 

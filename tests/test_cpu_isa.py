@@ -7,22 +7,10 @@ import json
 
 import pytest
 
-from conftest import backends_without_the_extension, run_python
+from conftest import CPU_FLAGS as FLAGS, HAS_AMX, NO_AMX_REASON, backends_without_the_extension, run_python
 
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-FLAGS = _cpu_flags()
 ISAS = [
+    pytest.param("amx", marks=pytest.mark.skipif(not HAS_AMX, reason=NO_AMX_REASON)),
     pytest.param("avx512", marks=pytest.mark.skipif("avx512f" not in FLAGS, reason="CPU has no AVX-512")),
     pytest.param("avx2", marks=pytest.mark.skipif(not {"avx2", "fma"} <= FLAGS, reason="CPU has no AVX2 + FMA")),
     "portable",
@@ -141,5 +129,5 @@ def test_unknown_isa_is_an_import_error_that_falls_back():
     result = run_python(["-c", "import nin_ext; print(nin_ext.available_backends())"],
                         env_extra={"NIN_EXT_CPU_ISA": "sse9"})
     assert result.returncode == 0, result.stderr
-    assert "NIN_EXT_CPU_ISA must be avx512, avx2 or portable" in result.stderr
+    assert "NIN_EXT_CPU_ISA must be amx, avx512, avx2 or portable" in result.stderr
     assert result.stdout.strip() == str(backends_without_the_extension())

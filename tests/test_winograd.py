@@ -258,6 +258,7 @@ def test_seed_blocks_match_the_direct_path(cpu_backend):
 # timings that back the AVX-512 choice). F(4x4, 3x3) over block 3's 256 channels is never taken: its
 # error (winograd_accurate).
 SEED_BLOCK_CHOICES = {
+    "amx": {1: (4, 2), 16: (4, 3), 32: (4, 3)},  # the AVX-512 kernel's panels
     "avx512": {1: (4, 2), 16: (4, 3), 32: (4, 3)},
     "avx2": {1: (3, 3), 16: (4, 3), 32: (4, 3)},
     "portable": {1: (3, 3), 16: (4, 3), 32: (4, 3)},
@@ -320,7 +321,7 @@ def test_channel_lanes_only_where_they_save_products():
     """Tiles of a full pixel panel of blocks stay plain; so do few channels (their panel would be padded)
     and tiles of blocks that fill all but a few of the panel's lanes."""
     lanes = _C.winograd_channel_lanes
-    nr = 32 if _C.cpu_microkernel == "avx512" else 16 if _C.cpu_microkernel == "avx2" else 8
+    nr = {"amx": 32, "avx512": 32, "avx2": 16}.get(_C.cpu_microkernel, 8)
     assert not lanes(384, nr)
     assert not lanes(10, nr // 2)
     if _C.cpu_microkernel != "portable":

@@ -130,6 +130,8 @@ struct MicroKernel {
   SwappedProductFn swapped_fn = nullptr;  // float kernels only
   // float kernels only: A dY AT of the output gradient (conv2d_weight_grad_cpu.cpp)
   WinogradTransformFn winograd_output_gradient_transform = nullptr;
+  // float kernels of NR 32 only: the wide 1x1 layers run on AMX tiles (packed_layer_amx.h)
+  bool amx_layers = false;
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs

@@ -8,6 +8,7 @@
 #include "cpu/max_pool2d_plane.h"
 #include "cpu/microkernel_broadcast_pixels.h"
 #include "cpu/microkernel.h"
+#include "cpu/packed_layer_amx.h"
 #include "cpu/winograd_transform_lanes.h"
 
 namespace nin_ext {
@@ -71,22 +72,27 @@ MicroKernel<float> choose_float_microkernel() {
                                 {&broadcast_pixels_avx2_6x8, 6, 8},
                                 &swapped_product_avx2_6x16,
                                 &winograd_output_gradient_transform_avx2_16};
+  MicroKernel<float> amx = avx512;  // AVX-512, the wide 1x1 layers on AMX tiles
+  amx.isa = "amx";
+  amx.amx_layers = true;
+  const bool has_amx = amx_bf16_usable();
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
-  const MicroKernel<float> avx512 = portable, avx2 = portable;
-  const bool has_avx512 = false, has_avx2 = false;
+  const MicroKernel<float> amx = portable, avx512 = portable, avx2 = portable;
+  const bool has_amx = false, has_avx512 = false, has_avx2 = false;
 #endif
   const char* forced = std::getenv("NIN_EXT_CPU_ISA");
   if (forced != nullptr && *forced != '\0') {
     const std::string isa(forced);
-    TORCH_CHECK(isa == "avx512" || isa == "avx2" || isa == "portable",
-                "NIN_EXT_CPU_ISA must be avx512, avx2 or portable, got '", isa, "'");
+    TORCH_CHECK(isa == "amx" || isa == "avx512" || isa == "avx2" || isa == "portable",
+                "NIN_EXT_CPU_ISA must be amx, avx512, avx2 or portable, got '", isa, "'");
+    TORCH_CHECK(isa != "amx" || has_amx, "NIN_EXT_CPU_ISA=amx, but this CPU or OS has no AMX-BF16 tiles");
     TORCH_CHECK(isa != "avx512" || has_avx512, "NIN_EXT_CPU_ISA=avx512, but this CPU has no AVX-512");
     TORCH_CHECK(isa != "avx2" || has_avx2, "NIN_EXT_CPU_ISA=avx2, but this CPU has no AVX2 + FMA");
-    return isa == "avx512" ? avx512 : isa == "avx2" ? avx2 : portable;
+    return isa == "amx" ? amx : isa == "avx512" ? avx512 : isa == "avx2" ? avx2 : portable;
   }
-  return has_avx512 ? avx512 : has_avx2 ? avx2 : portable;
+  return has_amx ? amx : has_avx512 ? avx512 : has_avx2 ? avx2 : portable;
 }
 
 }  // namespace

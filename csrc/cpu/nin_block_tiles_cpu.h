@@ -28,6 +28,7 @@
 #include "cpu/copy_runs.h"
 #include "cpu/microkernel.h"
 #include "cpu/conv_phase_forms_cpu.h"
+#include "cpu/packed_layer_amx.h"
 #include "cpu/thread_scratch_cpu.h"
 #include "cpu/winograd_cpu.h"
 #include "nin_block_checks.h"
@@ -121,12 +122,15 @@ class TileWriter {
 
 // One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
 // rows past M zero; the bias padded the same way (zero when the layer has none).
+// A float layer of at least kAmxMinReduction inputs, for a kernel that runs its 1x1 layers on AMX
+// tiles, is also packed for them (packed_layer_amx.h), and apply_packed_layer runs it there.
 template <typename scalar_t>
 struct PackedLayer {
   int64_t M, K;
   std::vector<scalar_t> a, bias;
+  std::vector<uint16_t> amx;
 
-  PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr) {
+  PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr, bool amx_layers = false) {
     const at::Tensor w = weight.detach().reshape({weight.size(0), -1}).contiguous();
     M = w.size(0);
     K = w.size(1);
@@ -148,6 +152,15 @@ struct PackedLayer {
       const at::Tensor bc = b->detach().contiguous();
       std::copy(bc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>() + M, bias.begin());
     }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      // Infinite weights stay off the tiles, as do inputs (apply_layer_amx): inf x 0 in a part product.
+      if (amx_layers && K >= kAmxMinReduction && at::isfinite(w).all().item<bool>()) {
+        amx.resize(amx_packed_layer_elements(M, K));
+        at::parallel_for(0, (M + kAmxPanel - 1) / kAmxPanel, 1, [&](int64_t begin, int64_t end) {
+          pack_layer_amx(src, M, K, begin, end, amx.data());
+        });
+      }
+    }
   }
 };
 
@@ -162,7 +175,7 @@ struct NinBlockPacked {
   NinBlockPacked(const MicroKernel<scalar_t>& k, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2)
-      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr), pointwise2(w2, b2, k.mr),
+      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr, k.amx_layers), pointwise2(w2, b2, k.mr, k.amx_layers),
         winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)),
         conv_window_(w.size(2) * w.size(3)) {}
 
@@ -355,18 +368,43 @@ inline int winograd_tile_size(const NinBlockGeometry& g, bool winograd_weights, 
   return best;
 }
 
-// out[panel][m][nr] = relu(W in[panel] + b) for every panel of a tile, one (MR x NR) block at a
-// time; the weight panel stays in cache while it meets every pixel panel of the tile.
+// out[panel][m][nr] = relu(W in[panel] + b) for pixel panels [first, first + panels) of a tile, one
+// (MR x NR) block at a time; the weight panel stays in cache while it meets every pixel panel.
 template <typename scalar_t>
-void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
-                        scalar_t* out, int64_t panels) {
+void apply_packed_layer_panels(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer,
+                               const scalar_t* in, scalar_t* out, int64_t first, int64_t panels) {
   for (int64_t m0 = 0; m0 < layer.M; m0 += kernel.mr) {
     const scalar_t* a = layer.a.data() + m0 * layer.K;
-    for (int64_t p = 0; p < panels; ++p) {
+    for (int64_t p = first; p < first + panels; ++p) {
       kernel.fn(layer.K, a, in + p * layer.K * kernel.nr, kernel.nr, layer.bias.data() + m0,
                 out + (p * layer.M + m0) * kernel.nr, kernel.nr, std::min(kernel.mr, layer.M - m0));
     }
   }
+}
+
+// The layer on every panel of a tile: on AMX tiles where it is packed for them, the panels whose
+// inputs are not all finite by the micro-kernel.
+template <typename scalar_t>
+void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
+                        scalar_t* out, int64_t panels) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!layer.amx.empty()) {
+      struct Call {
+        const MicroKernel<float>& kernel;
+        const PackedLayer<float>& layer;
+        const float* in;
+        float* out;
+      } call{kernel, layer, in, out};
+      apply_layer_amx(layer.amx.data(), layer.bias.data(), layer.M, layer.K, in, out, panels,
+                      [](const void* context, int64_t first, int64_t count) {
+                        const Call& c = *static_cast<const Call*>(context);
+                        apply_packed_layer_panels(c.kernel, c.layer, c.in, c.out, first, count);
+                      },
+                      &call);
+      return;
+    }
+  }
+  apply_packed_layer_panels(kernel, layer, in, out, 0, panels);
 }
 
 // Per-thread workspace and the tile computation.
