@@ -131,3 +131,30 @@ def test_unknown_isa_is_an_import_error_that_falls_back():
     assert result.returncode == 0, result.stderr
     assert "NIN_EXT_CPU_ISA must be amx, avx512, avx2 or portable" in result.stderr
     assert result.stdout.strip() == str(backends_without_the_extension())
+
+
+GLOBAL_AVG_POOL_SCRIPT = r"""
+import json, torch, nin_ext
+torch.manual_seed(0)
+means = []
+for shape in [(3, 7, 5, 5), (2, 384, 12, 12), (1, 3, 13, 11), (2, 5, 1, 1), (1, 9, 3, 2)]:
+    means += torch.ops.nin_ext.global_avg_pool(torch.randn(*shape) * 100).flatten().tolist()
+print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "means": means}))
+"""
+
+
+def test_global_avg_pool_same_bits_on_every_isa():
+    """The float planes' double sums (the AVX-512 kernel's own, plane_means_avx512, and the portable
+    ones) add the same values in the same order: the same bits whatever the ISA, 8-value runs and
+    tails alike."""
+    isas = [isa.values[0] if hasattr(isa, "values") else isa for isa in ISAS]
+    reports = {}
+    for isa in isas:
+        result = run_python(["-c", GLOBAL_AVG_POOL_SCRIPT], env_extra={"NIN_EXT_CPU_ISA": isa})
+        if result.returncode != 0 and "but this CPU" in result.stderr:
+            continue  # an ISA this CPU does not run
+        assert result.returncode == 0, result.stderr
+        reports[isa] = json.loads(result.stdout.strip().splitlines()[-1])["means"]
+    assert "portable" in reports
+    for isa, means in reports.items():
+        assert means == reports["portable"], f"{isa} differs from portable"

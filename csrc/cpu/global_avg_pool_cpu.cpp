@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/microkernel.h"
 #include "nin_block_checks.h"
 
 namespace nin_ext {
@@ -33,6 +34,25 @@ acc_t sum_in_lanes(const scalar_t* values, int64_t count) {
     total += partial[lane];
   }
   return total;
+}
+
+// out[i] = the mean of plane i (`pixels` values from in + i * pixels) for i < planes, by sum_in_lanes.
+template <typename scalar_t>
+void plane_means_of(const scalar_t* in, int64_t planes, int64_t pixels, scalar_t* out) {
+  using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+  const acc_t inv_pixels = acc_t(1) / static_cast<acc_t>(pixels);
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    out[plane] = static_cast<scalar_t>(sum_in_lanes<acc_t>(in + plane * pixels, pixels) * inv_pixels);
+  }
+}
+
+// float planes: the same sums with the CPU's AVX-512 where it has it.
+void plane_means_of(const float* in, int64_t planes, int64_t pixels, float* out) {
+  if (const PlaneMeansFn plane_means = float_microkernel().plane_means) {
+    plane_means(in, planes, pixels, out);
+    return;
+  }
+  plane_means_of<float>(in, planes, pixels, out);
 }
 
 }  // namespace
@@ -71,9 +91,7 @@ at::Tensor global_avg_pool_cpu(const at::Tensor& x) {
     } else {
       // Each (n, c) plane is contiguous.
       at::parallel_for(0, N * C, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t plane = begin; plane < end; ++plane) {
-          o[plane] = static_cast<scalar_t>(sum_in_lanes<acc_t>(in + plane * pixels, pixels) * inv_pixels);
-        }
+        plane_means_of(in + begin * pixels, end - begin, pixels, o + begin);
       });
     }
   });

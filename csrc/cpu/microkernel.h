@@ -90,6 +90,10 @@ using CopyRunsFn = void (*)(const float* in, const CopyRun* runs, int64_t run_co
 // long, compiled for the same ISA.
 using GatherLanesFn = void (*)(const float* in, const int32_t* index, int64_t count, float* out);
 
+// global_avg_pool's means of `planes` float planes of `pixels` values (global_avg_pool_cpu.cpp), with
+// the ISA's own instructions.
+using PlaneMeansFn = void (*)(const float* in, int64_t planes, int64_t pixels, float* out);
+
 // An input row into channels-last order (copy_runs.h, channels_last_row_portable), compiled for the
 // same ISA.
 using ChannelsLastRowFn = void (*)(const float* src, int64_t channel_stride, int64_t column_stride, int64_t channels,
@@ -132,6 +136,7 @@ struct MicroKernel {
   WinogradTransformFn winograd_output_gradient_transform = nullptr;
   // float kernels of NR 32 only: the wide 1x1 layers run on AMX tiles (packed_layer_amx.h)
   bool amx_layers = false;
+  PlaneMeansFn plane_means = nullptr;  // AVX-512 only: the others run the portable sums
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -283,6 +288,7 @@ void broadcast_pixels_avx2_6x16(int64_t tap_count, const int64_t* taps, int64_t 
 void channels_last_row_avx512(const float* src, int64_t channel_stride, int64_t column_stride, int64_t channels,
                               int64_t width, float* dst, int64_t pixel_stride);
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out);
+void plane_means_avx512(const float* in, int64_t planes, int64_t pixels, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);
 void winograd_output_gradient_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -34,7 +34,9 @@ MicroKernel<float> choose_float_microkernel() {
                                     {&broadcast_pixels_microkernel<ScalarVec, 4, 8>, 4, 8},
                                     {&broadcast_pixels_microkernel<ScalarVec, 4, 4>, 4, 4},
                                     &swapped_product_portable<4, 8>,
-                                    &winograd_output_gradient_lanes<ScalarVec, 8>};
+                                    &winograd_output_gradient_lanes<ScalarVec, 8>,
+                                    false,
+                                    nullptr};
 #if NIN_EXT_X86_64
   const MicroKernel<float> avx512{12,
                                   32,
@@ -53,7 +55,9 @@ MicroKernel<float> choose_float_microkernel() {
                                   {&broadcast_pixels_avx512_12x32, 12, 32},
                                   {&broadcast_pixels_avx512_12x16, 12, 16},
                                   &swapped_product_avx512_12x32,
-                                  &winograd_output_gradient_transform_avx512_32};
+                                  &winograd_output_gradient_transform_avx512_32,
+                                  false,
+                                  &plane_means_avx512};
   const MicroKernel<float> avx2{6,
                                 16,
                                 &microkernel_avx2_6x16,
@@ -71,7 +75,9 @@ MicroKernel<float> choose_float_microkernel() {
                                 {&broadcast_pixels_avx2_6x16, 6, 16},
                                 {&broadcast_pixels_avx2_6x8, 6, 8},
                                 &swapped_product_avx2_6x16,
-                                &winograd_output_gradient_transform_avx2_16};
+                                &winograd_output_gradient_transform_avx2_16,
+                                false,
+                                nullptr};
   MicroKernel<float> amx = avx512;  // AVX-512, the wide 1x1 layers on AMX tiles
   amx.isa = "amx";
   amx.amx_layers = true;
