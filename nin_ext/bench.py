@@ -118,6 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
+    p.add_argument("--peak-gflops", type=float, default=None, metavar="GFLOPS",
+                   help="the device's fp32 peak (CPU: benchmarks/fma_peak.cpp) to print nin_ext's "
+                        "stage rates as a share of")
     p.add_argument("--json", dest="json_file", default=None, metavar="FILE",
                    help="write every sample and the metadata to FILE")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -162,6 +165,28 @@ def _err_str(exc: BaseException, limit: int = 300) -> str:
             s += f" {ln}"
             break
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _conv_gflop_counter(net):
+    """Counts, while open, the work of net's Conv2d calls in GFLOP (into the yielded one-item
+    list) as direct convolution counts it: 2 x the multiply-adds; bias, ReLU and pools left out. A
+    stage's rate is this over its time, so paths that do fewer multiplications (Winograd tiles) can
+    run above the device's peak."""
+    import torch
+
+    total = [0.0]
+
+    def count(mod, _inputs, out):
+        kh, kw = mod.kernel_size
+        total[0] += 2e-9 * out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    handles = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        yield total
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _quantiles(xs: Sequence[float]) -> Tuple[float, float, float]:
@@ -495,13 +520,18 @@ def run(args: argparse.Namespace) -> dict:  # noqa: C901 - one linear procedure
         x_dt = x_master.to(device=device, dtype=dtype)
         inputs: Dict[str, "torch.Tensor"] = {E2E: x_dt}
         expected: Dict[str, "torch.Tensor"] = {}
+        gflop: Dict[str, float] = {}
         with torch.no_grad():
             h64 = x_dt.to(torch.float64)
-            expected[E2E] = ref64(h64)
+            with _conv_gflop_counter(ref64) as work:
+                expected[E2E] = ref64(h64)
+            gflop[E2E] = work[0]
             for s, idx in (STAGES if args.stages else []):
                 xin = h64.to(dtype)  # the stage's input, in the bench dtype
                 inputs[s] = xin
-                expected[s] = _seq([ref64[i] for i in idx])(xin.to(torch.float64))
+                with _conv_gflop_counter(ref64) as work:
+                    expected[s] = _seq([ref64[i] for i in idx])(xin.to(torch.float64))
+                gflop[s] = work[0]
                 h64 = expected[s]
                 nxt = idx[-1] + 1
                 while nxt in _SKIPPED_CHILDREN:  # identity in eval mode (Dropout)
@@ -589,7 +619,7 @@ def run(args: argparse.Namespace) -> dict:  # noqa: C901 - one linear procedure
     wall = time.perf_counter() - t_start
     return _collect(args, device, batch, dtype, repeat, warmup, number, compile_mode, freezing,
                     stage_compile, main_backend, extra_backends, stages, cands, cells, wall,
-                    foreign_load)
+                    foreign_load, gflop)
 
 
 def _select(c: Candidate) -> None:
@@ -666,7 +696,7 @@ def _configure_compile(enabled: bool, freezing: bool) -> Callable[[], None]:
 # ----------------------------------------------------------------------------------------- results
 def _collect(args, device, batch, dtype, repeat, warmup, number, compile_mode, freezing,
              stage_compile, main_backend, extra_backends, stages, cands, cells, wall,
-             foreign_load) -> dict:
+             foreign_load, gflop) -> dict:
     import torch
 
     import nin_ext
@@ -717,6 +747,7 @@ def _collect(args, device, batch, dtype, repeat, warmup, number, compile_mode, f
         "freezing": freezing if args.compile else None,
         "stage_compile": stage_compile,
         "stages": stages,
+        "peak_gflops": args.peak_gflops,
         "timer": "time.perf_counter around each sample, torch.cuda.synchronize before and after "
                  "on CUDA; models interleaved round-robin, order rotated each repetition",
     }
@@ -751,6 +782,7 @@ def _collect(args, device, batch, dtype, repeat, warmup, number, compile_mode, f
                 if mine and other is not None and other.median:
                     sp[f"{c.name}_vs_{base}"] = other.median / mine
         row["speedups"] = sp
+        row["gflop"] = gflop.get(s)
         row["foreign_cpu_load"] = foreign_load.get(s)
         out_stages[s] = row
     return {"meta": meta, "config": config, "stages": out_stages, "wall_s": wall,
@@ -773,9 +805,18 @@ def _fmt_err(x: Optional[float]) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
+def _gflops(stage_row: dict, col: str) -> Optional[float]:
+    """The column's rate on the stage in GFLOP/s (_conv_gflop_counter's count), None where it has
+    no convolutions or no time."""
+    st = (stage_row.get(col) or {}).get("stats")
+    work = stage_row.get("gflop")
+    return work / st["median_ms"] * 1e3 if work and st else None
+
+
 def format_table(res: dict) -> str:
     cfg, meta = res["config"], res["meta"]
     cols = res["columns"]
+    peak = cfg.get("peak_gflops")
     main_cols = [c for c in ("eager", "compile", "nin_ext") if c in cols]
     extra_cols = [c for c in cols if c.startswith("nin_ext[")]
     machine = meta["machine"]["gpu"]
@@ -807,12 +848,16 @@ def format_table(res: dict) -> str:
     lines.append(f"ms per batch: median ±half-IQR of {cfg['repeat']} interleaved reps "
                  f"(warm-up {cfg['warmup']}); rel err = max|y - y64| / max|y64| vs the float64 "
                  f"reference")
+    lines.append("GFLOP/s: the stage's convolutions counted as direct convolution (2 x multiply-adds) "
+                 "over nin_ext's median; Winograd tiles do fewer multiplications"
+                 + (f"; peak {peak:g} GFLOP/s (--peak-gflops)" if peak else ""))
 
     header = ["stage"] + [f"{c} ms" for c in main_cols]
     has_nin = "nin_ext" in cols
     has_comp = "compile" in cols
     if has_nin:
-        header += ["vs eager"] + (["vs compile"] if has_comp else [])
+        header += ["vs eager"] + (["vs compile"] if has_comp else []) + ["nin_ext GFLOP/s"]
+        header += ["of peak"] if peak else []
     header += [f"err {c}" for c in main_cols]
 
     def row_for(stage: str, nin_col: str, label: str, show_base: bool) -> List[str]:
@@ -838,6 +883,10 @@ def format_table(res: dict) -> str:
                     continue
                 v = sp.get(f"{nin_col}_vs_{base}")
                 cells.append(f"{v:.2f}x" if v else "")
+            rate = _gflops(r, nin_col)
+            cells.append(f"{rate:.0f}" if rate else "")
+            if peak:
+                cells.append(f"{rate / peak:.0%}" if rate else "")
         for c in main_cols:
             src = nin_col if c == "nin_ext" else c
             d = r.get(src)

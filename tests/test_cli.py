@@ -36,10 +36,17 @@ def test_help():
 def test_bench_writes_json(tmp_path):
     out = tmp_path / "out.json"
     r = _ok(run_python(["-m", "nin_ext", "bench", "--batch", "1", "--repeat", "1", "--warmup", "1",
-                        "--no-compile", "--tf32", "off", "--json", str(out)], cwd=tmp_path, timeout=600))
+                        "--no-compile", "--tf32", "off", "--peak-gflops", "100", "--json", str(out)],
+                       cwd=tmp_path, timeout=600))
     assert out.exists(), r.stdout + r.stderr
     data = json.loads(out.read_text())
     assert data["config"]["batch"] == 1 and data["config"]["compile"] is False
+    # each stage's work as direct convolution: block 2 is 96 -> 256 channels by 5x5 on 26x26, then
+    # two 256 -> 256 1x1 convs; the pools have none
+    block2 = 2 * 26 * 26 * 256 * (96 * 25 + 2 * 256)
+    assert abs(data["stages"]["block2"]["gflop"] - block2 * 1e-9) < 1e-9
+    assert data["stages"]["pool2"]["gflop"] == 0
+    assert data["config"]["peak_gflops"] == 100 and "of peak" in r.stdout and "GFLOP/s" in r.stdout
     e2e = data["stages"]["end-to-end"]
     for col in ("eager", "nin_ext"):
         assert e2e[col]["error"] is None, e2e[col]["error"]
