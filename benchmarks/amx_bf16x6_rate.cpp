@@ -112,12 +112,13 @@ void layer_rate(int M, int K, int N) {
           auto products = [] {
             _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
           };
-          load_a(1); load_b(1); products();  // w1 x1, then the larger ones
-          load_b(0); products();             // w1 x0
-          load_a(2); products();             // w2 x0
+          // one operand part changes at a time: 14 tile loads a step (smallest first took 16)
           load_a(0); load_b(2); products();  // w0 x2
           load_b(1); products();             // w0 x1
-          load_b(0); products();             // w0 x0
+          load_a(1); products();             // w1 x1
+          load_b(0); products();             // w1 x0
+          load_a(2); products();             // w2 x0
+          load_a(0); products();             // w0 x0
         }
         float* c = &out[size_t(mh) * 16 * N + nh * 16];
         _tile_stored(0, c, N * 4); _tile_stored(1, c + 16, N * 4);

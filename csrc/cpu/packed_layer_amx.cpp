@@ -97,8 +97,11 @@ bool pack_pixel_panel(const float* in, int64_t K, int64_t steps, uint16_t* out) 
   return non_finite == 0;
 }
 
-// Accumulators 0-3 (the 2 x 2 tiles of a 32 x 32 block) += one 32-wide step's six part products, the
-// smallest first; tiles 4 and 5 take the weights' two row halves of a part, 6 and 7 the pixels'.
+// Accumulators 0-3 (the 2 x 2 tiles of a 32 x 32 block) += one 32-wide step's six part products;
+// tiles 4 and 5 take the weights' two row halves of a part, 6 and 7 the pixels'. The order walks the
+// six (weight part, pixel part) pairs changing one operand at a time, 14 tile loads a step where the
+// smallest-first order took 16 (tile loads bound the layer: 3-15% faster alone, the same results),
+// and adds w0 x0 last.
 void multiply_step(const uint16_t* a, const uint16_t* b) {
   auto load_weights = [&](int part) {
     _tile_loadd(4, a + (part * 2) * kTileElements, 64);
@@ -114,19 +117,18 @@ void multiply_step(const uint16_t* a, const uint16_t* b) {
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   };
-  load_weights(1);
+  load_weights(0);
+  load_pixels(2);
+  multiply();  // w0 x2
   load_pixels(1);
+  multiply();  // w0 x1
+  load_weights(1);
   multiply();  // w1 x1
   load_pixels(0);
   multiply();  // w1 x0
   load_weights(2);
   multiply();  // w2 x0
   load_weights(0);
-  load_pixels(2);
-  multiply();  // w0 x2
-  load_pixels(1);
-  multiply();  // w0 x1
-  load_pixels(0);
   multiply();  // w0 x0
 }
 
