@@ -29,13 +29,20 @@ def _draw(rng, i):
 
 
 CASES = [_draw(random.Random(4242 + i), i) for i in range(16)]
-# The seed net's block 1 and its pool, and blocks that take the Winograd path (tiles span images).
-CASES += [dict(n=2, c0=1, c1=96, c2=96, k=11, s=4, p=0, h=99, w=103, pool=((3, 3), (2, 2), (0, 0), False),
-               layout="contiguous"),
-          dict(n=2, c0=32, c1=64, c2=8, k=3, s=1, p=1, h=10, w=9, pool=((3, 3), (2, 2), (0, 0), False),
-               layout="contiguous"),
-          dict(n=9, c0=32, c1=64, c2=5, k=5, s=1, p=2, h=7, w=6, pool=((2, 2), (2, 2), (1, 0), True),
-               layout="contiguous")]
+# Blocks that take the Winograd path (tiles span images); in the last two the pool reads 12 of 13 and
+# 24 of 25 rows and columns, so the block runs on fewer Winograd blocks than its whole output needs.
+WINOGRAD_CASES = [
+    dict(n=2, c0=32, c1=64, c2=8, k=3, s=1, p=1, h=10, w=9, pool=((3, 3), (2, 2), (0, 0), False),
+         layout="contiguous"),
+    dict(n=9, c0=32, c1=64, c2=5, k=5, s=1, p=2, h=7, w=6, pool=((2, 2), (2, 2), (1, 0), True), layout="contiguous"),
+    dict(n=3, c0=64, c1=96, c2=8, k=3, s=1, p=1, h=13, w=13, pool=((2, 2), (2, 2), (0, 0), False),
+         layout="contiguous"),
+    dict(n=4, c0=64, c1=96, c2=8, k=5, s=1, p=2, h=25, w=25, pool=((2, 2), (2, 2), (0, 0), False),
+         layout="contiguous")]
+# The seed net's block 1 and its pool (which reads 23 of its 24 output columns here).
+SEED_BLOCK1_CASE = dict(n=2, c0=1, c1=96, c2=96, k=11, s=4, p=0, h=99, w=103, pool=((3, 3), (2, 2), (0, 0), False),
+                        layout="contiguous")
+CASES += [SEED_BLOCK1_CASE] + WINOGRAD_CASES
 
 
 def _args(case, device="cpu", dtype=torch.float32):
@@ -65,7 +72,7 @@ def _valid(case):
 def test_equals_the_two_ops_on_cpu(cpu_backend, case):
     x, params = _args(case)
     s, p = (case["s"],) * 2, (case["p"],) * 2
-    if case in CASES[-2:]:
+    if case in WINOGRAD_CASES:
         assert runs_winograd("cpu", x, params[0], s, p, case["c1"], case["c2"])
     with torch.no_grad():
         expected = torch.ops.nin_ext.max_pool2d(torch.ops.nin_ext.nin_block(x, *params, s, p), *case["pool"])
@@ -81,7 +88,8 @@ def test_equals_the_two_ops_on_cpu(cpu_backend, case):
             torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES[:6] + CASES[-3:] if _valid(c)], ids=_ids)
+@pytest.mark.parametrize("case", [c for c in CASES[:6] + [SEED_BLOCK1_CASE] + WINOGRAD_CASES[:2] if _valid(c)],
+                         ids=_ids)
 def test_matches_float64(backend, case):
     x, params = _args(case, device_for(backend))
     s, p = case["s"], case["p"]
@@ -95,7 +103,7 @@ def test_matches_float64(backend, case):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_dtypes(cpu_backend, dtype):
-    case = CASES[-3]
+    case = SEED_BLOCK1_CASE
     x, params = _args(case, dtype=dtype)
     with torch.no_grad():
         got = torch.ops.nin_ext.nin_block_max_pool(x, *params, [4, 4], [0, 0], *case["pool"])
@@ -106,7 +114,7 @@ def test_other_dtypes(cpu_backend, dtype):
 
 
 def test_empty_batch(cpu_backend):
-    x, params = _args(dict(CASES[-3], n=0))
+    x, params = _args(dict(SEED_BLOCK1_CASE, n=0))
     y = torch.ops.nin_ext.nin_block_max_pool(x, *params, [4, 4], [0, 0], [3, 3], [2, 2], [0, 0], False)
     assert y.shape == (0, 96, 11, 11)
 
@@ -157,7 +165,7 @@ def test_opcheck_training_forward(layout):
 
 
 def test_errors_name_the_argument(cpu_backend):
-    x, params = _args(CASES[-3])
+    x, params = _args(SEED_BLOCK1_CASE)
     with pytest.raises(RuntimeError, match="nin_block_max_pool: expected stride"):
         torch.ops.nin_ext.nin_block_max_pool(x, *params, [4, 0], [0, 0], [3, 3], [2, 2], [0, 0], False)
     with pytest.raises(RuntimeError, match="nin_block_max_pool: .*padding"):

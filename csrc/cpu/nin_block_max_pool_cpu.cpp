@@ -80,6 +80,16 @@ void pool_block_by_bands(const at::Tensor& x, const NinBlockGeometry& g, const M
   });
 }
 
+// The block's output cut to the rows and columns that the pool's windows read, [0, OH') x [0, OW'),
+// and the pool over that cut: trailing rows and columns that no window reaches are never computed
+// (the seed's pools read 53 of block 1's 54 rows and columns, 25 of 26 and 11 of 12: a sixth of block
+// 3's pixels). Each value computed is computed as before (pixels, and Winograd blocks, are lanes that
+// do not depend on one another), so the results stay equal to max_pool2d(nin_block(...)).
+void cut_to_pool_reads(NinBlockGeometry& g, MaxPool2dGeometry& pool) {
+  g.OH = pool.H = std::min(g.OH, (pool.OH - 1) * pool.SH - pool.PH + pool.KH);
+  g.OW = pool.W = std::min(g.OW, (pool.OW - 1) * pool.SW - pool.PW + pool.KW);
+}
+
 template <typename scalar_t>
 void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const MaxPool2dGeometry& pool,
                           const NinBlockPacked<scalar_t>& packed, const PackedWinogradConv& winograd,
@@ -189,13 +199,17 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nin_block_max_pool_cpu", [&] {
     const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
     const NinBlockPacked<scalar_t>& packed = *call.packed;
+    // The path and its sizes are chosen for the whole block (prepare_nin_block_call), then run on the cut.
+    NinBlockGeometry cut = call.g;
+    MaxPool2dGeometry cut_pool = pool;
+    cut_to_pool_reads(cut, cut_pool);
     if (format == at::MemoryFormat::Contiguous && call.path == NinBlockPath::winograd) {
-      pool_block_by_images<scalar_t>(call.x, call.g, pool, packed, packed.winograd(call.winograd_tile), call.phases,
+      pool_block_by_images<scalar_t>(call.x, cut, cut_pool, packed, packed.winograd(call.winograd_tile), call.phases,
                                      out);
       return;
     }
     if (format == at::MemoryFormat::Contiguous && call.path == NinBlockPath::direct) {
-      pool_block_by_bands<scalar_t>(call.x, call.g, pool, packed, out);
+      pool_block_by_bands<scalar_t>(call.x, cut, cut_pool, packed, out);
       return;
     }
     at::Tensor block = at::empty({g.N, g.C2, g.OH, g.OW}, x.options().memory_format(format));
