@@ -5,7 +5,8 @@
 // prints TDPBF16PS's register-only rate, the rate with a tile load per product from L1, and a
 // 1x1 layer's (M x K weights on N pixels, 2 x 2 tiles of 16 x 16 outputs, the weights' 32-row
 // panels outer) rate in float32-equivalent GFLOP/s with its error against float64. NOTES.md v33
-// reads it.
+// reads it. The Winograd-shaped layers (v35) cycle through 64 copies of the weights, as a tile's
+// products read each transform point's weights once, from L3.
 //
 //     g++ -O2 -mamx-tile -mamx-bf16 benchmarks/amx_bf16x6_rate.cpp -o /tmp/amx_rate && /tmp/amx_rate
 #include <immintrin.h>
@@ -74,8 +75,9 @@ void tile_rates() {
   std::printf("one tile load (L1) per product: %.0f GFLOP/s bf16\n", n * kTileFlop / seconds_since(start) / 1e9);
 }
 
-// out (M x N, row-major) = w (M x K) x (K x N), M and N multiples of 32, K of 32.
-void layer_rate(int M, int K, int N) {
+// out (M x N, row-major) = w (M x K) x (K x N), M and N multiples of 32, K of 32; each call takes the
+// next of `copies` copies of w.
+void layer_rate(int M, int K, int N, int copies = 1) {
   std::mt19937 gen(1);
   std::normal_distribution<float> normal;
   std::vector<float> w(M * K), x(K * N), out(M * N);
@@ -83,12 +85,15 @@ void layer_rate(int M, int K, int N) {
   for (float& v : x) v = std::fabs(normal(gen));
   const int steps = K / 32;
   // Weights: [16-row half][step][part][16][32]; pixels: [16-pixel half][step][part][16 pairs][16][2].
-  std::vector<uint16_t> a(size_t(M) * K * 3), b(size_t(K) * N * 3);
+  std::vector<uint16_t> a(size_t(M) * K * 3 * copies), b(size_t(K) * N * 3);
+  int copy = 0;
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < K; ++k) {
       uint16_t p[3];
       split(w[m * K + k], p);
-      for (int s = 0; s < 3; ++s) a[(((size_t(m / 16) * steps + k / 32) * 3 + s) * 16 + m % 16) * 32 + k % 32] = p[s];
+      for (int c = 0; c < copies; ++c)
+        for (int s = 0; s < 3; ++s)
+          a[size_t(c) * M * K * 3 + (((size_t(m / 16) * steps + k / 32) * 3 + s) * 16 + m % 16) * 32 + k % 32] = p[s];
     }
   for (int k = 0; k < K; ++k)
     for (int n = 0; n < N; ++n) {
@@ -100,7 +105,7 @@ void layer_rate(int M, int K, int N) {
   auto layer = [&] {
     for (int mh = 0; mh < M / 16; mh += 2)
       for (int nh = 0; nh < N / 16; nh += 2) {
-        const uint16_t* a0 = &a[size_t(mh) * steps * 1536];
+        const uint16_t* a0 = &a[size_t(copy) * M * K * 3 + size_t(mh) * steps * 1536];
         const uint16_t* a1 = a0 + steps * 1536;
         const uint16_t* b0 = &b[size_t(nh) * steps * 1536];
         const uint16_t* b1 = b0 + steps * 1536;
@@ -124,6 +129,7 @@ void layer_rate(int M, int K, int N) {
         _tile_stored(0, c, N * 4); _tile_stored(1, c + 16, N * 4);
         _tile_stored(2, c + 16 * N, N * 4); _tile_stored(3, c + 16 * N + 16, N * 4);
       }
+    copy = (copy + 1) % copies;
   };
   layer();
   double error = 0, error_fp32 = 0, largest = 0;
@@ -143,8 +149,8 @@ void layer_rate(int M, int K, int N) {
   const auto start = std::chrono::steady_clock::now();
   for (int r = 0; r < reps; ++r) layer();
   const double s = seconds_since(start) / reps;
-  std::printf("layer %dx%d on %d pixels: %.1f GFLOP/s float32-equivalent; max error %.2e of %.2f (a float32 loop: %.2e)\n",
-              M, K, N, 2.0 * M * N * K / s / 1e9, error, largest, error_fp32);
+  std::printf("layer %dx%d on %d pixels, %d weight cop%s: %.1f GFLOP/s float32-equivalent; max error %.2e of %.2f (a float32 loop: %.2e)\n",
+              M, K, N, copies, copies == 1 ? "y" : "ies", 2.0 * M * N * K / s / 1e9, error, largest, error_fp32);
 }
 
 }  // namespace
@@ -164,5 +170,12 @@ int main() {
   tile_rates();
   for (int N : {64, 256, 512}) layer_rate(256, 256, N);
   layer_rate(96, 96, 512);
+  // The Winograd products of the seed's blocks 2 (96 -> 256) and 3 (256 -> 384): one pixel panel per
+  // point (a tile of 32 blocks) or two.
+  for (int copies : {1, 64})
+    for (int N : {32, 64}) {
+      layer_rate(256, 96, N, copies);
+      layer_rate(384, 256, N, copies);
+    }
   _tile_release();
 }
