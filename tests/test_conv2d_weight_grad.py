@@ -38,15 +38,15 @@ def _draw(n, c_in, c_out, h, w, kernel_size, padding, channels_last=False, seed=
 
 # (N, C_in, C_out, H, W, kernel, padding, channels_last, Winograd m expected)
 CASES = [
-    (3, 96, 256, 26, 26, (5, 5), (2, 2), False, 4),   # the seed's block 2: 147 blocks, 2 chunks
-    (4, 256, 384, 12, 12, (3, 3), (1, 1), False, 2),  # the seed's block 3
-    (4, 48, 70, 17, 13, (3, 3), (1, 1), True, 2),     # odd sizes, channels_last
-    (3, 70, 33, 30, 29, (5, 5), (1, 2), False, 4),    # unequal padding, odd channel counts
+    (8, 96, 256, 26, 26, (5, 5), (2, 2), False, 4),   # the seed's block 2: 392 blocks, 4 chunks
+    (13, 256, 384, 12, 12, (3, 3), (1, 1), False, 2),  # the seed's block 3
+    (7, 48, 70, 17, 13, (3, 3), (1, 1), True, 2),     # odd sizes, channels_last
+    (7, 70, 33, 30, 29, (5, 5), (1, 2), False, 4),    # unequal padding, odd channel counts
     (1, 48, 64, 15, 15, (7, 7), (3, 3), False, 0),    # 7x7: F(2x2, 7x7)'s error is above the tolerance
-    (4, 65, 80, 15, 15, (3, 3), (0, 0), False, 2),    # no padding
+    (8, 65, 80, 15, 15, (3, 3), (0, 0), False, 2),    # no padding
     (2, 12, 64, 17, 17, (3, 3), (1, 1), False, 0),    # too few input channels
     (1, 32, 32, 6, 6, (3, 3), (1, 1), False, 0),      # too little work for the tiles
-    (1, 256, 384, 12, 12, (3, 3), (1, 1), False, 0),  # the seed's block 3 at batch 1: too few blocks
+    (8, 256, 384, 12, 12, (3, 3), (1, 1), False, 0),  # the seed's block 3 at batch 8: too few blocks
     (2, 32, 64, 12, 12, (4, 4), (1, 1), False, 0),    # an even kernel
     (2, 32, 64, 12, 12, (3, 5), (1, 2), False, 0),    # not square
 ]
@@ -72,7 +72,7 @@ def test_same_bits_for_any_thread_count():
     """The chunks' sums are added in order and each point's product is one call: the thread count
     does not change the bits."""
     op = _op()
-    grad_out, x = _draw(6, 64, 48, 26, 25, (5, 5), (2, 2))
+    grad_out, x = _draw(8, 64, 48, 26, 25, (5, 5), (2, 2))
     assert _tile_size(x.shape, 48, (5, 5, 2, 2)) == 4
     threads = torch.get_num_threads()
     try:
@@ -136,9 +136,9 @@ def test_training_backward_uses_it(cpu_backend):
     torch.manual_seed(0)
     block = nin_ext.NiNBlock(64, 64, 3, 1, 1)
     ref = as_reference(block).double()
-    x = torch.rand(4, 64, 14, 14)
+    x = torch.rand(8, 64, 14, 14)
     assert _tile_size(x.shape, 64, (3, 3, 1, 1)) > 0
-    grad_out = torch.randn(4, 64, 14, 14)
+    grad_out = torch.randn(8, 64, 14, 14)
     x_ours, x_ref = x.clone().requires_grad_(True), x.double().requires_grad_(True)
     with torch.profiler.profile() as prof:
         block(x_ours).backward(grad_out)

@@ -10,11 +10,14 @@ namespace nin_ext {
 namespace cpu {
 
 // The least work (direct convolution's FLOPs) and the fewest output blocks that the tiles take on.
-// A call's fixed costs (dU's zeroing and sums, G^T dU G) grow with the channels, its savings with the
-// blocks: at batch 1 the seed's block 2 (49 blocks) ran at 0.89x ATen's speed and block 3 (36) at
-// 0.62x; at batch 4 (196 and 144 blocks) 1.70x and 1.05x (benchmarks/NOTES.md v30).
+// A call's fixed costs grow with the channels (dU's zeroing and sums, G^T dU G) and with its buffers
+// (17.8 MB for the seed's block 2), which a call faults in afresh when other ops run between calls,
+// as in a training step; its savings grow with the blocks. On a 2-vCPU Intel Xeon, calls alternating
+// with ATen's (benchmarks/NOTES.md v35): the seed's block 2 ran at 0.65x ATen's speed at 98 blocks,
+// 0.76-0.84x at 196 and 1.57-1.65x at 392; block 3 0.84-0.86x at 144, 0.95-0.98x at 288 and
+// 1.11-1.13x at 576. (On a Zen 4 machine, v30, block 2 had gained 1.70x at 196.)
 constexpr double kWeightGradWinogradMinFlops = 5e7;
-constexpr int64_t kWeightGradWinogradMinBlocks = 128;
+constexpr int64_t kWeightGradWinogradMinBlocks = 384;
 
 // The output-block size m of the Winograd tiles for the weight gradient of a float32 stride-1 conv
 // (x: N x CI, grad_out: N x CO x OH x OW, a KH x KW kernel), 0 where ATen runs it. The error, as
