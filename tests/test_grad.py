@@ -188,3 +188,52 @@ def test_training_forward_is_used_when_grad_is_needed(cpu_backend):
             block(x)
         names = {e.name for e in prof.events()}
         assert expected in names, names
+
+
+def _small_nin_call(fn_name, dev):
+    """A call of ops.<fn_name> on small float64 inputs: (function, input)."""
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, device=dev)
+    params = _params(3, 4, 5, (3, 3), (True, True, True), dev, requires_grad=False)
+    if fn_name == "global_avg_pool":
+        return ops.global_avg_pool, x
+    if fn_name == "max_pool2d":
+        return (lambda t: ops.max_pool2d(t, 2)), x
+    if fn_name == "nin_block_max_pool":
+        return (lambda t: ops.nin_block_max_pool(t, *params, 1, 1, 2)), x
+    return (lambda t: getattr(ops, fn_name)(t, *params, 1, 1)), x
+
+
+@pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap", "nin_block_max_pool", "max_pool2d",
+                                     "global_avg_pool"])
+def test_forward_mode_ad(backend, fn_name):
+    """The fused ops have no forward-mode derivative: a dual input is refused (the tangent would be
+    dropped otherwise). ATen has one, and runs the reference backend and max_pool2d off the cpu."""
+    from torch.autograd import forward_ad
+    fn, x = _small_nin_call(fn_name, device_for(backend))
+    tangent = torch.randn_like(x)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x, tangent)
+        if backend != "reference" and (backend == "cpu" or fn_name != "max_pool2d"):
+            with pytest.raises(NotImplementedError, match="forward-mode AD"):
+                fn(dual)
+            return
+        out_tangent = forward_ad.unpack_dual(fn(dual)).tangent
+    # The ops are piecewise linear (ReLU, max, mean): the tangent is the output's change along it.
+    expected = (fn(x + 1e-6 * tangent) - fn(x - 1e-6 * tangent)) / 2e-6
+    torch.testing.assert_close(out_tangent, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap", "nin_block_max_pool", "max_pool2d",
+                                     "global_avg_pool"])
+def test_calls_without_a_gradient_skip_the_autograd_kernel(native_backend, fn_name):
+    """Where no gradient is needed the ops dispatch past their (Python) autograd kernel: the same bits,
+    no grad_fn, even when the parameters require grad under torch.no_grad."""
+    fn, x = _small_nin_call(fn_name, device_for(native_backend))
+    through_autograd = fn(x.clone().requires_grad_(True))
+    assert through_autograd.grad_fn is not None
+    plain = fn(x)
+    assert plain.grad_fn is None and not plain.requires_grad
+    with torch.no_grad():
+        no_grad = fn(x.clone().requires_grad_(True))
+    assert no_grad.grad_fn is None and not no_grad.requires_grad
+    assert torch.equal(plain, through_autograd.detach()) and torch.equal(plain, no_grad)
