@@ -33,10 +33,10 @@ def _needs_grad(args):
 
 
 def _call(op, args):
-    """op(*args), past the op's autograd kernel where no gradient is needed: that kernel is Python
-    (torch.library.register_autograd) and cost as much as a small call's own work (global_avg_pool of
-    a 2x10x5x5 map: 7.4 us through it, 3.7 past it, ATen's mean 3.7). torch.compile and the torch.func
-    transforms trace the op as it is."""
+    """op(*args), dual tensors refused. Where no gradient is needed, past the op's autograd kernel: that
+    kernel is Python (torch.library.register_autograd) and cost as much as a small call's own work
+    (global_avg_pool of a 2x10x5x5 map: 7.4 us through it, 3.7 past it, ATen's mean 3.7).
+    torch.compile and the torch.func transforms trace the op as it is."""
     _check_no_forward_ad(args)
     if _needs_grad(args) or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return op(*args)
@@ -61,8 +61,7 @@ def nin_block(x, w, b, w1, b1, w2, b2, stride=1, padding=0):
     the hidden activations for the backward (eager's memory, no recomputation)."""
     args = (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding))
     if _needs_grad(args) and backends.resolve(x) == "cpu":
-        _check_no_forward_ad(args)
-        return torch.ops.nin_ext.nin_block_with_hidden(*args)[0]
+        return _call(torch.ops.nin_ext.nin_block_with_hidden, args)[0]
     return _run("nin_block", check_nin_block_args, reference.nin_block_reference, args)
 
 
@@ -90,8 +89,7 @@ def nin_block_max_pool(x, w, b, w1, b1, w2, b2, stride, padding, pool_kernel, po
                  bool(ceil_mode))
     if backends.resolve(x) == "cpu":
         if _needs_grad(block_args):
-            _check_no_forward_ad(block_args)
-            return torch.ops.nin_ext.nin_block_max_pool_with_hidden(*block_args, *pool_args)[0]
+            return _call(torch.ops.nin_ext.nin_block_max_pool_with_hidden, block_args + pool_args)[0]
         return _call(torch.ops.nin_ext.nin_block_max_pool, block_args + pool_args)
     return max_pool2d(nin_block(*block_args), *pool_args)
 
@@ -103,8 +101,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     args = (x, kernel_size, kernel_size if stride is None else _pair(stride), _pair(padding), bool(ceil_mode))
     if backends.resolve(x) == "cpu":
         if _needs_grad(args):  # keep the int32 argmax for the backward, not the input
-            _check_no_forward_ad(args)
-            return torch.ops.nin_ext.max_pool2d_with_argmax(*args)[0]
+            return _call(torch.ops.nin_ext.max_pool2d_with_argmax, args)[0]
         return _call(torch.ops.nin_ext.max_pool2d, args)
     check_max_pool2d_args(*args, "max_pool2d")
     return reference.max_pool2d_reference(*args)

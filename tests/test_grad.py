@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from torch.autograd import gradcheck
+from torch.autograd import forward_ad, gradcheck
 
 import nin_ext
 from nin_ext import ops
@@ -208,7 +208,6 @@ def _small_nin_call(fn_name, dev):
 def test_forward_mode_ad(backend, fn_name):
     """The fused ops have no forward-mode derivative: a dual input is refused (the tangent would be
     dropped otherwise). ATen has one, and runs the reference backend and max_pool2d off the cpu."""
-    from torch.autograd import forward_ad
     fn, x = _small_nin_call(fn_name, device_for(backend))
     tangent = torch.randn_like(x)
     with forward_ad.dual_level():
@@ -225,9 +224,9 @@ def test_forward_mode_ad(backend, fn_name):
 
 @pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap", "nin_block_max_pool", "max_pool2d",
                                      "global_avg_pool"])
-def test_calls_without_a_gradient_skip_the_autograd_kernel(native_backend, fn_name):
-    """Where no gradient is needed the ops dispatch past their (Python) autograd kernel: the same bits,
-    no grad_fn, even when the parameters require grad under torch.no_grad."""
+def test_calls_that_need_no_gradient(native_backend, fn_name):
+    """Where no gradient is needed the ops dispatch past their (Python) autograd kernel: the bits of the
+    call through it, and no grad_fn, also for inputs that require grad under torch.no_grad."""
     fn, x = _small_nin_call(fn_name, device_for(native_backend))
     through_autograd = fn(x.clone().requires_grad_(True))
     assert through_autograd.grad_fn is not None
