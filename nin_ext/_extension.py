@@ -24,7 +24,7 @@ cpu_microkernel = _C.cpu_microkernel if loaded else None  # amx, avx512, avx2 or
 
 def clear_weight_cache():
     """Frees the CPU kernels' packed copies of block weights (up to 16 blocks' worth are kept; an
-    entry is used only while the weights hold the values it was packed from, so correctness never
-    needs this call)."""
+    entry is used only while the weights' bytes keep the 64-bit fingerprints, one per 256 KiB, of
+    the values it was packed from, so correctness does not need this call)."""
     if loaded:
         _C.clear_weight_cache()

@@ -113,3 +113,43 @@ def test_clear(cpu_backend, cache):
     nin_ext.clear_weight_cache()
     assert cache.weight_cache_entries() == 0
     _check(block, x)
+
+
+def _assert_repacked(block, x):
+    """The block's output equals, bit for bit, its output with its weights packed afresh."""
+    y = block(x)
+    nin_ext.clear_weight_cache()
+    torch.testing.assert_close(y, block(x), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("bit", [0, 22, 23, 30, 31])
+def test_single_bit_flips_repack(cpu_backend, cache, bit):
+    # 383 channels: w1 (383 x 383 floats) is two 256 KiB chunks and a partial one, and it and the conv
+    # weight end in a partial 64-byte stripe. A bit flipped anywhere, and flipped back, repacks.
+    block, x = nin_ext.NiNBlock(3, 383, 3, 1, 1), torch.randn(1, 3, 5, 4)
+    chunk_floats = (256 << 10) // 4
+    w1, w = block[2].weight, block[0].weight
+    flips = [(w1, i) for i in (0, chunk_floats - 1, chunk_floats, 2 * chunk_floats + 5, w1.numel() - 1)]
+    flips += [(w, i) for i in (0, 15, 16, w.numel() - 1)]
+    mask = 1 << bit if bit < 31 else -(1 << 31)
+    with torch.no_grad():
+        for weight, index in flips:
+            bits = weight.data.view(-1).view(torch.int32)
+            for _ in range(2):
+                block(x)
+                bits[index] ^= mask
+                _assert_repacked(block, x)
+
+
+def test_paired_changes_repack(cpu_backend, cache):
+    # Changes that cancel in a plain or position-weighted sum: two values swapped, two signs flipped.
+    block, x = nin_ext.NiNBlock(3, 256, 3, 1, 1), torch.randn(1, 3, 6, 5)
+    weight = block[2].weight.data.view(-1)
+    with torch.no_grad():
+        for i, j in ((0, 16), (3, 3 + 4096), (100, 60000)):
+            block(x)
+            weight[i], weight[j] = weight[j].clone(), weight[i].clone()
+            _assert_repacked(block, x)
+            weight[i].neg_()
+            weight[j].neg_()
+            _assert_repacked(block, x)

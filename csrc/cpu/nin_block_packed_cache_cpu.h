@@ -2,10 +2,13 @@
 //
 // Packing copies every weight (3 MB for the seed's block 2, 4.7 MB for block 3) into the
 // micro-kernel's panel layout, single-threaded; at batch 1 that costs as much as the block itself.
-// An entry is found by the weights' addresses and shapes, and used only if their bytes still equal
-// the copy it keeps: comparing is a read of the weights, several times cheaper than packing them,
-// and it sees every change (optimizer steps, load_state_dict, writes through `.data` that the
-// version counter misses, a new tensor at a freed address).
+// An entry is found by the weights' addresses and shapes, and used only if their bytes still have
+// the fingerprints taken when it was packed: that is one read of the weights, several times cheaper
+// than packing them, and it sees every change (optimizer steps, load_state_dict, writes through
+// `.data` that the version counter misses, a new tensor at a freed address), missing one with a
+// chance of about 2^-64 per changed chunk. Comparing with a copy of the bytes, as before, read twice
+// as much and kept a second copy of every weight: the seed's NiN spent 3.2-4.5 ms of a batch-16
+// forward checking, against 1.9-2.4 ms now (benchmarks/NOTES.md v37).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,33 +18,33 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cstring>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "cpu/nin_block_tiles_cpu.h"
+#include "cpu/weight_fingerprint_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
 
-// Two byte ranges of equal length to compare.
-struct ByteComparison {
-  const char* a;
-  const char* b;
+// A chunk of a weight and the fingerprint it had when its entry was packed.
+struct FingerprintCheck {
+  const char* data;
   size_t length;
+  uint64_t expected;
 };
 
-// Whether every comparison finds equal bytes: all of a block's weights in one parallel loop (the
+// Whether every chunk still has its fingerprint: all of a block's weights in one parallel loop (the
 // seed's wider blocks hold several MB, read on every call; one loop per tensor cost a thread
 // start-up each, 24 per forward).
-inline bool same_bytes(const std::vector<ByteComparison>& comparisons) {
+inline bool same_fingerprints(const std::vector<FingerprintCheck>& checks) {
   std::atomic<bool> same{true};
-  at::parallel_for(0, static_cast<int64_t>(comparisons.size()), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, static_cast<int64_t>(checks.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end && same.load(std::memory_order_relaxed); ++i) {
-      const ByteComparison& c = comparisons[i];
-      if (std::memcmp(c.a, c.b, c.length) != 0) {
+      const FingerprintCheck& c = checks[i];
+      if (weight_fingerprint(c.data, c.length) != c.expected) {
         same.store(false, std::memory_order_relaxed);
       }
     }
@@ -49,8 +52,8 @@ inline bool same_bytes(const std::vector<ByteComparison>& comparisons) {
   return same.load();
 }
 
-// Where one weight or bias tensor lives and what it held when its entry was packed; an undefined
-// bias is a snapshot of nothing.
+// Where one weight or bias tensor lives and the fingerprints of its bytes, per chunk that the
+// threads share, when its entry was packed; an undefined bias is a snapshot of nothing.
 class TensorSnapshot {
  public:
   explicit TensorSnapshot(const c10::optional<at::Tensor>& t) {
@@ -59,8 +62,11 @@ class TensorSnapshot {
       sizes_ = t->sizes().vec();
       strides_ = t->strides().vec();
       const at::Tensor dense = t->contiguous();
+      nbytes_ = dense.nbytes();
       const char* bytes = static_cast<const char*>(dense.const_data_ptr());
-      bytes_.assign(bytes, bytes + dense.nbytes());
+      for (size_t offset = 0; offset < nbytes_; offset += kChunk) {
+        fingerprints_.push_back(weight_fingerprint(bytes + offset, std::min(kChunk, nbytes_ - offset)));
+      }
     }
   }
 
@@ -74,30 +80,31 @@ class TensorSnapshot {
            t->strides() == c10::IntArrayRef(strides_);
   }
 
-  // The byte ranges to compare to tell whether t still holds the snapshot's bytes (t is in the
-  // snapshot's place), in chunks that the threads share; false when they differ in size already.
-  // `dense` keeps t's contiguous copy alive for the comparison.
-  bool add_comparisons(const c10::optional<at::Tensor>& t, at::Tensor& dense,
-                       std::vector<ByteComparison>& comparisons) const {
+  // The chunks to fingerprint to tell whether t still holds the snapshot's bytes (t is in the
+  // snapshot's place); false when they differ in size already. `dense` keeps t's contiguous copy
+  // alive for the check.
+  bool add_checks(const c10::optional<at::Tensor>& t, at::Tensor& dense, std::vector<FingerprintCheck>& checks) const {
     if (!(t.has_value() && t->defined())) {
       return data_ == nullptr;
     }
     dense = t->contiguous();
-    if (dense.nbytes() != bytes_.size()) {
+    if (dense.nbytes() != nbytes_) {
       return false;
     }
-    constexpr size_t kChunk = size_t{256} << 10;
     const char* data = static_cast<const char*>(dense.const_data_ptr());
-    for (size_t offset = 0; offset < bytes_.size(); offset += kChunk) {
-      comparisons.push_back({data + offset, bytes_.data() + offset, std::min(kChunk, bytes_.size() - offset)});
+    for (size_t offset = 0, i = 0; offset < nbytes_; offset += kChunk, ++i) {
+      checks.push_back({data + offset, std::min(kChunk, nbytes_ - offset), fingerprints_[i]});
     }
     return true;
   }
 
  private:
+  static constexpr size_t kChunk = size_t{256} << 10;
+
   const void* data_ = nullptr;
   std::vector<int64_t> sizes_, strides_;
-  std::vector<char> bytes_;
+  size_t nbytes_ = 0;
+  std::vector<uint64_t> fingerprints_;
 };
 
 // A small LRU cache of packed blocks per scalar type; a few models' worth of blocks.
@@ -174,13 +181,13 @@ class NinBlockPackedCache {
 
     bool unchanged(const std::array<c10::optional<at::Tensor>, 6>& tensors) const {
       std::array<at::Tensor, 6> dense;
-      std::vector<ByteComparison> comparisons;
+      std::vector<FingerprintCheck> checks;
       for (size_t i = 0; i < tensors.size(); ++i) {
-        if (!snapshots[i].add_comparisons(tensors[i], dense[i], comparisons)) {
+        if (!snapshots[i].add_checks(tensors[i], dense[i], checks)) {
           return false;
         }
       }
-      return same_bytes(comparisons);
+      return same_fingerprints(checks);
     }
   };
 
