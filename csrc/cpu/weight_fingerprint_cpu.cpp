@@ -18,6 +18,11 @@ typedef uint64_t Lanes __attribute__((vector_size(64)));
 
 constexpr size_t kStripe = 64;
 constexpr size_t kStripesPerBlock = 16;
+// How far ahead of the stripe it hashes the loop prefetches: the weights come from L3 or memory (the
+// kernels' streams evict them between calls), and the keyed multiplies leave the out-of-order window
+// fewer loads in flight than a plain read would have. 4 KiB ahead took the check of the seed's NiN
+// from 155 to 126 us a block at batch 1 (2-8 KiB alike; benchmarks/NOTES.md v37).
+constexpr size_t kPrefetchAhead = 4096;
 
 // XXH3's default secret (its first 192 bytes): a stripe s of a block is keyed by bytes 8s..8s+63,
 // the scramble by bytes 128..191.
@@ -75,6 +80,9 @@ NIN_EXT_FINGERPRINT_CLONES uint64_t weight_fingerprint(const char* data, size_t 
   size_t offset = 0;
   for (; offset + kStripe * kStripesPerBlock <= length; offset += kStripe * kStripesPerBlock) {
     for (size_t s = 0; s < kStripesPerBlock; ++s) {
+      if (offset + s * kStripe + kPrefetchAhead < length) {
+        __builtin_prefetch(data + offset + s * kStripe + kPrefetchAhead);
+      }
       acc = accumulate_stripe(acc, load_lanes(data + offset + s * kStripe), load_lanes(kSecret + 8 * s));
     }
     acc = scramble(acc);
