@@ -8,7 +8,8 @@
 // `.data` that the version counter misses, a new tensor at a freed address), missing one with a
 // chance of about 2^-64 per changed chunk. Comparing with a copy of the bytes, as before, read twice
 // as much and kept a second copy of every weight: the seed's NiN spent 3.2-4.5 ms of a batch-16
-// forward checking, against 1.9-2.4 ms now (benchmarks/NOTES.md v37).
+// forward checking, against 1.9-2.4 ms with the fingerprints before their prefetch
+// (benchmarks/NOTES.md v37).
 #pragma once
 
 #include <ATen/ATen.h>

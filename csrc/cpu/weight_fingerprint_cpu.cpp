@@ -65,14 +65,14 @@ __attribute__((always_inline)) inline Lanes scramble(Lanes acc) {
   return acc * kPrime32;
 }
 
+}  // namespace
+
 // One clone per ISA, chosen when the library loads (an ELF ifunc).
 #if NIN_EXT_X86_64 && defined(__linux__)
 #define NIN_EXT_FINGERPRINT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define NIN_EXT_FINGERPRINT_CLONES
 #endif
-
-}  // namespace
 
 NIN_EXT_FINGERPRINT_CLONES uint64_t weight_fingerprint(const char* data, size_t length) {
   Lanes acc = {kPrime32, kPrime64a, kPrime64b, 0x165667B19E3779F9ull,
