@@ -24,7 +24,7 @@
 #include <mutex>
 #include <vector>
 
-#include "cpu/nin_block_tiles_cpu.h"
+#include "cpu/nin_block_packed_cpu.h"
 #include "cpu/weight_fingerprint_cpu.h"
 
 namespace nin_ext {

@@ -1,0 +1,175 @@
+// A NiN block's weights packed for the CPU micro-kernels (the panels of each layer, the AMX tiles'
+// layout of the wide 1x1 layers, the conv's Winograd, broadcast and phase-form packings, each built on
+// first use), and one packed layer run over a tile's pixel panels.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/broadcast_conv_cpu.h"
+#include "cpu/conv_phase_forms_cpu.h"
+#include "cpu/microkernel.h"
+#include "cpu/packed_layer_amx.h"
+#include "cpu/winograd_cpu.h"
+
+namespace nin_ext {
+namespace cpu {
+
+// One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
+// rows past M zero; the bias padded the same way (zero when the layer has none).
+// A float layer of at least kAmxMinReduction inputs, for a kernel that runs its 1x1 layers on AMX
+// tiles, is also packed for them (packed_layer_amx.h), and apply_packed_layer runs it there.
+template <typename scalar_t>
+struct PackedLayer {
+  int64_t M, K;
+  std::vector<scalar_t> a, bias;
+  std::vector<uint16_t> amx;
+
+  PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr, bool amx_layers = false) {
+    const at::Tensor w = weight.detach().reshape({weight.size(0), -1}).contiguous();
+    M = w.size(0);
+    K = w.size(1);
+    const int64_t panels = (M + mr - 1) / mr;
+    a.assign(panels * K * mr, scalar_t(0));
+    bias.assign(panels * mr, scalar_t(0));
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    // In parallel: training repacks every step (the weights change), and a single thread would take
+    // several milliseconds for the seed's wider blocks.
+    at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        scalar_t* dst = a.data() + (m / mr) * K * mr + m % mr;
+        for (int64_t k = 0; k < K; ++k) {
+          dst[k * mr] = src[m * K + k];
+        }
+      }
+    });
+    if (b.has_value() && b->defined()) {
+      const at::Tensor bc = b->detach().contiguous();
+      std::copy(bc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>() + M, bias.begin());
+    }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      // Infinite weights stay off the tiles, as do inputs (apply_layer_amx): inf x 0 in a part product.
+      if (amx_layers && K >= kAmxMinReduction && at::isfinite(w).all().item<bool>()) {
+        amx.resize(amx_packed_layer_elements(M, K));
+        at::parallel_for(0, (M + kAmxPanel - 1) / kAmxPanel, 1, [&](int64_t begin, int64_t end) {
+          pack_layer_amx(src, M, K, begin, end, amx.data());
+        });
+      }
+    }
+  }
+};
+
+// The block's three layers, packed for one micro-kernel; float 3x3 and 5x5 convolutions also get
+// Winograd packings, one per output-block size m that a call has used (winograd_cpu.h).
+template <typename scalar_t>
+struct NinBlockPacked {
+  MicroKernel<scalar_t> kernel;
+  PackedLayer<scalar_t> conv, pointwise1, pointwise2;
+  const bool winograd_weights;  // whether the conv may run as Winograd
+
+  NinBlockPacked(const MicroKernel<scalar_t>& k, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                 const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                 const c10::optional<at::Tensor>& b2)
+      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr, k.amx_layers), pointwise2(w2, b2, k.mr, k.amx_layers),
+        winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)),
+        conv_window_(w.size(2) * w.size(3)) {}
+
+  // The Winograd packing for F(m x m), built on first use: which m runs depends on the call's shapes,
+  // and training repacks every step, so only the sizes in use are built.
+  const PackedWinogradConv& winograd(int m) const {
+    std::lock_guard<std::mutex> lock(winograd_mutex_);
+    std::unique_ptr<const PackedWinogradConv>& slot = winograd_[m - kWinogradMinTile];
+    if (slot == nullptr) {
+      slot = std::make_unique<const PackedWinogradConv>(reinterpret_cast<const float*>(conv.a.data()), conv.M,
+                                                        conv.K / (conv_taps_ * conv_taps_), conv_taps_, m, kernel.mr,
+                                                        kernel.nr);
+    }
+    return *slot;
+  }
+
+  // The conv's packing for the broadcast kernel (broadcast_conv_cpu.h; float only), built on first use.
+  const PackedBroadcastConv& broadcast_conv() const {
+    std::lock_guard<std::mutex> lock(broadcast_mutex_);
+    if (broadcast_ == nullptr) {
+      broadcast_ = std::make_unique<const PackedBroadcastConv>(
+          broadcast_kernel_for(kernel, conv.M), reinterpret_cast<const float*>(conv.a.data()),
+          reinterpret_cast<const float*>(conv.bias.data()), conv.M, conv.K / conv_window_, conv_window_, kernel.mr);
+    }
+    return *broadcast_;
+  }
+
+  // The packing of the block's conv in a phase form (conv_phase_forms_cpu.h), built on first use from
+  // the tensors that this packing was made of (the caller's: the cache found them unchanged).
+  const NinBlockPacked& phase_form(const ConvPhaseForm& form, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                                   const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                   const c10::optional<at::Tensor>& b2) const {
+    const InputPhases& ph = form.phases;
+    std::lock_guard<std::mutex> lock(phase_forms_mutex_);
+    std::unique_ptr<const NinBlockPacked>& slot = phase_forms_[{ph.SH, ph.SW, ph.AH, ph.AW, ph.DH, ph.DW}];
+    if (slot == nullptr) {
+      slot = std::make_unique<const NinBlockPacked>(kernel, phase_form_weight(w, ph, form.g.KH, form.g.KW), b, w1, b1,
+                                                    w2, b2);
+    }
+    return *slot;
+  }
+
+ private:
+  const int conv_taps_;
+  const int64_t conv_window_;  // the conv's taps, KH KW
+  mutable std::mutex broadcast_mutex_;
+  mutable std::unique_ptr<const PackedBroadcastConv> broadcast_;
+  mutable std::mutex winograd_mutex_;
+  mutable std::unique_ptr<const PackedWinogradConv> winograd_[kWinogradMaxTile - kWinogradMinTile + 1];
+  mutable std::mutex phase_forms_mutex_;
+  mutable std::map<std::array<int64_t, 6>, std::unique_ptr<const NinBlockPacked>> phase_forms_;
+};
+
+// out[panel][m][nr] = relu(W in[panel] + b) for pixel panels [first, first + panels) of a tile, one
+// (MR x NR) block at a time; the weight panel stays in cache while it meets every pixel panel.
+template <typename scalar_t>
+void apply_packed_layer_panels(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer,
+                               const scalar_t* in, scalar_t* out, int64_t first, int64_t panels) {
+  for (int64_t m0 = 0; m0 < layer.M; m0 += kernel.mr) {
+    const scalar_t* a = layer.a.data() + m0 * layer.K;
+    for (int64_t p = first; p < first + panels; ++p) {
+      kernel.fn(layer.K, a, in + p * layer.K * kernel.nr, kernel.nr, layer.bias.data() + m0,
+                out + (p * layer.M + m0) * kernel.nr, kernel.nr, std::min(kernel.mr, layer.M - m0));
+    }
+  }
+}
+
+// The layer on every panel of a tile: on AMX tiles where it is packed for them, the panels whose
+// inputs are not all finite by the micro-kernel.
+template <typename scalar_t>
+void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
+                        scalar_t* out, int64_t panels) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!layer.amx.empty()) {
+      struct Call {
+        const MicroKernel<float>& kernel;
+        const PackedLayer<float>& layer;
+        const float* in;
+        float* out;
+      } call{kernel, layer, in, out};
+      apply_layer_amx(layer.amx.data(), layer.bias.data(), layer.M, layer.K, in, out, panels,
+                      [](const void* context, int64_t first, int64_t count) {
+                        const Call& c = *static_cast<const Call*>(context);
+                        apply_packed_layer_panels(c.kernel, c.layer, c.in, c.out, first, count);
+                      },
+                      &call);
+      return;
+    }
+  }
+  apply_packed_layer_panels(kernel, layer, in, out, 0, panels);
+}
+
+}  // namespace cpu
+}  // namespace nin_ext
