@@ -154,7 +154,7 @@ TOL = {
 
 def runs_winograd(backend, x, w, stride, padding, c1=1, c2=1):
     """Whether the cpu backend runs this block's conv with Winograd (its choice, csrc/cpu/winograd_cpu.h
-    and nin_block_tiles_cpu.h, asked of the extension; the 1x1 widths c1, c2 weigh in the choice)."""
+    and nin_block_tiling_cpu.h, asked of the extension; the 1x1 widths c1, c2 weigh in the choice)."""
     if backend != "cpu" or x.dtype != torch.float32:
         return False
     from nin_ext import _C

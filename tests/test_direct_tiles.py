@@ -1,4 +1,4 @@
-"""The CPU backend's direct path across images (csrc/cpu/nin_block_tiles_cpu.h, direct_tiling): the
+"""The CPU backend's direct path across images (csrc/cpu/nin_block_tiling_cpu.h, direct_tiling): the
 batch's pixels are cut into tiles in image-major order, so a tile crosses images where an image ends
 inside it, and only the batch's last panel leaves lanes empty. A tile's pixels then cross images in
 the gather, the writes and the global average pool's sums; each case is checked against the float64
