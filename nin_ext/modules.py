@@ -1,23 +1,26 @@
 """Drop-in modules for the notebook's NiN: the same constructor arguments, children and state_dict
 keys as the reference, with forward passes that run the fused ops."""
+import weakref
 from collections import OrderedDict
 
+import torch
 import torch.nn as nn
 
 from . import ops, reference
-from .patterns import BLOCK_RUN_LENGTH, block_run_at, is_global_avg_pool, max_pool_args
+from .patterns import (BLOCK_RUN_LENGTH, block_run_at, global_hooks_set, has_hooks, is_global_avg_pool, layer_key,
+                       max_pool_args, runs_hooks)
 
 
 class InputError(ValueError, RuntimeError):
     """A bad input to a nin_ext module (a RuntimeError too, like the reference's conv errors)."""
 
 
-def _run_batched(x, who, op):
-    """op on a 4-d x; a 3-d (C, H, W) x runs as a batch of one, as nn.Conv2d does."""
+def _run_batched(x, who, op, *args):
+    """op(x, *args) on a 4-d x; a 3-d (C, H, W) x runs as a batch of one, as nn.Conv2d does."""
     if x.dim() == 4:
-        return op(x)
+        return op(x, *args)
     if x.dim() == 3:
-        return op(x.unsqueeze(0)).squeeze(0)
+        return op(x.unsqueeze(0), *args).squeeze(0)
     raise InputError(f"{who}: expected a 3-d (C, H, W) or 4-d (N, C, H, W) input, got shape {tuple(x.shape)}")
 
 
@@ -50,13 +53,13 @@ class NiNBlock(nn.Sequential):
         block = self.block_layers()
         if block is None:  # run the layers one by one, as the reference does
             return super().forward(x)
-        return _run_batched(x, "NiNBlock", lambda x4: ops.nin_block(x4, *block.op_args()))
+        return _run_batched(x, "NiNBlock", ops.nin_block, *block.op_args())
 
 
 def _block_at(layers, i):
     """(BlockLayers, index after the block) for a NiNBlock or a block run at layers[i], or None."""
-    if isinstance(layers[i], NiNBlock):
-        block, length = layers[i].block_layers(), 1
+    if isinstance(layers[i], NiNBlock):  # with hooks it runs as a module, which calls them
+        block, length = None if runs_hooks(layers[i]) else layers[i].block_layers(), 1
     else:
         block, length = block_run_at(layers, i), BLOCK_RUN_LENGTH
     return None if block is None else (block, i + length)
@@ -72,32 +75,75 @@ class FusedSequential(nn.Sequential):
     names and the state_dict keys are those of the Sequential."""
 
     def forward(self, x):
-        layers = list(self)
-        i = 0
-        while i < len(layers):
-            found = _block_at(layers, i)
-            if found is None:
-                pool = max_pool_args(layers[i])
-                if pool is None:
-                    x = layers[i](x)
-                else:
-                    x = _run_batched(x, "MaxPool2d", lambda x4: ops.max_pool2d(x4, *pool))
-                i += 1
-                continue
-            block, end = found
-            if end < len(layers) and is_global_avg_pool(layers[end]):
-                # The pool's own output shape, (N, C, 1, 1) or (C, 1, 1): a Flatten after it runs as usual.
-                x = _run_batched(x, "nin_block_gap",
-                                 lambda x4: ops.nin_block_gap(x4, *block.op_args())[:, :, None, None])
-                i = end + 1
-            elif end < len(layers) and max_pool_args(layers[end]) is not None:
-                pool = max_pool_args(layers[end])
-                x = _run_batched(x, "NiNBlock", lambda x4: ops.nin_block_max_pool(x4, *block.op_args(), *pool))
-                i = end + 1
-            else:
-                x = _run_batched(x, "NiNBlock", lambda x4: ops.nin_block(x4, *block.op_args()))
-                i = end
+        for step in _plan(self):
+            x = step(x)
         return x
+
+
+# The steps of each FusedSequential, with the layer keys they were built from (_plan). Kept beside the
+# modules, not in them, so that pickling, deepcopy and state_dict see nothing of it.
+_plans = weakref.WeakKeyDictionary()
+
+
+def _plan(sequential):
+    """The steps that run sequential's layers: its fused blocks as ops, every other layer as the module.
+    Matching the layers cost a tenth of a batch-1 forward (0.2 of 4.4 ms, NOTES v39), so the steps are
+    kept and rebuilt when a key of the layers changes: a child replaced, or an attribute that the
+    matching reads (a conv's stride, a pool's kernel, ...). Weights are read by each call."""
+    layers = tuple(sequential._modules.values())
+    if torch.compiler.is_compiling():  # traced as plain code, nothing kept
+        return _plan_steps(layers)
+    keys = (global_hooks_set(),) + tuple(_layer_key(layer) for layer in layers)
+    kept = _plans.get(sequential)
+    if kept is None or kept[0] != keys:
+        kept = (keys, _plan_steps(layers))
+        _plans[sequential] = kept
+    return kept[1]
+
+
+def _layer_key(layer):
+    if isinstance(layer, NiNBlock):
+        return layer, has_hooks(layer), tuple(layer_key(child) for child in layer._modules.values())
+    return layer_key(layer)
+
+
+def _plan_steps(layers):
+    steps, i = [], 0
+    while i < len(layers):
+        found = _block_at(layers, i)
+        if found is None:
+            pool = max_pool_args(layers[i])
+            steps.append(layers[i] if pool is None else _Step("MaxPool2d", ops.max_pool2d, None, pool))
+            i += 1
+            continue
+        block, end = found
+        if end < len(layers) and is_global_avg_pool(layers[end]):
+            # The pool's own output shape, (N, C, 1, 1) or (C, 1, 1): a Flatten after it runs as usual.
+            steps.append(_Step("nin_block_gap", _nin_block_gap_map, block, ()))
+            i = end + 1
+        elif end < len(layers) and max_pool_args(layers[end]) is not None:
+            steps.append(_Step("NiNBlock", ops.nin_block_max_pool, block, max_pool_args(layers[end])))
+            i = end + 1
+        else:
+            steps.append(_Step("NiNBlock", ops.nin_block, block, ()))
+            i = end
+    return steps
+
+
+class _Step:
+    """op(x, *the block's weights, stride and padding, *args) on a 3-d or 4-d x (no block: op(x, *args))."""
+
+    def __init__(self, who, op, block, args):
+        self.who, self.op, self.block, self.args = who, op, block, args
+
+    def __call__(self, x):
+        if self.block is None:
+            return _run_batched(x, self.who, self.op, *self.args)
+        return _run_batched(x, self.who, self.op, *self.block.op_args(), *self.args)
+
+
+def _nin_block_gap_map(x, *args):
+    return ops.nin_block_gap(x, *args)[:, :, None, None]
 
 
 class NiN(FusedSequential):

@@ -4,12 +4,17 @@ x is (N, C, H, W); stride and padding are an int or a pair; the biases may be No
 """
 import torch
 from torch.autograd import forward_ad
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _pair as _torch_pair
 
 from . import _registrations  # noqa: F401  (fake kernels and autograd of torch.ops.nin_ext)
 from . import backends, reference
 from ._max_pool2d_checks import check_max_pool2d_args
 from ._nin_block_checks import check_global_avg_pool_args, check_nin_block_args
+
+
+def _pair(value):
+    """torch's _pair, past its iterable check for the (h, w) tuples that the modules pass."""
+    return value if type(value) is tuple and len(value) == 2 else _torch_pair(value)
 
 
 def _run(op_name, check_args, reference_impl, args):

@@ -4,10 +4,14 @@ A block run is Conv2d -> ReLU -> 1x1 Conv2d -> ReLU -> 1x1 Conv2d -> ReLU, with 
 kernels compute exactly as nn.Conv2d does (no groups, no dilation, zero padding). A global average
 pool is AdaptiveAvgPool2d to 1x1 (a Flatten after it stays a layer of its own: it is only a view).
 A max pool runs nin_ext's max_pool2d when it is a MaxPool2d without dilation or returned indices.
+A layer whose call runs hooks is never fused: the fused ops do not call the layers, so they would
+skip the hooks (a forward hook that records features, torch.nn.utils.prune's pre-hook that computes
+the weight).
 """
 from typing import NamedTuple, Optional, Tuple
 
 import torch.nn as nn
+from torch.nn.modules import module as nn_module
 from torch.nn.modules.utils import _pair
 
 BLOCK_RUN_LENGTH = 6
@@ -47,10 +51,28 @@ def _is_pointwise(conv, in_channels):
             and conv.in_channels == in_channels)
 
 
+def has_hooks(module):
+    """Whether module's own hooks run when it is called."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def global_hooks_set():
+    """Whether hooks for every module are registered (nn.Module.__call__ reads the same registries)."""
+    return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks)
+
+
+def runs_hooks(module):
+    return has_hooks(module) or global_hooks_set()
+
+
 def block_run_at(layers, i) -> Optional[BlockLayers]:
     """The block run starting at layers[i], or None."""
     run = layers[i:i + BLOCK_RUN_LENGTH]
     if len(run) < BLOCK_RUN_LENGTH or not all(type(run[k]) is nn.ReLU for k in (1, 3, 5)):
+        return None
+    if any(runs_hooks(layer) for layer in run):
         return None
     conv, conv1, conv2 = run[0], run[2], run[4]
     padding = conv_padding(conv)
@@ -60,11 +82,29 @@ def block_run_at(layers, i) -> Optional[BlockLayers]:
 
 
 def is_global_avg_pool(layer):
-    return type(layer) is nn.AdaptiveAvgPool2d and layer.output_size in (1, (1, 1))
+    return type(layer) is nn.AdaptiveAvgPool2d and layer.output_size in (1, (1, 1)) and not runs_hooks(layer)
 
 
 def max_pool_args(layer):
     """(kernel_size, stride, padding, ceil_mode) of a MaxPool2d that nin_ext's max_pool2d runs, or None."""
-    if type(layer) is not nn.MaxPool2d or layer.return_indices or _pair(layer.dilation) != (1, 1):
+    if (type(layer) is not nn.MaxPool2d or layer.return_indices or _pair(layer.dilation) != (1, 1)
+            or runs_hooks(layer)):
         return None
     return _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), layer.ceil_mode
+
+
+def layer_key(layer):
+    """What the matching above reads of a layer, with the layer itself: a plan of fused steps built
+    from layers whose keys, and the global hooks, are unchanged still holds."""
+    kind = type(layer)
+    if kind is nn.Conv2d:
+        return (layer, has_hooks(layer), layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                layer.padding, layer.dilation, layer.groups, layer.padding_mode)
+    if kind is nn.MaxPool2d:
+        return (layer, has_hooks(layer), layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                layer.return_indices, layer.ceil_mode)
+    if kind is nn.AdaptiveAvgPool2d:
+        return layer, has_hooks(layer), layer.output_size
+    if kind is nn.ReLU:
+        return layer, has_hooks(layer)
+    return layer

@@ -248,3 +248,133 @@ def test_fuse_inplace_relu_bias_false_is_fused(cpu_backend):
         assert_close_ref(fused(x), ref64(m, x))
         names = _profile_names(lambda: fused(x))
     assert "nin_ext::nin_block" in names
+
+
+# --------------------------------------------------------------------------------------
+# Changes between calls
+# --------------------------------------------------------------------------------------
+def test_fused_sequential_follows_changes_between_calls(cpu_backend):
+    """A FusedSequential keeps the steps it matched between calls and matches again when a child is
+    replaced or an attribute that the matching reads changes: every call gives what the plain
+    Sequential of the same layers gives at that moment, and runs the fused ops that fit it."""
+    torch.manual_seed(7)
+    model = nin_ext.FusedSequential(*_run(3, 6, 3, 1, 1), nn.MaxPool2d(2), *_run(6, 5, 3, 1, 0),
+                                    nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 15, 13)
+
+    def check(expected_ops):
+        with torch.no_grad():
+            assert_close_ref(model(x), ref64(nn.Sequential(*model), x))
+            ops = [n for n in _profile_names(lambda: model(x)) if n.startswith("nin_ext::")]
+        assert ops == expected_ops
+
+    fused_both = ["nin_ext::nin_block_max_pool", "nin_ext::nin_block_gap"]
+    check(fused_both)
+    model[6].kernel_size, model[6].stride = 3, 1       # the pool's attributes
+    check(fused_both)
+    model[0].padding = (0, 2)                          # the first conv's
+    model[7].stride = (2, 1)                           # the second block's conv
+    check(fused_both)
+    model[3] = nn.Tanh()                               # the first run no longer a block
+    check(["nin_ext::max_pool2d", "nin_ext::nin_block_gap"])
+    model[3] = nn.ReLU()
+    model[13] = nn.AdaptiveAvgPool2d(2)                # no longer a global pool
+    check(["nin_ext::nin_block_max_pool", "nin_ext::nin_block"])
+    model[9].weight = nn.Parameter(torch.randn_like(model[9].weight))  # a new Parameter object
+    check(["nin_ext::nin_block_max_pool", "nin_ext::nin_block"])
+    del model[6]                                       # the pool gone: the first block alone
+    check(["nin_ext::nin_block", "nin_ext::nin_block"])
+
+
+# --------------------------------------------------------------------------------------
+# Hooks: a layer whose call runs hooks is not fused, so they run as in the reference
+# --------------------------------------------------------------------------------------
+def _nin_pair():
+    torch.manual_seed(11)
+    ours = nin_ext.NiN().eval()
+    ref = reference.nin_net().eval()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _record_hooks(model, calls):
+    """Forward hooks on a block, on a 1x1 conv inside another (this one doubles its output) and a
+    pre-hook on a pool: the reference's calls and outputs are what the fused model must give."""
+    handles = [model[0].register_forward_hook(lambda m, i, o: calls.append(("block 0", tuple(o.shape)))),
+               model[2][2].register_forward_hook(lambda m, i, o: 2 * o),
+               model[5].register_forward_pre_hook(lambda m, i: calls.append(("pool 5", tuple(i[0].shape))))]
+    return handles
+
+
+def test_nin_runs_hooks_like_reference(cpu_backend):
+    ours, ref = _nin_pair()
+    x = torch.rand(2, 1, 96, 96)
+    y64 = ref64(ref, x)
+    ours_calls, ref_calls = [], []
+    handles = _record_hooks(ours, ours_calls) + _record_hooks(ref, ref_calls)
+    with torch.no_grad():
+        assert_close_ref(ours(x), ref64(ref, x))   # the hooked reference, in float64
+        assert ours_calls == ref_calls and len(ref_calls) == 2
+        ops = [n for n in _profile_names(lambda: ours(x)) if n.startswith("nin_ext::")]
+    # Block 0 runs as a module, its pool apart; block 1 layer by layer (ATen), its pool by nin_ext;
+    # block 2 fused, but its pool (pre-hook) by the module; block 3 fused with the global pool.
+    assert ops == ["nin_ext::nin_block", "nin_ext::max_pool2d", "nin_ext::max_pool2d", "nin_ext::nin_block",
+                   "nin_ext::nin_block_gap"]
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad():
+        assert_close_ref(ours(x), y64)
+        ops = [n for n in _profile_names(lambda: ours(x)) if n.startswith("nin_ext::")]
+    assert ops == ["nin_ext::nin_block_max_pool"] * 3 + ["nin_ext::nin_block_gap"]
+
+
+def test_nin_global_hooks_run_like_reference(cpu_backend):
+    ours, ref = _nin_pair()
+    x = torch.rand(1, 1, 80, 80)
+    y64 = ref64(ref, x)
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    try:
+        with torch.no_grad():
+            ref(x)
+            ref_calls, calls[:] = list(calls), []
+            y = ours(x)
+            ours_calls = list(calls)
+            ops = [n for n in _profile_names(lambda: ours(x)) if n.startswith("nin_ext::")]
+    finally:
+        handle.remove()
+    # Every layer is called, so every hook runs (the reference's containers are Sequentials).
+    assert [{"NiNBlock": "Sequential", "NiN": "Sequential"}.get(c, c) for c in ours_calls] == ref_calls
+    assert "nin_ext::nin_block_max_pool" not in ops and "nin_ext::nin_block_gap" not in ops
+    assert_close_ref(y, y64)
+
+
+def test_pruned_conv_uses_its_current_weight(cpu_backend):
+    """torch.nn.utils.prune computes weight = weight_orig * weight_mask in a forward pre-hook: a fused
+    block would use the weight of the last call that ran the hook."""
+    from torch.nn.utils import prune
+    ours, ref = _nin_pair()
+    ref = ref.double()   # a pruned module cannot be deep-copied: pruned alike, in float64
+    x = torch.rand(2, 1, 80, 80)
+    for model in (ours, ref):
+        prune.l1_unstructured(model[4][2], "weight", 0.5)
+    with torch.no_grad():
+        ours(x)
+        for model in (ours, ref):
+            model[4][2].weight_orig.mul_(-3.0)
+        assert_close_ref(ours(x), ref(x.double()))
+
+
+def test_fuse_keeps_a_hooked_sequential(cpu_backend):
+    calls = []
+    inner = nn.Sequential(*_run(3, 5))
+    inner.register_forward_hook(lambda m, i, o: calls.append(tuple(o.shape)))
+    m = nn.Sequential(inner, nn.MaxPool2d(2), nn.Sequential(*_run(5, 4)), nn.AdaptiveAvgPool2d(1)).eval()
+    fused = nin_ext.fuse(m)
+    assert type(fused[0]) is nn.Sequential and type(fused[2]) is nin_ext.NiNBlock
+    x = torch.randn(2, 3, 10, 9)
+    y64 = ref64(m, x)
+    calls.clear()
+    with torch.no_grad():
+        assert_close_ref(fused(x), y64)
+    assert calls == [(2, 5, 10, 9)]
