@@ -3,7 +3,6 @@
 // CUDA and AutocastCUDA registrations of nin_block, nin_block_gap and global_avg_pool.
 // The kernels live in csrc/cuda/*.cu, which include no torch header (build time).
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -12,6 +11,7 @@
 #include <limits>
 
 #include "cuda/nin_block_launch.h"
+#include "nin_block_autocast.h"
 #include "nin_block_checks.h"
 
 namespace nin_ext {
@@ -178,28 +178,6 @@ at::Tensor global_avg_pool_cuda(const at::Tensor& x) {
   return out;
 }
 
-// Under torch.autocast the block runs in the autocast dtype, like the reference's convolutions
-// (float64 and non-CUDA tensors are left alone, as autocast does).
-template <const char* kOpName>
-at::Tensor nin_block_autocast(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                              const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                              const c10::optional<at::Tensor>& b2, c10::IntArrayRef stride,
-                              c10::IntArrayRef padding) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow(kOpName, "")
-                             .typed<decltype(nin_block_cuda)>();
-  const at::ScalarType to = at::autocast::get_autocast_dtype(at::kCUDA);
-  using at::autocast::cached_cast;
-  const auto cuda = c10::DeviceType::CUDA;
-  return op.call(cached_cast(to, x, cuda), cached_cast(to, w, cuda), cached_cast(to, b, cuda),
-                 cached_cast(to, w1, cuda), cached_cast(to, b1, cuda), cached_cast(to, w2, cuda),
-                 cached_cast(to, b2, cuda), stride, padding);
-}
-
-constexpr char kNinBlock[] = "nin_ext::nin_block";
-constexpr char kNinBlockGap[] = "nin_ext::nin_block_gap";
-
 }  // namespace
 }  // namespace cuda
 }  // namespace nin_ext
@@ -211,6 +189,8 @@ TORCH_LIBRARY_IMPL(nin_ext, CUDA, m) {
 }
 
 TORCH_LIBRARY_IMPL(nin_ext, AutocastCUDA, m) {
-  m.impl("nin_block", &nin_ext::cuda::nin_block_autocast<nin_ext::cuda::kNinBlock>);
-  m.impl("nin_block_gap", &nin_ext::cuda::nin_block_autocast<nin_ext::cuda::kNinBlockGap>);
+  using namespace nin_ext;
+  constexpr auto cuda = c10::DeviceType::CUDA;
+  m.impl("nin_block", &AutocastOp<cuda, kNinBlockOp, NinBlockSignature<at::Tensor>>::call);
+  m.impl("nin_block_gap", &AutocastOp<cuda, kNinBlockGapOp, NinBlockSignature<at::Tensor>>::call);
 }
