@@ -75,19 +75,13 @@ def resolve(x):
     name = _selected["name"]
     device = "cpu" if x.is_cpu else x.device.type  # is_cpu costs a fifth of building x.device
     if name == "auto":
-        return _auto_backend(device)
+        for candidate in _AUTO_ORDER.get(device, ()):
+            if unavailable_reason(candidate) is None:
+                return candidate
+        return "reference"
     if name != "reference" and _DEVICE_OF[name] != device:
         raise RuntimeError(f"nin_ext: backend {name!r} runs {_DEVICE_OF[name]} tensors, but x is on {x.device}")
     return name
-
-
-@functools.cache
-def _auto_backend(device):
-    """What `auto` runs on a device type: what can run there does not change within a process."""
-    for candidate in _AUTO_ORDER.get(device, ()):
-        if unavailable_reason(candidate) is None:
-            return candidate
-    return "reference"
 
 
 def _select_from_environment():
