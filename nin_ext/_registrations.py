@@ -5,7 +5,9 @@ nin_block's backward recomputes the block's hidden activations with ATen (the fo
 them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
 needs no recomputation. Both run ATen's convolution_backward for the spatial conv (on the CPU in
 float32, the weight gradient of a stride-1 conv by nin_ext's conv2d_weight_grad) and, on the CPU in
-float32 and float64, matrix products for the two 1x1 layers.
+float32 and float64, matrix products for the two 1x1 layers. Those backwards are not differentiable
+themselves (in-place and out= ops, nin_ext's own kernels): with create_graph=True (a gradient
+penalty, double backward) every backward instead differentiates the reference's ATen ops.
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -14,7 +16,8 @@ from . import _extension
 from ._max_pool2d_checks import check_max_pool2d_args
 from ._nin_block_checks import (check_global_avg_pool_args, check_nin_block_args, conv_output_size,
                                 nin_block_output_memory_format)
-from .reference import nin_block_activations
+from .reference import (max_pool2d_reference, nin_block_activations, nin_block_gap_reference,
+                        nin_block_reference)
 
 
 def nin_block_fake(x, w, b, w1, b1, w2, b2, stride, padding):
@@ -156,8 +159,28 @@ def _nin_block_grads_from_activations(ctx, grad_block_out, activations, grad_h0=
     return gx, gw, gb, gw1, gb1, gw2, gb2, None, None
 
 
+def _grads_by_reference(ctx, inputs, outputs, grad_outputs):
+    """The backward under create_graph=True: the gradients of the op's inputs by autograd through
+    `outputs`, the op's outputs recomputed by the reference's ATen ops from `inputs` (the op's
+    arguments, tensors as saved), so that they can be differentiated again. Outputs whose gradient is
+    None are left out."""
+    pairs = [(out, grad) for out, grad in zip(outputs, grad_outputs) if grad is not None]
+    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad) if need]
+    found = iter(torch.autograd.grad([out for out, _ in pairs], wanted, [grad for _, grad in pairs],
+                                     create_graph=True, allow_unused=True) if pairs else [None] * len(wanted))
+    return tuple(next(found) if need else None for need in ctx.needs_input_grad)
+
+
+def _block_inputs(ctx):
+    """nin_block's arguments as the backward has them (the seven tensors saved first)."""
+    return (*ctx.saved_tensors[:7], ctx.stride, ctx.padding)
+
+
 def _nin_block_grads(ctx, grad_block_out):
     """nin_block's backward: the forward kept no activation, so they are recomputed with ATen."""
+    if torch.is_grad_enabled():
+        inputs = _block_inputs(ctx)
+        return _grads_by_reference(ctx, inputs, [nin_block_reference(*inputs)], [grad_block_out])
     h0, h1, out = nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding)
     return _nin_block_grads_from_activations(ctx, grad_block_out, [h0, h1, out > 0])
 
@@ -182,6 +205,10 @@ def _setup_nin_block_with_hidden_context(ctx, inputs, output):
 
 
 def _nin_block_with_hidden_backward(ctx, grad_out, grad_h0, grad_h1):
+    if torch.is_grad_enabled():
+        inputs = _block_inputs(ctx)
+        h0, h1, out = nin_block_activations(*inputs)
+        return _grads_by_reference(ctx, inputs, [out, h0, h1], [grad_out, grad_h0, grad_h1])
     x, w, b, w1, b1, w2, b2, h0, h1, out_positive = ctx.saved_tensors
     if grad_out is None:  # only a hidden activation was used
         grad_out = torch.zeros(out_positive.shape, dtype=h1.dtype, device=h1.device)
@@ -197,6 +224,9 @@ def _setup_nin_block_context(ctx, inputs, output):
 
 
 def _nin_block_gap_backward(ctx, grad_out):
+    if torch.is_grad_enabled():
+        inputs = _block_inputs(ctx)
+        return _grads_by_reference(ctx, inputs, [nin_block_gap_reference(*inputs)], [grad_out])
     oh, ow = conv_output_size(*ctx.saved_tensors[:2], ctx.stride, ctx.padding)
     grad_block_out = (grad_out / (oh * ow))[:, :, None, None].expand(-1, -1, oh, ow)
     return _nin_block_grads(ctx, grad_block_out)
@@ -219,6 +249,9 @@ def _setup_max_pool2d_context(ctx, inputs, output):
 def _max_pool2d_backward(ctx, grad_out):
     """max_pool2d's backward: the argmax is found again from the saved input."""
     (x,) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        inputs = (x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.ceil_mode)
+        return _grads_by_reference(ctx, inputs, [max_pool2d_reference(*inputs)], [grad_out])
     _, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(x, ctx.kernel_size, ctx.stride, ctx.padding,
                                                           ctx.ceil_mode)
     grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, list(x.shape),
@@ -243,8 +276,19 @@ def _max_pool2d_with_argmax_backward(ctx, grad_out, grad_argmax):
     (argmax,) = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, None, None
-    grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, ctx.input_size, ctx.channels_last)
+    if torch.is_grad_enabled():  # the scatter by ATen, differentiable in grad_out
+        grad_x = _scatter_to_argmax(grad_out, argmax, ctx.input_size, ctx.channels_last)
+    else:
+        grad_x = torch.ops.nin_ext.max_pool2d_backward(grad_out, argmax, ctx.input_size, ctx.channels_last)
     return grad_x, None, None, None, None
+
+
+def _scatter_to_argmax(grad_out, argmax, input_size, channels_last):
+    """max_pool2d_backward by ATen ops: each window's gradient added at its argmax."""
+    n, c, h, w = input_size
+    grad_x = grad_out.new_zeros(n, c, h * w).scatter_add(2, argmax.reshape(n, c, -1).long(), grad_out.reshape(n, c, -1))
+    return grad_x.view(n, c, h, w).contiguous(memory_format=torch.channels_last if channels_last else
+                                              torch.contiguous_format)
 
 
 def _max_pool2d_backward_fake(grad_out, argmax, input_size, channels_last):
@@ -262,9 +306,14 @@ def _nin_block_max_pool_fake(x, w, b, w1, b1, w2, b2, stride, padding, pool_kern
                        memory_format=suggest_memory_format(block))
 
 
+def _pool_args(inputs):
+    """The pool's arguments of a block-and-pool op's inputs, as lists."""
+    return [list(inputs[9]), list(inputs[10]), list(inputs[11]), inputs[12]]
+
+
 def _setup_nin_block_max_pool_context(ctx, inputs, output):
     _setup_nin_block_context(ctx, inputs[:9], output)
-    ctx.pool = [list(inputs[9]), list(inputs[10]), list(inputs[11]), inputs[12]]
+    ctx.pool = _pool_args(inputs)
 
 
 def _masked_pool_backward(grad_pooled, pooled, argmax, block_output_size, channels_last):
@@ -278,6 +327,10 @@ def _masked_pool_backward(grad_pooled, pooled, argmax, block_output_size, channe
 
 def _nin_block_max_pool_backward(ctx, grad_out):
     """Recomputes the block's activations with ATen (the forward kept none), then the pool's argmax."""
+    if torch.is_grad_enabled():
+        inputs = (*_block_inputs(ctx), *ctx.pool)
+        pooled = max_pool2d_reference(nin_block_reference(*inputs[:9]), *ctx.pool)
+        return _grads_by_reference(ctx, inputs, [pooled], [grad_out])
     h0, h1, out = nin_block_activations(*ctx.saved_tensors, ctx.stride, ctx.padding)
     pooled, argmax = torch.ops.nin_ext.max_pool2d_with_argmax(out, *ctx.pool)
     grad_block_out = _masked_pool_backward(grad_out, pooled, argmax, list(out.shape),
@@ -300,11 +353,17 @@ def _setup_nin_block_max_pool_with_hidden_context(ctx, inputs, output):
     pooled, h0, h1, argmax = output
     ctx.set_materialize_grads(False)  # as nin_block_with_hidden's
     ctx.stride, ctx.padding = list(stride), list(padding)
+    ctx.pool = _pool_args(inputs)
     # The pooled output is the next layer's input, saved there too: no memory of its own here.
     ctx.save_for_backward(x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled)
 
 
 def _nin_block_max_pool_with_hidden_backward(ctx, grad_pooled, grad_h0, grad_h1, grad_argmax):
+    if torch.is_grad_enabled():
+        inputs = (*_block_inputs(ctx), *ctx.pool)
+        h0, h1, out = nin_block_activations(*inputs[:9])
+        return _grads_by_reference(ctx, inputs, [max_pool2d_reference(out, *ctx.pool), h0, h1],
+                                   [grad_pooled, grad_h0, grad_h1])
     x, w, b, w1, b1, w2, b2, h0, h1, argmax, pooled = ctx.saved_tensors
     block_output_size = [x.shape[0], w2.shape[0], *h0.shape[2:]]  # in h0's memory format
     if grad_pooled is None:  # only a hidden activation was used

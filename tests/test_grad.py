@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from torch.autograd import forward_ad, gradcheck
+from torch.autograd import forward_ad, gradcheck, gradgradcheck
 
 import nin_ext
 from nin_ext import ops
@@ -236,3 +236,46 @@ def test_calls_that_need_no_gradient(native_backend, fn_name):
         no_grad = fn(x.clone().requires_grad_(True))
     assert no_grad.grad_fn is None and not no_grad.requires_grad
     assert torch.equal(plain, through_autograd.detach()) and torch.equal(plain, no_grad)
+
+
+# --------------------------------------------------------------------------------------
+# Double backward (create_graph=True): the backward differentiates the reference's ATen ops
+# --------------------------------------------------------------------------------------
+def _double_backward_call(fn_name, dev):
+    params = _params(3, 4, 3, (3, 3), (True, True, True), dev)
+    calls = {"nin_block": lambda x, *p: ops.nin_block(x, *p, 1, 1),
+             "nin_block_gap": lambda x, *p: ops.nin_block_gap(x, *p, (2, 1), 0),
+             "nin_block_max_pool": lambda x, *p: ops.nin_block_max_pool(x, *p, 1, 1, 3, 2, 1, True),
+             "max_pool2d": lambda x, *p: ops.max_pool2d(x, 3, 2, 1, True),
+             "global_avg_pool": lambda x, *p: ops.global_avg_pool(x)}
+    pooled = fn_name in ("max_pool2d", "global_avg_pool")
+    return calls[fn_name], [] if pooled else params
+
+
+@pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap", "nin_block_max_pool", "max_pool2d",
+                                     "global_avg_pool"])
+def test_gradgradcheck(backend, fn_name):
+    dev = device_for(backend)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=dev, requires_grad=True)
+    fn, params = _double_backward_call(fn_name, dev)
+    # fast mode (a random projection of the Hessian-vector products): the full check took minutes
+    assert gradgradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_nin_gradient_penalty_like_reference(native_backend):
+    """A gradient penalty (the input gradient's norm, differentiated again) through the whole NiN, in
+    train mode (dropout under one seed) and float64, against the reference."""
+    dev = device_for(native_backend)
+    ours = nin_ext.NiN(dropout=0.3).double().to(dev)
+    ref = as_reference(ours.cpu()).double().to(dev)
+    ours.to(dev)
+    x = torch.rand(2, 1, 70, 70, dtype=torch.float64, device=dev)
+    results = []
+    for model in (ours, ref):
+        torch.manual_seed(5)
+        xx = x.clone().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(model(xx).square().sum(), xx, create_graph=True)
+        grad_x.square().sum().backward()
+        results.append([xx.grad] + [p.grad for p in model.parameters()])
+    for got, expected in zip(*results):
+        assert_close_ref(got, expected, kind="grad", what="gradient of the penalty")
