@@ -19,13 +19,12 @@ def _pair(value):
 
 def _run(op_name, check_args, reference_impl, args):
     """torch.ops.nin_ext.<op_name>(*args) on the compiled backends, torch.ops.nin_ext_triton.<op_name>
-    on triton, or the reference implementation."""
+    on triton, or the reference implementation (also under the transforms of _runs_reference)."""
     backend = backends.resolve(args[0])
-    if backend == "reference":
+    if backend == "reference" or _runs_reference(args):
         check_args(*args, op_name)
         return reference_impl(*args)
     if backend == "triton":
-        _check_no_forward_ad(args)
         from .triton import triton_ops  # imports triton: only when the backend is used
         if op_name != "global_avg_pool":
             args = triton_ops.autocast_block_args(args)
@@ -33,30 +32,30 @@ def _run(op_name, check_args, reference_impl, args):
     return _call(getattr(torch.ops.nin_ext, op_name), args)
 
 
+def _runs_reference(args):
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is active or a forward-mode AD tangent
+    is on args: the fused ops have no batching rule and no forward derivative, and their autograd
+    (torch.library.register_autograd) does not run under the transforms, so there the reference's
+    ATen ops, which have all of these, run instead (per-sample gradients, jvp)."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return forward_ad._current_level >= 0 and any(
+        isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in args)
+
+
 def _needs_grad(args):
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
 
 
 def _call(op, args):
-    """op(*args), dual tensors refused. Where no gradient is needed, past the op's autograd kernel: that
-    kernel is Python (torch.library.register_autograd) and cost as much as a small call's own work
-    (global_avg_pool of a 2x10x5x5 map: 7.4 us through it, 3.7 past it, ATen's mean 3.7).
-    torch.compile and the torch.func transforms trace the op as it is."""
-    _check_no_forward_ad(args)
-    if _needs_grad(args) or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    """op(*args). Where no gradient is needed, past the op's autograd kernel: that kernel is Python
+    (torch.library.register_autograd) and cost as much as a small call's own work (global_avg_pool of
+    a 2x10x5x5 map: 7.4 us through it, 3.7 past it, ATen's mean 3.7). torch.compile traces the op as
+    it is."""
+    if _needs_grad(args) or torch.compiler.is_compiling():
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
-
-
-def _check_no_forward_ad(args):
-    """The ops have no forward-mode derivative: a dual tensor's tangent would be dropped silently."""
-    if forward_ad._current_level < 0:
-        return
-    for t in args:
-        if isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None:
-            raise NotImplementedError("nin_ext's fused ops have no forward-mode AD (a dual tensor was given); "
-                                      "nin_ext.set_backend('reference') runs them by ATen, which has it")
 
 
 def nin_block(x, w, b, w1, b1, w2, b2, stride=1, padding=0):
@@ -65,7 +64,7 @@ def nin_block(x, w, b, w1, b1, w2, b2, stride=1, padding=0):
     When a gradient will be needed, the cpu backend runs nin_block_with_hidden, which also returns
     the hidden activations for the backward (eager's memory, no recomputation)."""
     args = (x, w, b, w1, b1, w2, b2, _pair(stride), _pair(padding))
-    if _needs_grad(args) and backends.resolve(x) == "cpu":
+    if _needs_grad(args) and backends.resolve(x) == "cpu" and not _runs_reference(args):
         return _call(torch.ops.nin_ext.nin_block_with_hidden, args)[0]
     return _run("nin_block", check_nin_block_args, reference.nin_block_reference, args)
 
@@ -92,7 +91,7 @@ def nin_block_max_pool(x, w, b, w1, b1, w2, b2, stride, padding, pool_kernel, po
     pool_kernel = _pair(pool_kernel)
     pool_args = (pool_kernel, pool_kernel if pool_stride is None else _pair(pool_stride), _pair(pool_padding),
                  bool(ceil_mode))
-    if backends.resolve(x) == "cpu":
+    if backends.resolve(x) == "cpu" and not _runs_reference(block_args):
         if _needs_grad(block_args):
             return _call(torch.ops.nin_ext.nin_block_max_pool_with_hidden, block_args + pool_args)[0]
         return _call(torch.ops.nin_ext.nin_block_max_pool, block_args + pool_args)
@@ -104,7 +103,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     a kernel of its own; the others run ATen's max_pool2d, after the same argument checks."""
     kernel_size = _pair(kernel_size)
     args = (x, kernel_size, kernel_size if stride is None else _pair(stride), _pair(padding), bool(ceil_mode))
-    if backends.resolve(x) == "cpu":
+    if backends.resolve(x) == "cpu" and not _runs_reference(args):
         if _needs_grad(args):  # keep the int32 argmax for the backward, not the input
             return _call(torch.ops.nin_ext.max_pool2d_with_argmax, args)[0]
         return _call(torch.ops.nin_ext.max_pool2d, args)

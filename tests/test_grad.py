@@ -206,17 +206,12 @@ def _small_nin_call(fn_name, dev):
 @pytest.mark.parametrize("fn_name", ["nin_block", "nin_block_gap", "nin_block_max_pool", "max_pool2d",
                                      "global_avg_pool"])
 def test_forward_mode_ad(backend, fn_name):
-    """The fused ops have no forward-mode derivative: a dual input is refused (the tangent would be
-    dropped otherwise). ATen has one, and runs the reference backend and max_pool2d off the cpu."""
+    """A dual input (forward-mode AD) runs the reference's ATen ops, which have the forward derivative
+    that the fused kernels lack: the output's tangent is there, not dropped."""
     fn, x = _small_nin_call(fn_name, device_for(backend))
     tangent = torch.randn_like(x)
     with forward_ad.dual_level():
-        dual = forward_ad.make_dual(x, tangent)
-        if backend != "reference" and (backend == "cpu" or fn_name != "max_pool2d"):
-            with pytest.raises(NotImplementedError, match="forward-mode AD"):
-                fn(dual)
-            return
-        out_tangent = forward_ad.unpack_dual(fn(dual)).tangent
+        out_tangent = forward_ad.unpack_dual(fn(forward_ad.make_dual(x, tangent))).tangent
     # The ops are piecewise linear (ReLU, max, mean): the tangent is the output's change along it.
     expected = (fn(x + 1e-6 * tangent) - fn(x - 1e-6 * tangent)) / 2e-6
     torch.testing.assert_close(out_tangent, expected, rtol=1e-5, atol=1e-6)
@@ -279,3 +274,21 @@ def test_nin_gradient_penalty_like_reference(native_backend):
         results.append([xx.grad] + [p.grad for p in model.parameters()])
     for got, expected in zip(*results):
         assert_close_ref(got, expected, kind="grad", what="gradient of the penalty")
+
+
+def test_per_sample_gradients_like_reference(native_backend):
+    """torch.func transforms (here vmap of grad over functional_call: per-sample gradients, as for
+    DP-SGD) run the reference's ATen ops under nin_ext's modules: the same gradients as the reference."""
+    from torch.func import functional_call, grad, vmap
+    dev = device_for(native_backend)
+    ours = nin_ext.NiN(dropout=0.0).double().to(dev).eval()
+    ref = as_reference(ours.cpu()).double().to(dev)
+    ours.to(dev)
+    x = torch.rand(3, 1, 70, 70, dtype=torch.float64, device=dev)
+    per_sample = []
+    for model in (ours, ref):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        loss = lambda p, xi: functional_call(model, p, (xi[None],)).square().sum()
+        per_sample.append(vmap(grad(loss), in_dims=(None, 0))(params, x))
+    for k, expected in per_sample[1].items():
+        assert_close_ref(per_sample[0][k], expected, kind="grad", what=f"per-sample gradient of {k}")
