@@ -51,15 +51,15 @@ class NiNBlock(nn.Sequential):
 
     def forward(self, x):
         block = self.block_layers()
-        if block is None:  # run the layers one by one, as the reference does
+        if block is None or any(runs_hooks(layer) for layer in self):  # layer by layer, as the reference
             return super().forward(x)
         return _run_batched(x, "NiNBlock", ops.nin_block, *block.op_args())
 
 
 def _block_at(layers, i):
     """(BlockLayers, index after the block) for a NiNBlock or a block run at layers[i], or None."""
-    if isinstance(layers[i], NiNBlock):  # with hooks it runs as a module, which calls them
-        block, length = None if runs_hooks(layers[i]) else layers[i].block_layers(), 1
+    if isinstance(layers[i], NiNBlock):
+        block, length = layers[i].block_layers(), 1
     else:
         block, length = block_run_at(layers, i), BLOCK_RUN_LENGTH
     return None if block is None else (block, i + length)
@@ -108,21 +108,24 @@ def _layer_key(layer):
 
 
 def _plan_steps(layers):
+    """The steps; a layer whose call runs hooks is called (runs_hooks), not fused."""
     steps, i = [], 0
     while i < len(layers):
         found = _block_at(layers, i)
-        if found is None:
+        if found is None or any(runs_hooks(layer) for layer in layers[i:found[1]]):
             pool = max_pool_args(layers[i])
-            steps.append(layers[i] if pool is None else _Step("MaxPool2d", ops.max_pool2d, None, pool))
+            fused = pool is not None and not runs_hooks(layers[i])
+            steps.append(_Step("MaxPool2d", ops.max_pool2d, None, pool) if fused else layers[i])
             i += 1
             continue
         block, end = found
-        if end < len(layers) and is_global_avg_pool(layers[end]):
+        after = layers[end] if end < len(layers) else None
+        if after is not None and is_global_avg_pool(after) and not runs_hooks(after):
             # The pool's own output shape, (N, C, 1, 1) or (C, 1, 1): a Flatten after it runs as usual.
             steps.append(_Step("nin_block_gap", _nin_block_gap_map, block, ()))
             i = end + 1
-        elif end < len(layers) and max_pool_args(layers[end]) is not None:
-            steps.append(_Step("NiNBlock", ops.nin_block_max_pool, block, max_pool_args(layers[end])))
+        elif after is not None and max_pool_args(after) is not None and not runs_hooks(after):
+            steps.append(_Step("NiNBlock", ops.nin_block_max_pool, block, max_pool_args(after)))
             i = end + 1
         else:
             steps.append(_Step("NiNBlock", ops.nin_block, block, ()))

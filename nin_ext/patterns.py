@@ -4,9 +4,9 @@ A block run is Conv2d -> ReLU -> 1x1 Conv2d -> ReLU -> 1x1 Conv2d -> ReLU, with 
 kernels compute exactly as nn.Conv2d does (no groups, no dilation, zero padding). A global average
 pool is AdaptiveAvgPool2d to 1x1 (a Flatten after it stays a layer of its own: it is only a view).
 A max pool runs nin_ext's max_pool2d when it is a MaxPool2d without dilation or returned indices.
-A layer whose call runs hooks is never fused: the fused ops do not call the layers, so they would
-skip the hooks (a forward hook that records features, torch.nn.utils.prune's pre-hook that computes
-the weight).
+The matching is structural; whether a matched run may run fused now also depends on hooks (runs_hooks):
+the fused ops do not call the layers, so they would skip the hooks (a forward hook that records
+features, torch.nn.utils.prune's pre-hook that computes the weight).
 """
 from typing import NamedTuple, Optional, Tuple
 
@@ -64,15 +64,14 @@ def global_hooks_set():
 
 
 def runs_hooks(module):
-    return has_hooks(module) or global_hooks_set()
+    """Whether calling module, or one of its submodules, runs hooks: then it must be called, not fused."""
+    return global_hooks_set() or any(has_hooks(m) for m in module.modules())
 
 
 def block_run_at(layers, i) -> Optional[BlockLayers]:
     """The block run starting at layers[i], or None."""
     run = layers[i:i + BLOCK_RUN_LENGTH]
     if len(run) < BLOCK_RUN_LENGTH or not all(type(run[k]) is nn.ReLU for k in (1, 3, 5)):
-        return None
-    if any(runs_hooks(layer) for layer in run):
         return None
     conv, conv1, conv2 = run[0], run[2], run[4]
     padding = conv_padding(conv)
@@ -82,20 +81,19 @@ def block_run_at(layers, i) -> Optional[BlockLayers]:
 
 
 def is_global_avg_pool(layer):
-    return type(layer) is nn.AdaptiveAvgPool2d and layer.output_size in (1, (1, 1)) and not runs_hooks(layer)
+    return type(layer) is nn.AdaptiveAvgPool2d and layer.output_size in (1, (1, 1))
 
 
 def max_pool_args(layer):
     """(kernel_size, stride, padding, ceil_mode) of a MaxPool2d that nin_ext's max_pool2d runs, or None."""
-    if (type(layer) is not nn.MaxPool2d or layer.return_indices or _pair(layer.dilation) != (1, 1)
-            or runs_hooks(layer)):
+    if type(layer) is not nn.MaxPool2d or layer.return_indices or _pair(layer.dilation) != (1, 1):
         return None
     return _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), layer.ceil_mode
 
 
 def layer_key(layer):
-    """What the matching above reads of a layer, with the layer itself: a plan of fused steps built
-    from layers whose keys, and the global hooks, are unchanged still holds."""
+    """What the matching above and runs_hooks read of a layer, with the layer itself: a plan of fused
+    steps built from layers whose keys, and the global hooks, are unchanged still holds."""
     kind = type(layer)
     if kind is nn.Conv2d:
         return (layer, has_hooks(layer), layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,

@@ -378,3 +378,24 @@ def test_fuse_keeps_a_hooked_sequential(cpu_backend):
     with torch.no_grad():
         assert_close_ref(fused(x), y64)
     assert calls == [(2, 5, 10, 9)]
+
+
+def test_fuse_under_a_global_hook_still_fuses(cpu_backend):
+    """fuse() matches structure: a global hook registered while it runs does not stop the fusion; the
+    fused model runs layer by layer while the hook is there (so it sees every layer) and fused after."""
+    m = nn.Sequential(*_run(3, 5), nn.MaxPool2d(2), nn.Sequential(*_run(5, 4)), nn.AdaptiveAvgPool2d(1)).eval()
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, i, o: calls.append(type(mod).__name__))
+    try:
+        fused = nin_ext.fuse(m)
+        x = torch.randn(2, 3, 10, 9)
+        with torch.no_grad():
+            fused(x)
+    finally:
+        handle.remove()
+    assert type(fused) is nin_ext.FusedSequential and type(fused[7]) is nin_ext.NiNBlock
+    assert calls.count("Conv2d") == 6 and calls.count("ReLU") == 6
+    with torch.no_grad():
+        assert_close_ref(fused(x), ref64(m, x))
+        ops = [n for n in _profile_names(lambda: fused(x)) if n.startswith("nin_ext::")]
+    assert ops == ["nin_ext::nin_block_max_pool", "nin_ext::nin_block_gap"]
