@@ -88,8 +88,9 @@ _plans = weakref.WeakKeyDictionary()
 def _plan(sequential):
     """The steps that run sequential's layers: its fused blocks as ops, every other layer as the module.
     Matching the layers cost a tenth of a batch-1 forward (0.2 of 4.4 ms, NOTES v39), so the steps are
-    kept and rebuilt when a key of the layers changes: a child replaced, or an attribute that the
-    matching reads (a conv's stride, a pool's kernel, ...). Weights are read by each call."""
+    kept and rebuilt when a key of the layers changes: a child replaced, an attribute that the
+    matching reads (a conv's stride, a pool's kernel, ...), hooks added or removed. Weights are read
+    by each call."""
     layers = tuple(sequential._modules.values())
     if torch.compiler.is_compiling():  # traced as plain code, nothing kept
         return _plan_steps(layers)
