@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import nin_ext
-from nin_ext import ops, reference
-from conftest import assert_close_ref, device_for, ref64, ref64_fn, ref_block_fn, ref_block_gap_fn
+from nin_ext import ops
+from conftest import as_reference, assert_close_ref, device_for, ref64, ref64_fn, ref_block_fn, ref_block_gap_fn
 from test_parity import make_input, make_params
 
 LOW_PRECISION = [torch.bfloat16, torch.float16]
@@ -51,14 +51,12 @@ def test_float64_is_left_alone(native_backend):
 def test_nin_under_autocast_like_reference(native_backend, dtype):
     device = device_for(native_backend)
     ours = nin_ext.NiN().eval().to(device)
-    ref = reference.nin_net().eval().to(device)
-    ref.load_state_dict(ours.state_dict())
+    ref = as_reference(ours).to(device)
     x = torch.rand(3, 1, 83, 77, device=device)
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
         y, y_ref = ours(x), ref(x)
     assert y.dtype == y_ref.dtype == dtype
-    ref_rounded = reference.nin_net().eval()
-    ref_rounded.load_state_dict({k: v.to(dtype) for k, v in ours.state_dict().items()})
+    ref_rounded = as_reference(ours).to(dtype)   # the weights autocast hands the convolutions
     assert_close_ref(y, ref64(ref_rounded, x.to(dtype)), dtype=dtype)
 
 
@@ -67,10 +65,8 @@ def test_training_under_autocast_like_reference(native_backend):
     autocast (bfloat16 moves pre-activations across ReLU's zero: both are 10-40% off in places)."""
     device = device_for(native_backend)
     ours = nin_ext.NiN().eval().to(device)   # eval: no dropout; gradients on: the training forward
-    ref = reference.nin_net().eval().to(device)
-    ref.load_state_dict(ours.state_dict())
-    ref64_model = reference.nin_net().eval().double()
-    ref64_model.load_state_dict(ours.state_dict())
+    ref = as_reference(ours).to(device)
+    ref64_model = as_reference(ours).double()
     x = torch.rand(2, 1, 70, 70, device=device)
     for model in (ours, ref):
         with torch.autocast(device.type, dtype=torch.bfloat16):

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import nin_ext
 from nin_ext import reference
-from conftest import assert_close_ref, ref64
+from conftest import as_reference, assert_close_ref, ref64
 
 FORBIDDEN = ("aten::convolution", "aten::conv2d", "aten::_convolution")
 
@@ -292,9 +292,7 @@ def test_fused_sequential_follows_changes_between_calls(cpu_backend):
 def _nin_pair():
     torch.manual_seed(11)
     ours = nin_ext.NiN().eval()
-    ref = reference.nin_net().eval()
-    ref.load_state_dict(ours.state_dict())
-    return ours, ref
+    return ours, as_reference(ours)
 
 
 def _record_hooks(model, calls):
