@@ -342,10 +342,10 @@ def _cpu_flags():
 
 
 CPU_FLAGS = _cpu_flags()
-# What the CPU backend's "amx" kernel needs (csrc/cpu/packed_layer_amx.cpp, amx_bf16_usable).
-AMX_FLAGS = {"amx_tile", "amx_bf16", "avx512_bf16", "avx512bw", "avx512dq", "avx512vl"}
+# What the CPU backend's "amx" kernel needs (csrc/cpu/packed_layer_amx.cpp, amx_int8_usable).
+AMX_FLAGS = {"amx_tile", "amx_int8", "avx512bw", "avx512dq", "avx512vl"}
 HAS_AMX = AMX_FLAGS <= CPU_FLAGS
-NO_AMX_REASON = "CPU has no AMX-BF16 tiles (/proc/cpuinfo flags amx_tile, amx_bf16, avx512_bf16)"
+NO_AMX_REASON = "CPU has no AMX-INT8 tiles (/proc/cpuinfo flags amx_tile, amx_int8)"
 
 PKG_ROOT = str(Path(nin_ext.__file__).resolve().parent.parent)
 

@@ -1,12 +1,15 @@
 """The CPU backend's wide 1x1 layers on AMX tiles (NIN_EXT_CPU_ISA=amx, csrc/cpu/packed_layer_amx.cpp):
-float32 from three bfloat16 parts per value, against float64 and against the AVX-512 kernel.
+float32 from int8 slice products (three slices per value, scaled per pixel and per weight row),
+against float64 and against the AVX-512 kernel.
 
 Layers of 192 inputs or more run there (kAmxMinReduction), so the cases have 192-384 channels, counts
-that are not multiples of the tiles' 32 (130, 200), pixel counts that leave a panel tail and an odd
-panel count (the tiles take two panels at a time), both memory formats, the direct and the Winograd
-paths, the pooled ops and the training forward. Inputs or weights that are not finite take the
-micro-kernel (a part product inf x 0 is NaN): the NaN and inf positions match the AVX-512 kernel's.
-Each kernel is chosen once per process, so each runs in its own subprocess."""
+that are not multiples of the tiles' 32 or 64 (130, 200), pixel counts that leave a panel tail and an
+odd panel count (the tiles take two panels at a time), both memory formats, the direct and the
+Winograd paths, the pooled ops and the training forward, and hidden activations spread over six
+orders of magnitude within a pixel (the slices' scale is the pixel's largest input). Inputs or
+weights that are not finite take the micro-kernel (the slices hold finite values only): the NaN and
+inf positions match the AVX-512 kernel's. Each kernel is chosen once per process, so each runs in its
+own subprocess."""
 import json
 
 import pytest
@@ -52,6 +55,14 @@ for n, c0, cc, c1, c2, k, s, p, h, w, cl in [(2, 16, 200, 384, 130, 3, 1, 1, 9, 
     reference(x64, *p64, s, p).square().sum().backward()
     report["grad_worst"] = max([report["grad_worst"], rel(xg.grad, x64.grad)] +
                                [rel(a.grad, b.grad) for a, b in zip(pg, p64)])
+
+# Hidden activations from 1e-3 to 1e3 within a pixel: the conv's output channels scaled apart.
+x = torch.rand(2, 8, 9, 10)
+spread = 10.0 ** torch.linspace(-3, 3, 256)
+params = [torch.randn(256, 8, 1, 1) * spread[:, None, None, None], torch.rand(256) * spread,
+          torch.randn(192, 256, 1, 1) * 0.06, torch.randn(192) * 0.1, torch.randn(100, 192, 1, 1) * 0.07, torch.zeros(100)]
+want = reference(x.double(), *[t.double() for t in params], 1, 0)
+report["worst"] = max(report["worst"], rel(ops.nin_block(x, *params, 1, 0), want))
 
 # Infinities and NaN: in the input (one pixel each) and in a 1x1 layer's weights.
 x = torch.rand(2, 16, 9, 10)

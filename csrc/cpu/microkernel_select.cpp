@@ -81,7 +81,7 @@ MicroKernel<float> choose_float_microkernel() {
   MicroKernel<float> amx = avx512;  // AVX-512, the wide 1x1 layers on AMX tiles
   amx.isa = "amx";
   amx.amx_layers = true;
-  const bool has_amx = amx_bf16_usable();
+  const bool has_amx = amx_int8_usable();
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -93,7 +93,7 @@ MicroKernel<float> choose_float_microkernel() {
     const std::string isa(forced);
     TORCH_CHECK(isa == "amx" || isa == "avx512" || isa == "avx2" || isa == "portable",
                 "NIN_EXT_CPU_ISA must be amx, avx512, avx2 or portable, got '", isa, "'");
-    TORCH_CHECK(isa != "amx" || has_amx, "NIN_EXT_CPU_ISA=amx, but this CPU or OS has no AMX-BF16 tiles");
+    TORCH_CHECK(isa != "amx" || has_amx, "NIN_EXT_CPU_ISA=amx, but this CPU or OS has no AMX-INT8 tiles");
     TORCH_CHECK(isa != "avx512" || has_avx512, "NIN_EXT_CPU_ISA=avx512, but this CPU has no AVX-512");
     TORCH_CHECK(isa != "avx2" || has_avx2, "NIN_EXT_CPU_ISA=avx2, but this CPU has no AVX2 + FMA");
     return isa == "amx" ? amx : isa == "avx512" ? avx512 : isa == "avx2" ? avx2 : portable;

@@ -31,7 +31,7 @@ template <typename scalar_t>
 struct PackedLayer {
   int64_t M, K;
   std::vector<scalar_t> a, bias;
-  std::vector<uint16_t> amx;
+  std::vector<uint8_t> amx;
 
   PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr, bool amx_layers = false) {
     const at::Tensor w = weight.detach().reshape({weight.size(0), -1}).contiguous();
@@ -56,9 +56,9 @@ struct PackedLayer {
       std::copy(bc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>() + M, bias.begin());
     }
     if constexpr (std::is_same_v<scalar_t, float>) {
-      // Infinite weights stay off the tiles, as do inputs (apply_layer_amx): inf x 0 in a part product.
+      // Weights that are not all finite stay off the tiles (int8 slices hold finite values only).
       if (amx_layers && K >= kAmxMinReduction && at::isfinite(w).all().item<bool>()) {
-        amx.resize(amx_packed_layer_elements(M, K));
+        amx.resize(amx_packed_layer_bytes(M, K));
         at::parallel_for(0, (M + kAmxPanel - 1) / kAmxPanel, 1, [&](int64_t begin, int64_t end) {
           pack_layer_amx(src, M, K, begin, end, amx.data());
         });
@@ -147,7 +147,7 @@ void apply_packed_layer_panels(const MicroKernel<scalar_t>& kernel, const Packed
 }
 
 // The layer on every panel of a tile: on AMX tiles where it is packed for them, the panels whose
-// inputs are not all finite by the micro-kernel.
+// inputs the tiles' slices cannot hold (not finite, or negative) by the micro-kernel.
 template <typename scalar_t>
 void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
                         scalar_t* out, int64_t panels) {

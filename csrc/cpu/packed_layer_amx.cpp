@@ -1,14 +1,22 @@
-// A packed layer on AMX tiles in float32 accuracy from bfloat16 products. Each float is split into
-// three bfloat16 parts, x = x0 + x1 + x2 (round to nearest each: 8 significand bits apiece, so the
-// split is exact), and w x is summed as the six part products down to 2^-16 of it (w0 x0, w0 x1, w1
-// x0, w1 x1, w0 x2, w2 x0; "bf16x6"). A product of two bfloat16 is exact in float32, which the tiles
-// accumulate in, so what is dropped is below float32's own rounding. Compiled for AMX by the pragma
-// and called only where amx_bf16_usable() (microkernel_select.cpp); benchmarks/NOTES.md v33 has the
-// measurements, benchmarks/amx_bf16x6_rate.cpp the rates alone.
+// A packed layer on AMX tiles in float32 accuracy from int8 products (an Ozaki-style split). Each
+// pixel's inputs (ReLU outputs, so >= 0) are scaled by a power of two that puts their largest in
+// [128, 256) and cut into three unsigned 8-bit slices, x = 2^-e (u1 + u2 2^-7 + u3 2^-14) (floor,
+// floor, round to nearest: 22 bits, within 2^-22 of the pixel's largest input); each weight row is
+// scaled by 127 over its largest and cut into three signed slices v1 + v2 2^-7 + v3 2^-14 (round to
+// nearest each). w x is summed as the eight slice products down to 2^-21 of the leading one,
+// grouped by their weight, C0 = v1 u1, C7 = v1 u2 + v2 u1, C14 = v1 u3 + v2 u2 + v3 u1, C21 = v2 u3 +
+// v3 u2, which the tiles accumulate exactly in int32; the epilogue adds the groups in float and
+// scales them back. The slices hold each input to 2^-22 of its pixel's largest and each weight to
+// 2^-22 of its row's (block floating point: the error is relative to those, not to each product;
+// without C21 the seed's 256 -> 384 blocks left float32's elementwise bound, tests/test_parity.py).
+// TDPBSUD does 2x the multiply-adds of TDPBF16PS per cycle, and eight products stand for a float32
+// product where three-part bfloat16 took six at half the rate. Compiled for AMX by the pragma and called only where amx_int8_usable()
+// (microkernel_select.cpp); benchmarks/NOTES.md v33 and v40 have the measurements,
+// benchmarks/amx_int8_rate.cpp the rates alone.
 #include "cpu/packed_layer_amx.h"
 
 #if NIN_EXT_AMX
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,amx-tile,amx-int8")
 // GCC 12's AVX-512 intrinsics pass _mm512_undefined_* as unused merge sources, which
 // -Wmaybe-uninitialized reports as a false positive (as in microkernel_avx512.cpp).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -19,6 +27,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 
 #include "cpu/thread_scratch_cpu.h"
 
@@ -26,13 +36,17 @@ namespace nin_ext {
 namespace cpu {
 namespace {
 
-// A tile holds 16 rows of 64 bytes: 16 x 32 bfloat16 (weights: rows x k) or 16 x 16 pairs (pixels:
-// k pairs x 16 pixels, each pixel's two consecutive k adjacent, the layout TDPBF16PS reads).
-constexpr int kTileRows = 16, kTileK = 32, kTileElements = kTileRows * kTileK;
-constexpr int kParts = 3;
-// Per 32-wide step of k and per panel (32 weight rows or 32 pixels): its two tiles of each part.
-constexpr int64_t kStepElements = int64_t{kParts} * 2 * kTileElements;
+// A tile holds 16 rows of 64 bytes: 16 weight rows x 64 k (int8), or 16 k-quads x 16 pixels x 4 k
+// (uint8, each pixel's four consecutive k adjacent, the layout TDPBSUD reads).
+constexpr int kTileRows = 16, kTileK = 64, kTileBytes = kTileRows * kTileK;
+constexpr int kSlices = 3;
+// Per 64-wide chunk of k and per panel (32 weight rows or 32 pixels): its two tiles of each slice.
+constexpr int64_t kChunkBytes = int64_t{kSlices} * 2 * kTileBytes;
 static_assert(kAmxPanel == 2 * kTileRows, "a panel is two tiles");
+// Slice j's weight in the sums: 2^-7j. The int32 sums stay exact below 2^31: a k adds at most
+// 255 * 127 (C0) and 255 * 64 + 127 * 64 + 128 * 127 (C14, the largest), so up to 52000 inputs.
+constexpr float kSliceStep = 128.f;
+constexpr int64_t kMaxReduction = 50000;
 
 struct TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -51,101 +65,105 @@ void configure_tiles() {
   _tile_loadconfig(&config);
 }
 
-__m512 widen(__m256i bf16) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16)); }
-
-// The three bfloat16 parts of 16 floats: v = p[0] + p[1] + p[2]; the lanes where p[0] is infinite or
-// NaN (the value, or one that rounds past bfloat16's largest) are returned, their other parts zero.
-__mmask16 split_parts(__m512 v, __m256i p[kParts]) {
-  p[0] = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-  const __m512 f0 = widen(p[0]);
-  constexpr int kInfOrNaN = 0x01 | 0x08 | 0x10 | 0x80;  // QNaN, +inf, -inf, SNaN
-  const __mmask16 non_finite = _mm512_fpclass_ps_mask(f0, kInfOrNaN);
-  const __m512 r1 = _mm512_maskz_sub_ps(static_cast<__mmask16>(~non_finite), v, f0);
-  p[1] = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(r1));
-  p[2] = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(r1, widen(p[1]))));
-  return non_finite;
-}
-
-// Row k's and row k + 1's 16 values as 16 pairs (one tile row of pixels).
-__m512i interleave_pairs(__m256i even, __m256i odd) {
-  const __m512i index = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  return _mm512_permutexvar_epi16(index, _mm512_inserti64x4(_mm512_castsi256_si512(even), odd, 1));
-}
+int64_t chunks_of(int64_t K) { return (K + kTileK - 1) / kTileK; }
 
 __m512 load_or_zero(const float* p, bool present) { return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
 
-// One pixel panel, in[k][32] for k < K (zero past K), into its parts' tiles:
-// out[((step * 3 + part) * 2 + half) * 512 + pair * 32 + 2 * pixel + k % 2], k = step * 32 + 2 * pair.
-// Returns whether every value is finite.
-bool pack_pixel_panel(const float* in, int64_t K, int64_t steps, uint16_t* out) {
-  __mmask16 non_finite = 0;
-  for (int64_t step = 0; step < steps; ++step) {
-    for (int pair = 0; pair < kTileRows; ++pair) {
-      const int64_t k = step * kTileK + 2 * pair;
+// The three unsigned slices of 16 scaled inputs r in [0, 256), as 32-bit lanes.
+void unsigned_slices(__m512 r, __m512i s[kSlices]) {
+  const __m512 step = _mm512_set1_ps(kSliceStep);
+  const __m512 u1 = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  r = _mm512_mul_ps(_mm512_sub_ps(r, u1), step);  // exact: a power of two times an exact difference
+  const __m512 u2 = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  r = _mm512_mul_ps(_mm512_sub_ps(r, u2), step);
+  const __m512 u3 = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // up to 128
+  s[0] = _mm512_cvttps_epi32(u1);
+  s[1] = _mm512_cvttps_epi32(u2);
+  s[2] = _mm512_cvttps_epi32(u3);
+}
+
+// One pixel panel, in[k][32] for k < K, into its slices' tiles,
+// out[((chunk * 3 + slice) * 2 + half) * 1024 + quad * 64 + 4 * pixel + k % 4], k = chunk * 64 + 4 *
+// quad, and the exponents that scale each pixel back (exponent[p]: x = 2^exponent (u1 + ...)).
+// Returns whether every input is finite and not negative (the slices are unsigned).
+bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out) {
+  __m512 largest[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  __mmask16 outside = 0;
+  const __m512 zero = _mm512_setzero_ps(), float_max = _mm512_set1_ps(FLT_MAX);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int half = 0; half < 2; ++half) {
+      const __m512 v = _mm512_loadu_ps(in + k * kAmxPanel + half * kTileRows);
+      // not (0 <= v <= FLT_MAX): negative, infinite or NaN
+      outside |= _mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ) | _mm512_cmp_ps_mask(v, float_max, _CMP_NLE_UQ);
+      largest[half] = _mm512_max_ps(largest[half], v);
+    }
+  }
+  if (outside != 0) {
+    return false;
+  }
+  __m512 shift[2];
+  for (int half = 0; half < 2; ++half) {
+    // 2^shift puts the largest in [128, 256); a pixel of zeros keeps shift 0.
+    const __mmask16 positive = _mm512_cmp_ps_mask(largest[half], zero, _CMP_GT_OQ);
+    shift[half] = _mm512_maskz_sub_ps(positive, _mm512_set1_ps(7.f), _mm512_getexp_ps(largest[half]));
+    _mm512_storeu_ps(exponent + half * kTileRows, _mm512_sub_ps(zero, shift[half]));
+  }
+  const int64_t chunks = chunks_of(K);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (int quad = 0; quad < kTileRows; ++quad) {
+      const int64_t k = chunk * kTileK + 4 * quad;
       for (int half = 0; half < 2; ++half) {
-        __m256i even[kParts], odd[kParts];
-        non_finite |= split_parts(load_or_zero(in + k * kAmxPanel + half * kTileRows, k < K), even);
-        non_finite |= split_parts(load_or_zero(in + (k + 1) * kAmxPanel + half * kTileRows, k + 1 < K), odd);
-        for (int part = 0; part < kParts; ++part) {
-          _mm512_storeu_si512(out + ((step * kParts + part) * 2 + half) * kTileElements + pair * kTileK,
-                              interleave_pairs(even[part], odd[part]));
+        __m512i packed[kSlices] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int j = 0; j < 4; ++j) {
+          const __m512 r = _mm512_scalef_ps(load_or_zero(in + (k + j) * kAmxPanel + half * kTileRows, k + j < K),
+                                            shift[half]);
+          __m512i s[kSlices];
+          unsigned_slices(r, s);
+          for (int slice = 0; slice < kSlices; ++slice) {
+            packed[slice] = _mm512_or_si512(packed[slice], _mm512_sllv_epi32(s[slice], _mm512_set1_epi32(8 * j)));
+          }
+        }
+        for (int slice = 0; slice < kSlices; ++slice) {
+          _mm512_storeu_si512(out + ((chunk * kSlices + slice) * 2 + half) * kTileBytes + quad * kTileK, packed[slice]);
         }
       }
     }
   }
-  return non_finite == 0;
+  return true;
 }
 
-// Accumulators 0-3 (the 2 x 2 tiles of a 32 x 32 block) += one 32-wide step's six part products;
-// tiles 4 and 5 take the weights' two row halves of a part, 6 and 7 the pixels'. The order walks the
-// six (weight part, pixel part) pairs changing one operand at a time, 14 tile loads a step where the
-// smallest-first order took 16 (tile loads bound the layer: 3-15% faster alone, the same results),
-// and adds w0 x0 last.
-void multiply_step(const uint16_t* a, const uint16_t* b) {
-  auto load_weights = [&](int part) {
-    _tile_loadd(4, a + (part * 2) * kTileElements, 64);
-    _tile_loadd(5, a + (part * 2 + 1) * kTileElements, 64);
-  };
-  auto load_pixels = [&](int part) {
-    _tile_loadd(6, b + (part * 2) * kTileElements, 64);
-    _tile_loadd(7, b + (part * 2 + 1) * kTileElements, 64);
-  };
-  auto multiply = [] {
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  };
-  load_weights(0);
-  load_pixels(2);
-  multiply();  // w0 x2
-  load_pixels(1);
-  multiply();  // w0 x1
-  load_weights(1);
-  multiply();  // w1 x1
-  load_pixels(0);
-  multiply();  // w1 x0
-  load_weights(2);
-  multiply();  // w2 x0
-  load_weights(0);
-  multiply();  // w0 x0
+// Accumulators 0-3 (C0, C7, C14, C21 of a 16 x 16 block) += one 64-wide chunk's eight slice
+// products; tiles 4-7 take the operands: six loads, each weight slice meeting every pixel slice
+// still held.
+void multiply_chunk(const uint8_t* a, const uint8_t* b) {
+  constexpr int kSliceStride = 2 * kTileBytes;  // the next slice of the same half
+  _tile_loadd(4, a, 64);                        // v1
+  _tile_loadd(5, b, 64);                        // u1
+  _tile_dpbsud(0, 4, 5);
+  _tile_loadd(6, b + kSliceStride, 64);  // u2
+  _tile_dpbsud(1, 4, 6);
+  _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
+  _tile_dpbsud(2, 4, 7);
+  _tile_loadd(4, a + kSliceStride, 64);  // v2
+  _tile_dpbsud(1, 4, 5);
+  _tile_dpbsud(2, 4, 6);
+  _tile_dpbsud(3, 4, 7);
+  _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
+  _tile_dpbsud(2, 4, 5);
+  _tile_dpbsud(3, 4, 6);
 }
 
 }  // namespace
 
-bool amx_bf16_usable() {
+bool amx_int8_usable() {
   static const bool usable = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
       return false;
     }
     const bool avx512f = (ebx >> 16) & 1, avx512dq = (ebx >> 17) & 1, avx512bw = (ebx >> 30) & 1,
-               avx512vl = (ebx >> 31) & 1, amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1;
-    unsigned eax1 = 0, ebx1 = 0, ecx1 = 0, edx1 = 0;
-    __get_cpuid_count(7, 1, &eax1, &ebx1, &ecx1, &edx1);
-    const bool avx512bf16 = (eax1 >> 5) & 1;
-    if (!(avx512f && avx512dq && avx512bw && avx512vl && avx512bf16 && amx_bf16 && amx_tile &&
+               avx512vl = (ebx >> 31) & 1, amx_tile = (edx >> 24) & 1, amx_int8 = (edx >> 25) & 1;
+    if (!(avx512f && avx512dq && avx512bw && avx512vl && amx_int8 && amx_tile &&
           __builtin_cpu_supports("avx512f"))) {  // the OS saves the AVX-512 state
       return false;
     }
@@ -155,29 +173,32 @@ bool amx_bf16_usable() {
   return usable;
 }
 
-int64_t amx_packed_layer_elements(int64_t M, int64_t K) {
-  return (M + kAmxPanel - 1) / kAmxPanel * ((K + kTileK - 1) / kTileK) * kStepElements;
+int64_t amx_packed_layer_bytes(int64_t M, int64_t K) {
+  const int64_t panels = (M + kAmxPanel - 1) / kAmxPanel;
+  return panels * chunks_of(K) * kChunkBytes + panels * kAmxPanel * int64_t{sizeof(float)};  // tiles, row scales
 }
 
-void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, int64_t panel_end, uint16_t* out) {
-  const int64_t steps = (K + kTileK - 1) / kTileK;
-  alignas(64) float row[kTileK];
+void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, int64_t panel_end, uint8_t* tiles) {
+  const int64_t chunks = chunks_of(K), panels = (M + kAmxPanel - 1) / kAmxPanel;
+  float* scales = reinterpret_cast<float*>(tiles + panels * chunks * kChunkBytes);
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     for (int r = 0; r < kAmxPanel; ++r) {
       const int64_t m = panel * kAmxPanel + r;
-      for (int64_t step = 0; step < steps; ++step) {
+      float largest = 0.f;
+      for (int64_t k = 0; m < M && k < K; ++k) {
+        largest = std::max(largest, std::fabs(w[m * K + k]));
+      }
+      const float scale = largest > 0.f ? 127.f / largest : 0.f;
+      scales[m] = largest / 127.f;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
         for (int kk = 0; kk < kTileK; ++kk) {
-          const int64_t k = step * kTileK + kk;
-          row[kk] = m < M && k < K ? w[m * K + k] : 0.f;
-        }
-        uint16_t* tiles = out + (panel * steps + step) * kStepElements + (r / kTileRows) * kTileElements;
-        for (int h = 0; h < 2; ++h) {
-          __m256i parts[kParts];
-          split_parts(_mm512_load_ps(row + kTileRows * h), parts);
-          for (int part = 0; part < kParts; ++part) {
-            _mm256_storeu_si256(
-                reinterpret_cast<__m256i*>(tiles + part * 2 * kTileElements + (r % kTileRows) * kTileK + 16 * h),
-                parts[part]);
+          const int64_t k = chunk * kTileK + kk;
+          float v = m < M && k < K ? w[m * K + k] * scale : 0.f;
+          for (int slice = 0; slice < kSlices; ++slice) {
+            const float s = std::nearbyint(v);  // within [-127, 127], then [-64, 64]
+            tiles[((panel * chunks + chunk) * kSlices + slice) * 2 * kTileBytes + (r / kTileRows) * kTileBytes +
+                  (r % kTileRows) * kTileK + kk] = static_cast<uint8_t>(static_cast<int8_t>(s));
+            v = (v - s) * kSliceStep;
           }
         }
       }
@@ -185,48 +206,66 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, i
   }
 }
 
-void apply_layer_amx(const uint16_t* a, const float* bias, int64_t M, int64_t K, const float* in, float* out,
-                     int64_t panels, LayerPanelsFn non_finite_panels, const void* context) {
+void apply_layer_amx(const uint8_t* weights, const float* bias, int64_t M, int64_t K, const float* in, float* out,
+                     int64_t panels, LayerPanelsFn other_panels, const void* context) {
+  if (K > kMaxReduction) {
+    other_panels(context, 0, panels);
+    return;
+  }
   configure_tiles();
-  const int64_t steps = (K + kTileK - 1) / kTileK, row_panels = (M + kAmxPanel - 1) / kAmxPanel;
-  // Pixel panels split into parts two at a time: their 2 x 48 KB of tiles (256 channels) stay in
-  // cache while every weight panel passes (groups of 1, 4 and 16 ran the same or slower).
+  const int64_t chunks = chunks_of(K), row_panels = (M + kAmxPanel - 1) / kAmxPanel;
+  const float* scales = reinterpret_cast<const float*>(weights + row_panels * chunks * kChunkBytes);
+  // Pixel panels sliced two at a time: their tiles stay in cache while every weight panel passes.
   constexpr int64_t kGroup = 2;
-  ScratchBuffer<uint16_t> pixels(kGroup * steps * kStepElements);
-  alignas(64) float block[kAmxPanel * kAmxPanel];
+  ScratchBuffer<uint8_t> pixels(kGroup * chunks * kChunkBytes);
+  alignas(64) float exponents[kGroup * kAmxPanel];
+  alignas(64) int32_t sums[4][kTileRows * kTileRows];
+  const __m512 step = _mm512_set1_ps(1.f / kSliceStep);
   for (int64_t p0 = 0; p0 < panels; p0 += kGroup) {
     const int64_t group = std::min(kGroup, panels - p0);
-    bool finite = true;
+    bool representable = true;
     for (int64_t g = 0; g < group; ++g) {
-      finite &= pack_pixel_panel(in + (p0 + g) * K * kAmxPanel, K, steps, pixels.data() + g * steps * kStepElements);
+      representable &= pack_pixel_panel(in + (p0 + g) * K * kAmxPanel, K, exponents + g * kAmxPanel,
+                                        pixels.data() + g * chunks * kChunkBytes);
     }
-    if (!finite) {
-      non_finite_panels(context, p0, group);
+    if (!representable) {
+      other_panels(context, p0, group);
       continue;
     }
     for (int64_t rp = 0; rp < row_panels; ++rp) {
-      const int64_t m0 = rp * kAmxPanel, rows = std::min(kAmxPanel, M - m0);
+      const int64_t m0 = rp * kAmxPanel;
       for (int64_t g = 0; g < group; ++g) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        const uint16_t* b = pixels.data() + g * steps * kStepElements;
-        for (int64_t step = 0; step < steps; ++step) {
-          multiply_step(a + (rp * steps + step) * kStepElements, b + step * kStepElements);
-        }
-        constexpr int64_t kRowBytes = kAmxPanel * sizeof(float);
-        _tile_stored(0, block, kRowBytes);
-        _tile_stored(1, block + kTileRows, kRowBytes);
-        _tile_stored(2, block + kTileRows * kAmxPanel, kRowBytes);
-        _tile_stored(3, block + kTileRows * kAmxPanel + kTileRows, kRowBytes);
-        float* c = out + ((p0 + g) * M + m0) * kAmxPanel;
-        for (int64_t r = 0; r < rows; ++r) {
-          const __m512 shift = _mm512_set1_ps(bias[m0 + r]);
-          for (int h = 0; h < 2; ++h) {
-            const __m512 v = _mm512_add_ps(_mm512_load_ps(block + r * kAmxPanel + kTileRows * h), shift);
-            // MAXPS returns its second operand when either is NaN: max(0, NaN) = NaN, as torch.relu.
-            _mm512_storeu_ps(c + r * kAmxPanel + kTileRows * h, _mm512_max_ps(_mm512_setzero_ps(), v));
+        for (int row_half = 0; row_half < 2; ++row_half) {
+          const int64_t rows = std::min<int64_t>(kTileRows, M - m0 - row_half * kTileRows);
+          if (rows <= 0) {
+            break;
+          }
+          for (int half = 0; half < 2; ++half) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            const uint8_t* wa = weights + rp * chunks * kChunkBytes + row_half * kTileBytes;
+            const uint8_t* pb = pixels.data() + g * chunks * kChunkBytes + half * kTileBytes;
+            for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+              multiply_chunk(wa + chunk * kChunkBytes, pb + chunk * kChunkBytes);
+            }
+            _tile_stored(0, sums[0], kTileRows * sizeof(int32_t));
+            _tile_stored(1, sums[1], kTileRows * sizeof(int32_t));
+            _tile_stored(2, sums[2], kTileRows * sizeof(int32_t));
+            _tile_stored(3, sums[3], kTileRows * sizeof(int32_t));
+            const __m512 exponent = _mm512_load_ps(exponents + g * kAmxPanel + half * kTileRows);
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t m = m0 + row_half * kTileRows + r;
+              __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(sums[3] + r * kTileRows));
+              v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[2] + r * kTileRows)));
+              v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[1] + r * kTileRows)));
+              v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[0] + r * kTileRows)));
+              v = _mm512_scalef_ps(_mm512_mul_ps(v, _mm512_set1_ps(scales[m])), exponent);
+              v = _mm512_add_ps(v, _mm512_set1_ps(bias[m]));
+              _mm512_storeu_ps(out + ((p0 + g) * M + m) * kAmxPanel + half * kTileRows,
+                               _mm512_max_ps(_mm512_setzero_ps(), v));
+            }
           }
         }
       }
@@ -242,10 +281,10 @@ void apply_layer_amx(const uint16_t* a, const float* bias, int64_t M, int64_t K,
 namespace nin_ext {
 namespace cpu {
 
-bool amx_bf16_usable() { return false; }
-int64_t amx_packed_layer_elements(int64_t, int64_t) { return 0; }
-void pack_layer_amx(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*) {}
-void apply_layer_amx(const uint16_t*, const float*, int64_t, int64_t, const float*, float*, int64_t, LayerPanelsFn,
+bool amx_int8_usable() { return false; }
+int64_t amx_packed_layer_bytes(int64_t, int64_t) { return 0; }
+void pack_layer_amx(const float*, int64_t, int64_t, int64_t, int64_t, uint8_t*) {}
+void apply_layer_amx(const uint8_t*, const float*, int64_t, int64_t, const float*, float*, int64_t, LayerPanelsFn,
                      const void*) {}
 
 }  // namespace cpu

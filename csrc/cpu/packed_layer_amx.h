@@ -1,5 +1,5 @@
 // A packed layer (apply_packed_layer's work: out[panel][m][32] = relu(bias[m] + sum_k w[m][k]
-// in[panel][k][32])) on AMX tiles at float32 accuracy (packed_layer_amx.cpp), for CPUs with AMX-BF16.
+// in[panel][k][32])) on AMX tiles at float32 accuracy (packed_layer_amx.cpp), for CPUs with AMX-INT8.
 #pragma once
 
 #include <cstdint>
@@ -16,31 +16,32 @@
 namespace nin_ext {
 namespace cpu {
 
-// The shortest reduction (input channels) a layer runs on the tiles with: each 32 x 32 block of
-// outputs waits for all its products before its store, which shorter layers do not hide (the seed's
-// 96-channel block 1 ran 0-13% slower on the tiles, its 256- and 384-channel blocks 2 and 3 4-10%
-// faster; benchmarks/NOTES.md, v33).
+// The shortest reduction (input channels) a layer runs on the tiles with: each 16 x 16 block of
+// outputs waits for all its products before its store, which shorter layers do not hide, and 96
+// inputs take two 64-wide chunks (the seed's block 1 ran 3-18% slower with its 96-channel layers on
+// the tiles; benchmarks/NOTES.md, v33 and v40).
 constexpr int64_t kAmxMinReduction = 192;
 
 // The rows of a weight panel and the pixels of a pixel panel on the tiles: two 16-row tiles each.
 constexpr int64_t kAmxPanel = 32;
 
-// Whether this CPU and OS run AMX-BF16 tiles (with AVX512-BF16), decided once per process.
-bool amx_bf16_usable();
+// Whether this CPU and OS run AMX-INT8 tiles (with AVX-512), decided once per process.
+bool amx_int8_usable();
 
-// The weights w (M x K, row-major) in the tiles' layout, its kAmxPanel-row panels [begin, end):
-// amx_packed_layer_elements(M, K) uint16 elements in all.
-int64_t amx_packed_layer_elements(int64_t M, int64_t K);
-void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, int64_t panel_end, uint16_t* out);
+// The weights w (M x K, row-major, all finite) as int8 slices in the tiles' layout with a scale per
+// row, its kAmxPanel-row panels [begin, end): amx_packed_layer_bytes(M, K) bytes in all.
+int64_t amx_packed_layer_bytes(int64_t M, int64_t K);
+void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, int64_t panel_end, uint8_t* out);
 
 // Runs pixel panels [first, first + count) of a layer by other means: apply_layer_amx hands over those
-// whose inputs hold an infinity or NaN, where a part product inf x 0 would give NaN for float32's inf.
+// whose inputs the unsigned slices cannot hold (an infinity, a NaN or a negative value).
 using LayerPanelsFn = void (*)(const void* context, int64_t first, int64_t count);
 
 // The layer on `panels` pixel panels of 32 (the AVX-512 kernel's NR), in[panel][k][32] for k < K;
-// bias + ReLU as the micro-kernels apply them (NaN passes). Weights packed only where all are finite.
-void apply_layer_amx(const uint16_t* a, const float* bias, int64_t M, int64_t K, const float* in, float* out,
-                     int64_t panels, LayerPanelsFn non_finite_panels, const void* context);
+// bias + ReLU as the micro-kernels apply them. The inputs are a ReLU's outputs, so the tiles take
+// them as they are; a pair of panels with any other value goes to `other_panels`.
+void apply_layer_amx(const uint8_t* a, const float* bias, int64_t M, int64_t K, const float* in, float* out,
+                     int64_t panels, LayerPanelsFn other_panels, const void* context);
 
 }  // namespace cpu
 }  // namespace nin_ext
