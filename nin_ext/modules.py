@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from . import ops, reference
-from .patterns import (BLOCK_RUN_LENGTH, block_run_at, global_hooks_set, has_hooks, is_global_avg_pool, layer_key,
-                       max_pool_args, runs_hooks)
+from .patterns import (BLOCK_RUN_LENGTH, block_run_at, global_hooks_set, has_hooks, is_flatten_from_channels,
+                       is_global_avg_pool, is_identity_dropout, layer_key, max_pool_args, runs_hooks)
 
 
 class InputError(ValueError, RuntimeError):
@@ -109,10 +109,15 @@ def _layer_key(layer):
 
 
 def _plan_steps(layers):
-    """The steps; a layer whose call runs hooks is called (runs_hooks), not fused."""
+    """The steps; a layer whose call runs hooks is called (runs_hooks), not fused. An eval-mode Dropout
+    takes no step: its call, which returns its input, cost 69 us between two fused ops at batch 1,
+    where its Python runs with cold caches (NOTES v39)."""
     steps, i = [], 0
     while i < len(layers):
         found = _block_at(layers, i)
+        if found is None and is_identity_dropout(layers[i]) and not runs_hooks(layers[i]):
+            i += 1
+            continue
         if found is None or any(runs_hooks(layer) for layer in layers[i:found[1]]):
             pool = max_pool_args(layers[i])
             fused = pool is not None and not runs_hooks(layers[i])
@@ -122,9 +127,15 @@ def _plan_steps(layers):
         block, end = found
         after = layers[end] if end < len(layers) else None
         if after is not None and is_global_avg_pool(after) and not runs_hooks(after):
-            # The pool's own output shape, (N, C, 1, 1) or (C, 1, 1): a Flatten after it runs as usual.
-            steps.append(_Step("nin_block_gap", _nin_block_gap_map, block, ()))
-            i = end + 1
+            # The pool's own output shape, (N, C, 1, 1) or (C, 1, 1), and a Flatten() after it.
+            gap = _Step("nin_block_gap", _nin_block_gap_map, block, ())
+            flatten = layers[end + 1] if end + 1 < len(layers) else None
+            if flatten is not None and is_flatten_from_channels(flatten) and not runs_hooks(flatten):
+                steps.append(_GapFlattenStep(gap, flatten))
+                i = end + 2
+            else:
+                steps.append(gap)
+                i = end + 1
         elif after is not None and max_pool_args(after) is not None and not runs_hooks(after):
             steps.append(_Step("NiNBlock", ops.nin_block_max_pool, block, max_pool_args(after)))
             i = end + 1
@@ -148,6 +159,19 @@ class _Step:
 
 def _nin_block_gap_map(x, *args):
     return ops.nin_block_gap(x, *args)[:, :, None, None]
+
+
+class _GapFlattenStep:
+    """A block, its global average pool and the Flatten() after them: a 4-d x gives the op's (N, C),
+    which is Flatten's view of the pool's (N, C, 1, 1); a 3-d x takes both steps, for Flatten's (C, 1)."""
+
+    def __init__(self, gap, flatten):
+        self.gap, self.flatten = gap, flatten
+
+    def __call__(self, x):
+        if x.dim() == 4:
+            return ops.nin_block_gap(x, *self.gap.block.op_args())
+        return self.flatten(self.gap(x))
 
 
 class NiN(FusedSequential):

@@ -2,7 +2,8 @@
 
 A block run is Conv2d -> ReLU -> 1x1 Conv2d -> ReLU -> 1x1 Conv2d -> ReLU, with convolutions our
 kernels compute exactly as nn.Conv2d does (no groups, no dilation, zero padding). A global average
-pool is AdaptiveAvgPool2d to 1x1 (a Flatten after it stays a layer of its own: it is only a view).
+pool is AdaptiveAvgPool2d to 1x1; a Flatten() after it is a view of the pool's output. An eval-mode
+Dropout returns its input as it is.
 A max pool runs nin_ext's max_pool2d when it is a MaxPool2d without dilation or returned indices.
 The matching is structural; whether a matched run may run fused now also depends on hooks (runs_hooks):
 the fused ops do not call the layers, so they would skip the hooks (a forward hook that records
@@ -91,6 +92,17 @@ def max_pool_args(layer):
     return _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), layer.ceil_mode
 
 
+def is_identity_dropout(layer):
+    """Whether layer is an nn.Dropout that returns its input as it is (eval mode; F.dropout raises for
+    a p outside [0, 1] in any mode, so such a layer is left to raise)."""
+    return type(layer) is nn.Dropout and not layer.training and 0.0 <= layer.p <= 1.0
+
+
+def is_flatten_from_channels(layer):
+    """Whether layer is an nn.Flatten of every dimension from the channels on (its defaults)."""
+    return type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1
+
+
 def layer_key(layer):
     """What the matching above and runs_hooks read of a layer, with the layer itself: a plan of fused
     steps built from layers whose keys, and the global hooks, are unchanged still holds."""
@@ -105,4 +117,8 @@ def layer_key(layer):
         return layer, has_hooks(layer), layer.output_size
     if kind is nn.ReLU:
         return layer, has_hooks(layer)
+    if kind is nn.Dropout:
+        return layer, has_hooks(layer), layer.training, layer.p
+    if kind is nn.Flatten:
+        return layer, has_hooks(layer), layer.start_dim, layer.end_dim
     return layer

@@ -286,6 +286,54 @@ def test_fused_sequential_follows_changes_between_calls(cpu_backend):
     check(["nin_ext::nin_block", "nin_ext::nin_block"])
 
 
+def test_eval_dropout_and_flatten_follow_mode_and_attributes(cpu_backend):
+    """An eval-mode Dropout takes no step and the Flatten() after the global pool none of its own; the
+    steps follow train()/eval(), a p that F.dropout rejects, and a Flatten's dims as the reference."""
+    ours, ref = _nin_pair()
+    x = torch.rand(2, 1, 80, 80)
+    with torch.no_grad():
+        assert_close_ref(ours(x), ref64(ref, x))
+        ours.train(), ref.train()
+        for seed in (0, 3):  # train after eval: the same dropout masks as the reference
+            torch.manual_seed(seed)
+            y_ref = ref(x)
+            torch.manual_seed(seed)
+            assert_close_ref(ours(x), y_ref.double(), what=f"train output, seed {seed}")
+        ours.eval(), ref.eval()
+        ours[6].p = ref[6].p = 1.5  # F.dropout checks p in eval mode too
+        with pytest.raises(ValueError, match="dropout probability"):
+            ref(x)
+        with pytest.raises(ValueError, match="dropout probability"):
+            ours(x)
+        ours[6].p = ref[6].p = 0.5
+        for start, end in ((0, -1), (1, 2), (1, -1)):  # Flatten's dims read on every call
+            ours[-1].start_dim, ours[-1].end_dim = start, end
+            ref[-1].start_dim, ref[-1].end_dim = start, end
+            for shape in ((2, 1, 80, 80), (1, 80, 80)):
+                xs = torch.rand(shape)
+                y, y_ref = ours(xs), ref(xs)
+                assert y.shape == y_ref.shape, (start, end, shape)
+                assert_close_ref(y, ref64(ref, xs))
+
+
+def test_eval_dropout_and_flatten_hooks_run(cpu_backend):
+    ours, ref = _nin_pair()
+    x = torch.rand(2, 1, 80, 80)
+    ours_calls, ref_calls = [], []
+    handles = []
+    for model, calls in ((ours, ours_calls), (ref, ref_calls)):
+        handles.append(model[6].register_forward_hook(lambda m, i, o, calls=calls: calls.append("dropout")))
+        handles.append(model[-1].register_forward_pre_hook(lambda m, i, calls=calls: calls.append(tuple(i[0].shape))))
+    with torch.no_grad():
+        assert_close_ref(ours(x), ref64(ref, x))
+    assert ours_calls == ref_calls == ["dropout", (2, 10, 1, 1)]
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad():
+        ours(x)
+    assert ours_calls == ["dropout", (2, 10, 1, 1)]
+
+
 # --------------------------------------------------------------------------------------
 # Hooks: a layer whose call runs hooks is not fused, so they run as in the reference
 # --------------------------------------------------------------------------------------
