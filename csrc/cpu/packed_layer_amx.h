@@ -18,7 +18,7 @@ namespace cpu {
 
 // The shortest reduction (input channels) a layer runs on the tiles with: each 16 x 16 block of
 // outputs waits for all its products before its store, which shorter layers do not hide, and 96
-// inputs take two 64-wide chunks (the seed's block 1 ran 3-18% slower with its 96-channel layers on
+// inputs take two 64-wide chunks (the seed's block 1 ran 4-19% slower with its 96-channel layers on
 // the tiles; benchmarks/NOTES.md, v33 and v40).
 constexpr int64_t kAmxMinReduction = 192;
 
