@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/aligned_vector_cpu.h"
 #include "cpu/microkernel.h"
 #include "nin_block_checks.h"
 
@@ -60,7 +61,7 @@ inline const BroadcastPixelsKernel& broadcast_kernel_for(const MicroKernel<float
 struct PackedBroadcastConv {
   BroadcastPixelsKernel kernel;
   int64_t group_channels, groups, taps, C0;
-  std::vector<float> w, bias;
+  AlignedVector<float> w, bias;
 
   // From the conv's MR-row panels (PackedLayer: a[(panel K + k) MR + r], k = ci taps + tap) and its bias.
   PackedBroadcastConv(const BroadcastPixelsKernel& k, const float* panels, const float* panel_bias, int64_t M,

@@ -17,6 +17,7 @@
 #include "cpu/broadcast_conv_cpu.h"
 #include "cpu/conv_phase_forms_cpu.h"
 #include "cpu/microkernel.h"
+#include "cpu/aligned_vector_cpu.h"
 #include "cpu/packed_layer_amx.h"
 #include "cpu/winograd_cpu.h"
 
@@ -30,8 +31,8 @@ namespace cpu {
 template <typename scalar_t>
 struct PackedLayer {
   int64_t M, K;
-  std::vector<scalar_t> a, bias;
-  std::vector<uint8_t> amx;
+  AlignedVector<scalar_t> a, bias;
+  AlignedVector<uint8_t> amx;
 
   PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr, bool amx_layers = false) {
     const at::Tensor w = weight.detach().reshape({weight.size(0), -1}).contiguous();

@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/aligned_vector_cpu.h"
 #include "cpu/broadcast_conv_cpu.h"
 #include "cpu/copy_runs.h"
 #include "cpu/microkernel.h"
@@ -661,11 +662,11 @@ class NinBlockTileWorker {
     int64_t p_first, count;          // its pixels [p_first, p_first + count), the tile's next ones
     int64_t runs_begin, runs_end;    // its pixels' runs in gather_runs_ (the gather's)
   };
-  std::vector<scalar_t> band_;             // gather: the input rows of one channel and image that the tile reads
+  AlignedVector<scalar_t> band_;           // gather: the input rows of one channel and image that the tile reads
   std::vector<CopyRun> gather_runs_;       // gather: the tile's pixels by image, panel and output row
   std::vector<int32_t> lane_index_;        // gather by lanes: each tile pixel's offset in the bands
   std::vector<int64_t> pixel_offsets_, tap_offsets_;  // broadcast conv: each tile pixel's and tap's offset
-  std::vector<float> broadcast_products_;  // broadcast conv: the tile's conv, pixel-major
+  AlignedVector<float> broadcast_products_;  // broadcast conv: the tile's conv, pixel-major
   std::vector<GatherImage> gather_images_;  // gather: the tile's images
   std::vector<CopyRun> band_rows_;      // Winograd: the input rows of a block run, from x to the band
   std::vector<CopyRun> output_runs_;    // the writes: the tile's panel rows of one channel

@@ -1,18 +1,19 @@
 // A packed layer on AMX tiles in float32 accuracy from int8 products (an Ozaki-style split). Each
 // pixel's inputs (ReLU outputs, so >= 0) are scaled by a power of two that puts their largest in
-// [128, 256) and cut into three unsigned 8-bit slices, x = 2^-e (u1 + u2 2^-7 + u3 2^-14) (floor,
-// floor, round to nearest: 22 bits, within 2^-22 of the pixel's largest input); each weight row is
-// scaled by 127 over its largest and cut into three signed slices v1 + v2 2^-7 + v3 2^-14 (round to
-// nearest each). w x is summed as the eight slice products down to 2^-21 of the leading one,
-// grouped by their weight, C0 = v1 u1, C7 = v1 u2 + v2 u1, C14 = v1 u3 + v2 u2 + v3 u1, C21 = v2 u3 +
-// v3 u2, which the tiles accumulate exactly in int32; the epilogue adds the groups in float and
-// scales them back. The slices hold each input to 2^-22 of its pixel's largest and each weight to
-// 2^-22 of its row's (block floating point: the error is relative to those, not to each product;
-// without C21 the seed's 256 -> 384 blocks left float32's elementwise bound, tests/test_parity.py).
-// TDPBSUD does 2x the multiply-adds of TDPBF16PS per cycle, and eight products stand for a float32
-// product where three-part bfloat16 took six at half the rate. Compiled for AMX by the pragma and called only where amx_int8_usable()
-// (microkernel_select.cpp); benchmarks/NOTES.md v33 and v40 have the measurements,
-// benchmarks/amx_int8_rate.cpp the rates alone.
+// [2^21, 2^22), rounded to integers q and cut into three unsigned slices, q = 2^14 u1 + 2^7 u2 + u3
+// (8, 7 and 7 bits: within 2^-22 of the pixel's largest input); each weight row is scaled by 127
+// over its largest and cut into three signed slices v1 + v2 2^-7 + v3 2^-14 (round to nearest
+// each). w x is summed as the eight slice products down to 2^-21 of the leading one, grouped by
+// their weight, C0 = v1 u1, C7 = v1 u2 + v2 u1, C14 = v1 u3 + v2 u2 + v3 u1, C21 = v2 u3 + v3 u2,
+// which the tiles accumulate exactly in int32; the epilogue adds the groups in float and scales them
+// back. The slices hold each input to 2^-22 of its pixel's largest and each weight to 2^-22 of its
+// row's (block floating point: the error is relative to those, not to each product; without C21 the
+// seed's 256 -> 384 blocks left float32's elementwise bound, tests/test_parity.py). TDPBSUD does 2x
+// the multiply-adds of TDPBF16PS per cycle, and eight products stand for a float32 product where
+// three-part bfloat16 took six at half the rate. The tiles are read from cache-line aligned buffers
+// (a row across two lines halves the products' rate). Compiled for AMX by the pragma and called only
+// where amx_int8_usable() (microkernel_select.cpp); benchmarks/NOTES.md v33, v40 and v41 have the
+// measurements, benchmarks/amx_int8_rate.cpp the rates alone.
 #include "cpu/packed_layer_amx.h"
 
 #if NIN_EXT_AMX
@@ -69,19 +70,6 @@ int64_t chunks_of(int64_t K) { return (K + kTileK - 1) / kTileK; }
 
 __m512 load_or_zero(const float* p, bool present) { return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
 
-// The three unsigned slices of 16 scaled inputs r in [0, 256), as 32-bit lanes.
-void unsigned_slices(__m512 r, __m512i s[kSlices]) {
-  const __m512 step = _mm512_set1_ps(kSliceStep);
-  const __m512 u1 = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  r = _mm512_mul_ps(_mm512_sub_ps(r, u1), step);  // exact: a power of two times an exact difference
-  const __m512 u2 = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  r = _mm512_mul_ps(_mm512_sub_ps(r, u2), step);
-  const __m512 u3 = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // up to 128
-  s[0] = _mm512_cvttps_epi32(u1);
-  s[1] = _mm512_cvttps_epi32(u2);
-  s[2] = _mm512_cvttps_epi32(u3);
-}
-
 // One pixel panel, in[k][32] for k < K, into its slices' tiles,
 // out[((chunk * 3 + slice) * 2 + half) * 1024 + quad * 64 + 4 * pixel + k % 4], k = chunk * 64 + 4 *
 // quad, and the exponents that scale each pixel back (exponent[p]: x = 2^exponent (u1 + ...)).
@@ -103,29 +91,36 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
   }
   __m512 shift[2];
   for (int half = 0; half < 2; ++half) {
-    // 2^shift puts the largest in [128, 256); a pixel of zeros keeps shift 0.
+    // 2^shift puts the largest in [2^21, 2^22); a pixel of zeros keeps shift 0.
     const __mmask16 positive = _mm512_cmp_ps_mask(largest[half], zero, _CMP_GT_OQ);
-    shift[half] = _mm512_maskz_sub_ps(positive, _mm512_set1_ps(7.f), _mm512_getexp_ps(largest[half]));
-    _mm512_storeu_ps(exponent + half * kTileRows, _mm512_sub_ps(zero, shift[half]));
+    shift[half] = _mm512_maskz_sub_ps(positive, _mm512_set1_ps(21.f), _mm512_getexp_ps(largest[half]));
+    // u1 counts units of 2^14
+    _mm512_storeu_ps(exponent + half * kTileRows, _mm512_sub_ps(_mm512_set1_ps(14.f), shift[half]));
   }
+  // The largest may round up to 2^22, one past the 22 bits: held below it.
+  const __m512i top = _mm512_set1_epi32((1 << 22) - 1);
+  const __m512i low7 = _mm512_set1_epi32(0x7F);
   const int64_t chunks = chunks_of(K);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     for (int quad = 0; quad < kTileRows; ++quad) {
       const int64_t k = chunk * kTileK + 4 * quad;
       for (int half = 0; half < 2; ++half) {
-        __m512i packed[kSlices] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        // Each input as a 22-bit integer q (rounded to nearest), cut into u1 = q >> 14, u2 = (q >> 7) &
+        // 127, u3 = q & 127; input k + j's slices go to byte j of its pixel's lane.
+        __m512i u1 = _mm512_setzero_si512(), u2 = _mm512_setzero_si512(), u3 = _mm512_setzero_si512();
         for (int j = 0; j < 4; ++j) {
-          const __m512 r = _mm512_scalef_ps(load_or_zero(in + (k + j) * kAmxPanel + half * kTileRows, k + j < K),
-                                            shift[half]);
-          __m512i s[kSlices];
-          unsigned_slices(r, s);
-          for (int slice = 0; slice < kSlices; ++slice) {
-            packed[slice] = _mm512_or_si512(packed[slice], _mm512_sllv_epi32(s[slice], _mm512_set1_epi32(8 * j)));
-          }
+          const __m512 x = load_or_zero(in + (k + j) * kAmxPanel + half * kTileRows, k + j < K);
+          const __m512i q = _mm512_min_epi32(top, _mm512_cvtps_epi32(_mm512_scalef_ps(x, shift[half])));
+          const __m512i byte = _mm512_set1_epi32(0xFF << (8 * j)), low7_byte = _mm512_slli_epi32(low7, 8 * j);
+          constexpr int kOrAnd = 0xF8;  // a | (b & c)
+          u1 = _mm512_ternarylogic_epi32(u1, _mm512_srli_epi32(_mm512_slli_epi32(q, 10), 24 - 8 * j), byte, kOrAnd);
+          u2 = _mm512_ternarylogic_epi32(u2, _mm512_slli_epi32(_mm512_srli_epi32(q, 7), 8 * j), low7_byte, kOrAnd);
+          u3 = _mm512_ternarylogic_epi32(u3, _mm512_slli_epi32(q, 8 * j), low7_byte, kOrAnd);
         }
-        for (int slice = 0; slice < kSlices; ++slice) {
-          _mm512_storeu_si512(out + ((chunk * kSlices + slice) * 2 + half) * kTileBytes + quad * kTileK, packed[slice]);
-        }
+        uint8_t* dst = out + (chunk * kSlices * 2 + half) * kTileBytes + quad * kTileK;
+        _mm512_store_si512(dst, u1);
+        _mm512_store_si512(dst + 2 * kTileBytes, u2);
+        _mm512_store_si512(dst + 4 * kTileBytes, u3);
       }
     }
   }

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -19,8 +20,12 @@ namespace cpu {
 // One thread's free blocks.
 class ScratchPool {
  public:
+  // Blocks start on a cache line: the kernels read them as 64-byte rows (aligned_vector_cpu.h).
+  struct FreeAligned {
+    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
   struct Block {
-    std::unique_ptr<std::byte[]> data;
+    std::unique_ptr<std::byte[], FreeAligned> data;
     size_t bytes = 0;
   };
 
@@ -38,7 +43,7 @@ class ScratchPool {
       }
     }
     if (best == free_.end()) {
-      return {std::unique_ptr<std::byte[]>(new std::byte[bytes]), bytes};
+      return {std::unique_ptr<std::byte[], FreeAligned>(new (std::align_val_t{64}) std::byte[bytes]), bytes};
     }
     Block block = std::move(*best);
     free_.erase(best);

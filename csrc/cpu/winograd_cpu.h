@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/aligned_vector_cpu.h"
 #include "cpu/winograd_matrices.h"
 #include "nin_block_checks.h"
 
@@ -124,7 +125,7 @@ struct PackedWinogradConv {
   // transform: a multiple of MR whose products (NR lanes per channel and point) fill about 512 KiB,
   // half the L2 of the machines we tune on (1-2% faster than 256 KiB on the seed's blocks 2 and 3).
   int64_t chunk_channels;
-  std::vector<float> u;
+  AlignedVector<float> u;
 
   // From the direct path's packing of the same weight (`conv_panels`, MR-row panels of the
   // (C_out x C_in r r) matrix, k-major): the float weights, widened to double exactly.
@@ -250,7 +251,7 @@ struct PackedWinogradConv {
 
  private:
   mutable std::once_flag channel_panels_built_;
-  mutable std::vector<float> u_nr_;
+  mutable AlignedVector<float> u_nr_;
 };
 
 }  // namespace cpu
