@@ -193,13 +193,20 @@ def assert_close_ref(y, y64, dtype=None, kind="fwd", what="output"):
 def assert_block_ops_match_float64(args):
     """nin_block, nin_block_gap and the hidden activations of nin_block_with_hidden match the float64
     reference (hidden1 from the op's own hidden0, so that hidden0's rounding does not count twice), and
-    nin_block_max_pool and nin_block_with_hidden's output equal max_pool2d of nin_block and nin_block."""
+    nin_block_max_pool and nin_block_with_hidden's output equal max_pool2d of nin_block and nin_block. On
+    a CPU with AMX tiles the training forward runs 1x1 layers of 96-191 inputs off them (their hidden
+    activations set the backward's masks: kAmxMinReductionForBackward), so there its output is held to
+    the float64 reference instead."""
     block = nin_ext.ops.nin_block(*args)
-    assert_close_ref(block, ref64_fn(ref_block_fn, *args), what="nin_block")
+    reference = ref64_fn(ref_block_fn, *args)
+    assert_close_ref(block, reference, what="nin_block")
     assert_close_ref(nin_ext.ops.nin_block_gap(*args), ref64_fn(ref_block_gap_fn, *args), what="nin_block_gap")
     assert torch.equal(nin_ext.ops.nin_block_max_pool(*args, 2, 1, 1), F.max_pool2d(block, 2, 1, 1))
     out, h0, h1 = torch.ops.nin_ext.nin_block_with_hidden(*args)
-    assert torch.equal(out, block)
+    if HAS_AMX and args[0].device.type == "cpu":
+        assert_close_ref(out, reference, what="nin_block_with_hidden output")
+    else:
+        assert torch.equal(out, block)
     x64 = [a.double() for a in args[:7]]
     assert_close_ref(h0, F.relu(F.conv2d(x64[0], x64[1], x64[2], args[7], args[8])), what="hidden0")
     assert_close_ref(h1, F.relu(F.conv2d(h0.double(), x64[3], x64[4])), what="hidden1")

@@ -2,8 +2,8 @@
 float32 from int8 slice products (three slices per value, scaled per pixel and per weight row),
 against float64 and against the AVX-512 kernel.
 
-Layers of 192 inputs or more run there (kAmxMinReduction), so the cases have 192-384 channels, counts
-that are not multiples of the tiles' 32 or 64 (130, 200), pixel counts that leave a panel tail and an
+Layers of 96 inputs or more run there (kAmxMinReduction), so the cases have 96-384 channels (the seed's
+block 1 among them), counts that are not multiples of the tiles' 32 or 64 (100, 130, 200), pixel counts that leave a panel tail and an
 odd panel count (the tiles take two panels at a time), both memory formats, the direct and the
 Winograd paths, the pooled ops and the training forward, and hidden activations spread over six
 orders of magnitude within a pixel (the slices' scale is the pixel's largest input). Inputs or
@@ -36,7 +36,9 @@ torch.manual_seed(0)
 for n, c0, cc, c1, c2, k, s, p, h, w, cl in [(2, 16, 200, 384, 130, 3, 1, 1, 9, 7, False),
                                             (1, 8, 256, 256, 10, 1, 1, 0, 13, 11, True),
                                             (3, 32, 192, 192, 192, 5, 2, 2, 15, 17, False),
-                                            (2, 96, 256, 256, 256, 5, 1, 2, 12, 13, True)]:
+                                            (2, 96, 256, 256, 256, 5, 1, 2, 12, 13, True),
+                                            (2, 1, 96, 96, 96, 11, 4, 0, 47, 51, False),
+                                            (1, 3, 100, 96, 40, 3, 1, 1, 10, 9, True)]:
     x = torch.rand(n, c0, h, w)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -12,12 +12,13 @@
 #include <memory>
 #include <mutex>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "cpu/aligned_vector_cpu.h"
 #include "cpu/broadcast_conv_cpu.h"
 #include "cpu/conv_phase_forms_cpu.h"
 #include "cpu/microkernel.h"
-#include "cpu/aligned_vector_cpu.h"
 #include "cpu/packed_layer_amx.h"
 #include "cpu/winograd_cpu.h"
 
@@ -147,13 +148,20 @@ void apply_packed_layer_panels(const MicroKernel<scalar_t>& kernel, const Packed
   }
 }
 
-// The layer on every panel of a tile: on AMX tiles where it is packed for them, the panels whose
-// inputs the tiles' slices cannot hold (not finite, or negative) by the micro-kernel.
+// Whether a call that writes `outputs`, (layer, tensor) pairs (run_nin_block), keeps hidden
+// activations (layers 0 and 1) for a backward.
+inline bool keeps_hidden_for_backward(const std::vector<std::pair<int, at::Tensor*>>& outputs) {
+  return std::any_of(outputs.begin(), outputs.end(), [](const auto& output) { return output.first < 2; });
+}
+
+// The layer on every panel of a tile: on AMX tiles where it is packed for them and has at least
+// `amx_min_reduction` inputs, the panels whose inputs the tiles' slices cannot hold (not finite, or
+// negative) by the micro-kernel.
 template <typename scalar_t>
 void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
-                        scalar_t* out, int64_t panels) {
+                        scalar_t* out, int64_t panels, int64_t amx_min_reduction) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!layer.amx.empty()) {
+    if (!layer.amx.empty() && layer.K >= amx_min_reduction) {
       struct Call {
         const MicroKernel<float>& kernel;
         const PackedLayer<float>& layer;

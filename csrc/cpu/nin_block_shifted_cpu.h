@@ -179,6 +179,10 @@ class ShiftedTileWorker {
   // The panels of NR positions that `count` positions take.
   int64_t panels_for(int64_t count) const { return (count + packed_.kernel.nr - 1) / packed_.kernel.nr; }
 
+  // The hidden activations of the tiles computed from now on are kept for a backward: the 1x1 layers
+  // run on AMX tiles from kAmxMinReductionForBackward inputs (packed_layer_amx.h).
+  void keep_hidden_for_backward() { amx_min_reduction_ = kAmxMinReductionForBackward; }
+
   // Copies the tile's input and computes the block's activations at its positions.
   void compute(const ShiftedTile& t) {
     const NinBlockGeometry& g = g_;
@@ -245,8 +249,8 @@ class ShiftedTileWorker {
         }
       }
     }
-    apply_packed_layer(kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels);
-    apply_packed_layer(kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels);
+    apply_packed_layer(kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels, amx_min_reduction_);
+    apply_packed_layer(kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels, amx_min_reduction_);
   }
 
   // Activation `layer` (0: the conv's, 1: the first 1x1's, 2: the block's output) of the last tile.
@@ -295,19 +299,24 @@ class ShiftedTileWorker {
   ScratchBuffer<scalar_t> rows_, hidden0_, hidden1_, hidden2_;
   std::vector<CopyRun> output_runs_;  // the writes: the tile's pixel runs of channel 0
   TileWriter<scalar_t> writer_;
+  int64_t amx_min_reduction_ = kAmxMinReduction;
 };
 
 // Runs `tile_fn(worker, tile)` for the tiles of `tiling` (shifted_tiling), in parallel: whole images
 // in equal ranges per thread, or the (image, band) tiles in equal ranges. A position's values do not
 // depend on its tile (each lane of a micro-kernel block is computed on its own), so tiles of whole
-// images can follow the threads.
+// images can follow the threads. `for_backward`: the workers keep their hidden activations for a backward.
 template <typename scalar_t, typename TileFn>
 void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const InputPhases& phases,
-                           const NinBlockPacked<scalar_t>& packed, const ShiftedTiling& tiling, const TileFn& tile_fn) {
+                           const NinBlockPacked<scalar_t>& packed, const ShiftedTiling& tiling, const TileFn& tile_fn,
+                           bool for_backward = false) {
   if (tiling.bands == 1) {
     at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
       ShiftedTileWorker<scalar_t> worker(x, g, phases, packed,
                                          ShiftedTile{0, std::min(tiling.tile_images, end - begin), 0, g.OH, 0});
+      if (for_backward) {
+        worker.keep_hidden_for_backward();
+      }
       for (int64_t n0 = begin; n0 < end; n0 += tiling.tile_images) {
         const ShiftedTile tile{n0, std::min(end, n0 + tiling.tile_images), 0, g.OH, 0};
         worker.compute(tile);
@@ -318,6 +327,9 @@ void for_each_shifted_tile(const at::Tensor& x, const NinBlockGeometry& g, const
   }
   at::parallel_for(0, g.N * tiling.bands, 1, [&](int64_t begin, int64_t end) {
     ShiftedTileWorker<scalar_t> worker(x, g, phases, packed, ShiftedTile{0, 1, 0, tiling.band_rows, 0});
+    if (for_backward) {
+      worker.keep_hidden_for_backward();
+    }
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / tiling.bands, band = i % tiling.bands, r0 = band * tiling.band_rows;
       const ShiftedTile tile{n, n + 1, r0, std::min(g.OH, r0 + tiling.band_rows), band};
@@ -339,7 +351,7 @@ void run_shifted_nin_block(const at::Tensor& x, const NinBlockGeometry& g, const
     for (const auto& [layer, tensor] : outputs) {
       worker.write_rows(layer, *tensor, tile);
     }
-  });
+  }, keeps_hidden_for_backward(outputs));
 }
 
 }  // namespace cpu

@@ -145,6 +145,10 @@ class NinBlockTileWorker {
     }
   }
 
+  // The hidden activations of the tiles computed from now on are kept for a backward: the 1x1 layers
+  // run on AMX tiles from kAmxMinReductionForBackward inputs (packed_layer_amx.h).
+  void keep_hidden_for_backward() { amx_min_reduction_ = kAmxMinReductionForBackward; }
+
   // Computes the block's three activations for pixels [p0, p0 + pt) of image n into the worker's
   // buffers (for_each_row reads them out); pixels past the image's last are the next images' (tiles
   // cross images, direct_tiling).
@@ -153,8 +157,8 @@ class NinBlockTileWorker {
     panels_ = (pt + nr_ - 1) / nr_;
     TORCH_INTERNAL_ASSERT(phases_.identity(), "the direct path reads x itself");
     compute_conv(n, p0, pt);
-    apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
-    apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_, amx_min_reduction_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_, amx_min_reduction_);
   }
 
   // Computes the block's three activations for the m x m output blocks [b0, b0 + tb) of the batch
@@ -306,8 +310,8 @@ class NinBlockTileWorker {
                                         reinterpret_cast<float*>(hidden0_.data()) + (c0 + c) * nr);
       }
     }
-    apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_);
-    apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise1, hidden0_.data(), hidden1_.data(), panels_, amx_min_reduction_);
+    apply_packed_layer(packed_.kernel, packed_.pointwise2, hidden1_.data(), hidden2_.data(), panels_, amx_min_reduction_);
   }
 
   // Prefetches the rows of the next point's pixel panel (`rows` rows of NR floats, `stride` apart)
@@ -534,7 +538,7 @@ class NinBlockTileWorker {
       }
     }
     gather_patch(n, p0, pt, panels_);
-    apply_packed_layer(packed_.kernel, packed_.conv, patch_.data(), hidden0_.data(), panels_);
+    apply_packed_layer(packed_.kernel, packed_.conv, patch_.data(), hidden0_.data(), panels_, amx_min_reduction_);
   }
 
   // The conv's packing for the broadcast kernel where the direct path runs the conv by it, else null.
@@ -672,6 +676,7 @@ class NinBlockTileWorker {
   std::vector<CopyRun> output_runs_;    // the writes: the tile's panel rows of one channel
   TileWriter<scalar_t> writer_;
   int64_t pt_ = 0, panels_ = 0;  // the last computed tile's pixels and panels
+  int64_t amx_min_reduction_ = kAmxMinReduction;
 };
 
 // Runs `tile_fn(worker, tile, n, p0, pt)` for every tile of the batch (pixels [p0, p0 + pt) from

@@ -70,6 +70,28 @@ int64_t chunks_of(int64_t K) { return (K + kTileK - 1) / kTileK; }
 
 __m512 load_or_zero(const float* p, bool present) { return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
 
+// Bits [from, from + 8) of each lane of v moved to bits [to, to + 8).
+template <int from, int to>
+__m512i move_bits(__m512i v) {
+  if constexpr (from > to) {
+    return _mm512_srli_epi32(v, from - to);
+  } else {
+    return _mm512_slli_epi32(v, to - from);
+  }
+}
+
+// Byte j of each lane of u1, u2, u3 set to the slices of the 22-bit integers q: u1 = q >> 14,
+// u2 = (q >> 7) & 127, u3 = q & 127.
+template <int j>
+void add_slices(__m512i q, __m512i& u1, __m512i& u2, __m512i& u3) {
+  constexpr int kOrAnd = 0xF8;  // a | (b & c)
+  const __m512i byte = _mm512_set1_epi32(static_cast<int>(0xFFu << (8 * j))),
+                low7 = _mm512_set1_epi32(0x7F << (8 * j));
+  u1 = _mm512_ternarylogic_epi32(u1, move_bits<14, 8 * j>(q), byte, kOrAnd);
+  u2 = _mm512_ternarylogic_epi32(u2, move_bits<7, 8 * j>(q), low7, kOrAnd);
+  u3 = _mm512_ternarylogic_epi32(u3, move_bits<0, 8 * j>(q), low7, kOrAnd);
+}
+
 // One pixel panel, in[k][32] for k < K, into its slices' tiles,
 // out[((chunk * 3 + slice) * 2 + half) * 1024 + quad * 64 + 4 * pixel + k % 4], k = chunk * 64 + 4 *
 // quad, and the exponents that scale each pixel back (exponent[p]: x = 2^exponent (u1 + ...)).
@@ -99,25 +121,24 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
   }
   // The largest may round up to 2^22, one past the 22 bits: held below it.
   const __m512i top = _mm512_set1_epi32((1 << 22) - 1);
-  const __m512i low7 = _mm512_set1_epi32(0x7F);
   const int64_t chunks = chunks_of(K);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     for (int quad = 0; quad < kTileRows; ++quad) {
       const int64_t k = chunk * kTileK + 4 * quad;
       for (int half = 0; half < 2; ++half) {
-        // Each input as a 22-bit integer q (rounded to nearest), cut into u1 = q >> 14, u2 = (q >> 7) &
-        // 127, u3 = q & 127; input k + j's slices go to byte j of its pixel's lane.
-        __m512i u1 = _mm512_setzero_si512(), u2 = _mm512_setzero_si512(), u3 = _mm512_setzero_si512();
-        for (int j = 0; j < 4; ++j) {
-          const __m512 x = load_or_zero(in + (k + j) * kAmxPanel + half * kTileRows, k + j < K);
-          const __m512i q = _mm512_min_epi32(top, _mm512_cvtps_epi32(_mm512_scalef_ps(x, shift[half])));
-          const __m512i byte = _mm512_set1_epi32(0xFF << (8 * j)), low7_byte = _mm512_slli_epi32(low7, 8 * j);
-          constexpr int kOrAnd = 0xF8;  // a | (b & c)
-          u1 = _mm512_ternarylogic_epi32(u1, _mm512_srli_epi32(_mm512_slli_epi32(q, 10), 24 - 8 * j), byte, kOrAnd);
-          u2 = _mm512_ternarylogic_epi32(u2, _mm512_slli_epi32(_mm512_srli_epi32(q, 7), 8 * j), low7_byte, kOrAnd);
-          u3 = _mm512_ternarylogic_epi32(u3, _mm512_slli_epi32(q, 8 * j), low7_byte, kOrAnd);
-        }
         uint8_t* dst = out + (chunk * kSlices * 2 + half) * kTileBytes + quad * kTileK;
+        __m512i u1 = _mm512_setzero_si512(), u2 = _mm512_setzero_si512(), u3 = _mm512_setzero_si512();
+        if (k < K) {  // past K, the chunk's zero padding
+          __m512i q[4];
+          for (int j = 0; j < 4; ++j) {
+            const __m512 x = load_or_zero(in + (k + j) * kAmxPanel + half * kTileRows, k + j < K);
+            q[j] = _mm512_min_epi32(top, _mm512_cvtps_epi32(_mm512_scalef_ps(x, shift[half])));
+          }
+          add_slices<0>(q[0], u1, u2, u3);
+          add_slices<1>(q[1], u1, u2, u3);
+          add_slices<2>(q[2], u1, u2, u3);
+          add_slices<3>(q[3], u1, u2, u3);
+        }
         _mm512_store_si512(dst, u1);
         _mm512_store_si512(dst + 2 * kTileBytes, u2);
         _mm512_store_si512(dst + 4 * kTileBytes, u3);

@@ -16,11 +16,16 @@
 namespace nin_ext {
 namespace cpu {
 
-// The shortest reduction (input channels) a layer runs on the tiles with: each 16 x 16 block of
-// outputs waits for all its products before its store, which shorter layers do not hide, and 96
-// inputs take two 64-wide chunks (the seed's block 1 ran 4-19% slower with its 96-channel layers on
-// the tiles; benchmarks/NOTES.md, v33 and v40).
-constexpr int64_t kAmxMinReduction = 192;
+// The shortest reduction (input channels) a layer runs on the tiles with, as measured: the seed's
+// block 1 (96 inputs, two 64-wide chunks, a quarter of them zeros) ran 11% faster with its layers on
+// the tiles once they were read from aligned memory (slower before; benchmarks/NOTES.md, v40, v41).
+constexpr int64_t kAmxMinReduction = 96;
+// The same in a training forward, whose hidden activations set the backward's ReLU masks: below 192
+// inputs the tiles' error (block floating point) is 2-3x the micro-kernel's, and in an RGB NiN, whose
+// float32 gradients are ill-conditioned (eager's meet float64 on 2 of 13 draws), the seed's block-1
+// layers on the tiles met the gradient tolerance on 3 of 13 draws, on the micro-kernel on 5, and
+// failed the draw tests/test_phase_forms.py checks (NOTES v41).
+constexpr int64_t kAmxMinReductionForBackward = 192;
 
 // The rows of a weight panel and the pixels of a pixel panel on the tiles: two 16-row tiles each.
 constexpr int64_t kAmxPanel = 32;
