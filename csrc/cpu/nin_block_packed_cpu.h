@@ -25,17 +25,26 @@
 namespace nin_ext {
 namespace cpu {
 
+// How a float layer of at least kAmxMinReduction inputs, for a kernel that runs layers on AMX tiles,
+// is packed for them (packed_layer_amx.h): not at all, at once (the 1x1 layers, which always run by
+// apply_packed_layer), or on first use (the conv, which runs there only on the direct path; training
+// repacks every step, so a packing that the call's path does not read costs each step).
+enum class AmxPacking { none, at_once, on_first_use };
+
 // One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
-// rows past M zero; the bias padded the same way (zero when the layer has none).
-// A float layer of at least kAmxMinReduction inputs, for a kernel that runs its 1x1 layers on AMX
-// tiles, is also packed for them (packed_layer_amx.h), and apply_packed_layer runs it there.
+// rows past M zero; the bias padded the same way (zero when the layer has none); and, as `amx` asks,
+// its packing for AMX tiles, which apply_packed_layer runs it on. `signed_inputs`: whether the layer's
+// inputs may be negative (a conv's; a 1x1 layer's are a ReLU's outputs), which the tiles' slices
+// take at one bit less.
 template <typename scalar_t>
 struct PackedLayer {
   int64_t M, K;
   AlignedVector<scalar_t> a, bias;
-  AlignedVector<uint8_t> amx;
+  const bool signed_inputs;
 
-  PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr, bool amx_layers = false) {
+  PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr,
+              AmxPacking amx = AmxPacking::none, bool signed_inputs = false)
+      : signed_inputs(signed_inputs) {
     const at::Tensor w = weight.detach().reshape({weight.size(0), -1}).contiguous();
     M = w.size(0);
     K = w.size(1);
@@ -57,16 +66,35 @@ struct PackedLayer {
       const at::Tensor bc = b->detach().contiguous();
       std::copy(bc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>() + M, bias.begin());
     }
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      // Weights that are not all finite stay off the tiles (int8 slices hold finite values only).
-      if (amx_layers && K >= kAmxMinReduction && at::isfinite(w).all().item<bool>()) {
-        amx.resize(amx_packed_layer_bytes(M, K));
-        at::parallel_for(0, (M + kAmxPanel - 1) / kAmxPanel, 1, [&](int64_t begin, int64_t end) {
-          pack_layer_amx(src, M, K, begin, end, amx.data());
-        });
+    if (std::is_same_v<scalar_t, float> && amx != AmxPacking::none && K >= kAmxMinReduction) {
+      amx_source_ = w;
+      if (amx == AmxPacking::at_once) {
+        amx_tiles();
       }
     }
   }
+
+  // The packing for AMX tiles, built on first use; null for a layer that stays off them (not asked
+  // for, too short, or with weights that are not all finite: int8 slices hold finite values only).
+  const uint8_t* amx_tiles() const {
+    std::call_once(amx_once_, [this] {
+      if (!amx_source_.defined() || !at::isfinite(amx_source_).all().item<bool>()) {
+        return;
+      }
+      amx_.resize(amx_packed_layer_bytes(M, K));
+      const float* src = amx_source_.const_data_ptr<float>();
+      at::parallel_for(0, (M + kAmxPanel - 1) / kAmxPanel, 1, [&](int64_t begin, int64_t end) {
+        pack_layer_amx(src, M, K, begin, end, amx_.data());
+      });
+      amx_source_ = at::Tensor();
+    });
+    return amx_.empty() ? nullptr : amx_.data();
+  }
+
+ private:
+  mutable at::Tensor amx_source_;  // the weights (M x K), until packed for the tiles
+  mutable std::once_flag amx_once_;
+  mutable AlignedVector<uint8_t> amx_;
 };
 
 // The block's three layers, packed for one micro-kernel; float 3x3 and 5x5 convolutions also get
@@ -80,7 +108,10 @@ struct NinBlockPacked {
   NinBlockPacked(const MicroKernel<scalar_t>& k, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2)
-      : kernel(k), conv(w, b, k.mr), pointwise1(w1, b1, k.mr, k.amx_layers), pointwise2(w2, b2, k.mr, k.amx_layers),
+      : kernel(k),
+        conv(w, b, k.mr, k.amx_layers ? AmxPacking::on_first_use : AmxPacking::none, /*signed_inputs=*/true),
+        pointwise1(w1, b1, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none),
+        pointwise2(w2, b2, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none),
         winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)),
         conv_window_(w.size(2) * w.size(3)) {}
 
@@ -156,19 +187,20 @@ inline bool keeps_hidden_for_backward(const std::vector<std::pair<int, at::Tenso
 
 // The layer on every panel of a tile: on AMX tiles where it is packed for them and has at least
 // `amx_min_reduction` inputs, the panels whose inputs the tiles' slices cannot hold (not finite, or
-// negative) by the micro-kernel.
+// negative for a layer of unsigned inputs) by the micro-kernel.
 template <typename scalar_t>
 void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
                         scalar_t* out, int64_t panels, int64_t amx_min_reduction) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!layer.amx.empty() && layer.K >= amx_min_reduction) {
+    const uint8_t* tiles = layer.K >= amx_min_reduction ? layer.amx_tiles() : nullptr;
+    if (tiles != nullptr) {
       struct Call {
         const MicroKernel<float>& kernel;
         const PackedLayer<float>& layer;
         const float* in;
         float* out;
       } call{kernel, layer, in, out};
-      apply_layer_amx(layer.amx.data(), layer.bias.data(), layer.M, layer.K, in, out, panels,
+      apply_layer_amx(tiles, layer.bias.data(), layer.M, layer.K, in, out, panels, layer.signed_inputs,
                       [](const void* context, int64_t first, int64_t count) {
                         const Call& c = *static_cast<const Call*>(context);
                         apply_packed_layer_panels(c.kernel, c.layer, c.in, c.out, first, count);

@@ -95,14 +95,18 @@ void add_slices(__m512i q, __m512i& u1, __m512i& u2, __m512i& u3) {
 // One pixel panel, in[k][32] for k < K, into its slices' tiles,
 // out[((chunk * 3 + slice) * 2 + half) * 1024 + quad * 64 + 4 * pixel + k % 4], k = chunk * 64 + 4 *
 // quad, and the exponents that scale each pixel back (exponent[p]: x = 2^exponent (u1 + ...)).
-// Returns whether every input is finite and not negative (the slices are unsigned).
+// Inputs of both signs (kSigned, a conv's) take one bit less: their largest magnitude goes to
+// [2^20, 2^21), so u1 = q >> 14 is a signed byte; u2 and u3 stay unsigned (q's two's complement
+// bits). Returns whether every input is finite (and, unless kSigned, not negative).
+template <bool kSigned>
 bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out) {
   __m512 largest[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   __mmask16 outside = 0;
   const __m512 zero = _mm512_setzero_ps(), float_max = _mm512_set1_ps(FLT_MAX);
   for (int64_t k = 0; k < K; ++k) {
     for (int half = 0; half < 2; ++half) {
-      const __m512 v = _mm512_loadu_ps(in + k * kAmxPanel + half * kTileRows);
+      const __m512 x = _mm512_loadu_ps(in + k * kAmxPanel + half * kTileRows);
+      const __m512 v = kSigned ? _mm512_abs_ps(x) : x;
       // not (0 <= v <= FLT_MAX): negative, infinite or NaN
       outside |= _mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ) | _mm512_cmp_ps_mask(v, float_max, _CMP_NLE_UQ);
       largest[half] = _mm512_max_ps(largest[half], v);
@@ -111,16 +115,17 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
   if (outside != 0) {
     return false;
   }
+  constexpr int kTopBit = kSigned ? 21 : 22;
   __m512 shift[2];
   for (int half = 0; half < 2; ++half) {
-    // 2^shift puts the largest in [2^21, 2^22); a pixel of zeros keeps shift 0.
+    // 2^shift puts the largest in [2^(top - 1), 2^top); a pixel of zeros keeps shift 0.
     const __mmask16 positive = _mm512_cmp_ps_mask(largest[half], zero, _CMP_GT_OQ);
-    shift[half] = _mm512_maskz_sub_ps(positive, _mm512_set1_ps(21.f), _mm512_getexp_ps(largest[half]));
+    shift[half] = _mm512_maskz_sub_ps(positive, _mm512_set1_ps(kTopBit - 1.f), _mm512_getexp_ps(largest[half]));
     // u1 counts units of 2^14
     _mm512_storeu_ps(exponent + half * kTileRows, _mm512_sub_ps(_mm512_set1_ps(14.f), shift[half]));
   }
-  // The largest may round up to 2^22, one past the 22 bits: held below it.
-  const __m512i top = _mm512_set1_epi32((1 << 22) - 1);
+  // The largest may round up to 2^top, one past the bits: held below it.
+  const __m512i top = _mm512_set1_epi32((1 << kTopBit) - 1), bottom = _mm512_set1_epi32(-(1 << kTopBit));
   const int64_t chunks = chunks_of(K);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     for (int quad = 0; quad < kTileRows; ++quad) {
@@ -133,6 +138,9 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
           for (int j = 0; j < 4; ++j) {
             const __m512 x = load_or_zero(in + (k + j) * kAmxPanel + half * kTileRows, k + j < K);
             q[j] = _mm512_min_epi32(top, _mm512_cvtps_epi32(_mm512_scalef_ps(x, shift[half])));
+            if constexpr (kSigned) {
+              q[j] = _mm512_max_epi32(bottom, q[j]);
+            }
           }
           add_slices<0>(q[0], u1, u2, u3);
           add_slices<1>(q[1], u1, u2, u3);
@@ -150,22 +158,35 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
 
 // Accumulators 0-3 (C0, C7, C14, C21 of a 16 x 16 block) += one 64-wide chunk's eight slice
 // products; tiles 4-7 take the operands: six loads, each weight slice meeting every pixel slice
-// still held.
+// still held. A signed u1 (kSigned) meets the weights by TDPBSSD.
+template <bool kSigned>
 void multiply_chunk(const uint8_t* a, const uint8_t* b) {
   constexpr int kSliceStride = 2 * kTileBytes;  // the next slice of the same half
   _tile_loadd(4, a, 64);                        // v1
   _tile_loadd(5, b, 64);                        // u1
-  _tile_dpbsud(0, 4, 5);
+  if constexpr (kSigned) {
+    _tile_dpbssd(0, 4, 5);
+  } else {
+    _tile_dpbsud(0, 4, 5);
+  }
   _tile_loadd(6, b + kSliceStride, 64);  // u2
   _tile_dpbsud(1, 4, 6);
   _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
   _tile_dpbsud(2, 4, 7);
   _tile_loadd(4, a + kSliceStride, 64);  // v2
-  _tile_dpbsud(1, 4, 5);
+  if constexpr (kSigned) {
+    _tile_dpbssd(1, 4, 5);
+  } else {
+    _tile_dpbsud(1, 4, 5);
+  }
   _tile_dpbsud(2, 4, 6);
   _tile_dpbsud(3, 4, 7);
   _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
-  _tile_dpbsud(2, 4, 5);
+  if constexpr (kSigned) {
+    _tile_dpbssd(2, 4, 5);
+  } else {
+    _tile_dpbsud(2, 4, 5);
+  }
   _tile_dpbsud(3, 4, 6);
 }
 
@@ -222,8 +243,11 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, i
   }
 }
 
-void apply_layer_amx(const uint8_t* weights, const float* bias, int64_t M, int64_t K, const float* in, float* out,
-                     int64_t panels, LayerPanelsFn other_panels, const void* context) {
+namespace {
+
+template <bool kSigned>
+void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M, int64_t K, const float* in,
+                            float* out, int64_t panels, LayerPanelsFn other_panels, const void* context) {
   if (K > kMaxReduction) {
     other_panels(context, 0, panels);
     return;
@@ -241,7 +265,7 @@ void apply_layer_amx(const uint8_t* weights, const float* bias, int64_t M, int64
     const int64_t group = std::min(kGroup, panels - p0);
     bool representable = true;
     for (int64_t g = 0; g < group; ++g) {
-      representable &= pack_pixel_panel(in + (p0 + g) * K * kAmxPanel, K, exponents + g * kAmxPanel,
+      representable &= pack_pixel_panel<kSigned>(in + (p0 + g) * K * kAmxPanel, K, exponents + g * kAmxPanel,
                                         pixels.data() + g * chunks * kChunkBytes);
     }
     if (!representable) {
@@ -264,7 +288,7 @@ void apply_layer_amx(const uint8_t* weights, const float* bias, int64_t M, int64
             const uint8_t* wa = weights + rp * chunks * kChunkBytes + row_half * kTileBytes;
             const uint8_t* pb = pixels.data() + g * chunks * kChunkBytes + half * kTileBytes;
             for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-              multiply_chunk(wa + chunk * kChunkBytes, pb + chunk * kChunkBytes);
+              multiply_chunk<kSigned>(wa + chunk * kChunkBytes, pb + chunk * kChunkBytes);
             }
             _tile_stored(0, sums[0], kTileRows * sizeof(int32_t));
             _tile_stored(1, sums[1], kTileRows * sizeof(int32_t));
@@ -289,6 +313,17 @@ void apply_layer_amx(const uint8_t* weights, const float* bias, int64_t M, int64
   }
 }
 
+}  // namespace
+
+void apply_layer_amx(const uint8_t* weights, const float* bias, int64_t M, int64_t K, const float* in, float* out,
+                     int64_t panels, bool signed_inputs, LayerPanelsFn other_panels, const void* context) {
+  if (signed_inputs) {
+    apply_layer_amx_slices<true>(weights, bias, M, K, in, out, panels, other_panels, context);
+  } else {
+    apply_layer_amx_slices<false>(weights, bias, M, K, in, out, panels, other_panels, context);
+  }
+}
+
 }  // namespace cpu
 }  // namespace nin_ext
 
@@ -300,7 +335,7 @@ namespace cpu {
 bool amx_int8_usable() { return false; }
 int64_t amx_packed_layer_bytes(int64_t, int64_t) { return 0; }
 void pack_layer_amx(const float*, int64_t, int64_t, int64_t, int64_t, uint8_t*) {}
-void apply_layer_amx(const uint8_t*, const float*, int64_t, int64_t, const float*, float*, int64_t, LayerPanelsFn,
+void apply_layer_amx(const uint8_t*, const float*, int64_t, int64_t, const float*, float*, int64_t, bool, LayerPanelsFn,
                      const void*) {}
 
 }  // namespace cpu
