@@ -1,15 +1,17 @@
-"""The CPU backend's wide 1x1 layers on AMX tiles (NIN_EXT_CPU_ISA=amx, csrc/cpu/packed_layer_amx.cpp):
-float32 from int8 slice products (three slices per value, scaled per pixel and per weight row),
-against float64 and against the AVX-512 kernel.
+"""The CPU backend's layers on AMX tiles (NIN_EXT_CPU_ISA=amx, csrc/cpu/packed_layer_amx.cpp): float32
+from int8 slice products (three slices per value for a 1x1 layer, four for the direct path's conv,
+whose inputs have both signs; scaled per pixel and per weight row), against float64 and against the
+AVX-512 kernel.
 
-Layers of 96 inputs or more run there (kAmxMinReduction), so the cases have 96-384 channels (the seed's
-block 1 among them), counts that are not multiples of the tiles' 32 or 64 (100, 130, 200), pixel counts that leave a panel tail and an
-odd panel count (the tiles take two panels at a time), both memory formats, the direct and the
-Winograd paths, the pooled ops and the training forward, and hidden activations spread over six
-orders of magnitude within a pixel (the slices' scale is the pixel's largest input). Inputs or
-weights that are not finite take the micro-kernel (the slices hold finite values only): the NaN and
-inf positions match the AVX-512 kernel's. Each kernel is chosen once per process, so each runs in its
-own subprocess."""
+Layers of 96 inputs or more run there (kAmxMinReduction; 192 in the training forward), so the cases
+have 96-384 channels (the seed's block 1 among them), counts that are not multiples of the tiles' 32
+or 64 (100, 130, 200), pixel counts that leave a panel tail and an odd panel count (the tiles take
+two panels at a time), both memory formats, the direct and the Winograd paths, the pooled ops and the
+training forward, hidden activations spread over six orders of magnitude within a pixel (the
+slices' scale is the pixel's largest input), and a conv on normalized images (inputs of both signs).
+Inputs or weights that are not finite take the micro-kernel (the slices hold finite values only):
+the NaN and inf positions match the AVX-512 kernel's. Each kernel is chosen once per process, so
+each runs in its own subprocess."""
 import json
 
 import pytest
@@ -66,6 +68,18 @@ params = [torch.randn(256, 8, 1, 1) * spread[:, None, None, None], torch.rand(25
 want = reference(x.double(), *[t.double() for t in params], 1, 0)
 report["worst"] = max(report["worst"], rel(ops.nin_block(x, *params, 1, 0), want))
 
+# A conv's inputs of both signs (the direct path's conv on the tiles takes signed slices): the seed's
+# block 1 on normalized images, then with a NaN pixel.
+x = (torch.rand(2, 1, 47, 51) - 0.286) / 0.353
+params = [torch.randn(96, 1, 11, 11) * (2 / 121) ** 0.5, torch.randn(96) * 0.1, torch.randn(96, 96, 1, 1) * (2 / 96) ** 0.5,
+          torch.randn(96) * 0.1, torch.randn(96, 96, 1, 1) * (2 / 96) ** 0.5, torch.randn(96) * 0.1]
+want = reference(x.double(), *[t.double() for t in params], 4, 0)
+y = ops.nin_block(x, *params, 4, 0)
+report["worst"] = max(report["worst"], rel(y, want))
+report["outputs"].append(y.flatten().tolist())
+x[1, 0, 20, 30] = float("nan")
+report["conv_nan"] = ops.nin_block(x, *params, 4, 0).isnan().flatten().tolist()
+
 # Infinities and NaN: in the input (one pixel each) and in a 1x1 layer's weights.
 x = torch.rand(2, 16, 9, 10)
 x[0, 3, 2, 5], x[1, 7, 8, 1], x[1, 2, 0, 0] = float("inf"), float("nan"), -float("inf")
@@ -95,6 +109,6 @@ def test_amx_layers_against_float64_and_the_avx512_kernel():
     assert amx["grad_worst"] < 1e-4, amx["grad_worst"]
     for ours, theirs in zip(amx["outputs"], avx512["outputs"]):
         assert ours != theirs, "a wide case did not run on the tiles (the same bits as the AVX-512 kernel)"
-    for key in ("nan", "inf", "weights_nan", "weights_inf"):
+    for key in ("nan", "inf", "weights_nan", "weights_inf", "conv_nan"):
         assert amx[key] == avx512[key], f"{key}: the non-finite positions differ from the AVX-512 kernel's"
-    assert any(amx["nan"]) and any(amx["inf"]) and any(amx["weights_inf"])
+    assert any(amx["nan"]) and any(amx["inf"]) and any(amx["weights_inf"]) and any(amx["conv_nan"])

@@ -81,10 +81,10 @@ struct PackedLayer {
       if (!amx_source_.defined() || !at::isfinite(amx_source_).all().item<bool>()) {
         return;
       }
-      amx_.resize(amx_packed_layer_bytes(M, K));
+      amx_.resize(amx_packed_layer_bytes(M, K, signed_inputs));
       const float* src = amx_source_.const_data_ptr<float>();
       at::parallel_for(0, (M + kAmxPanel - 1) / kAmxPanel, 1, [&](int64_t begin, int64_t end) {
-        pack_layer_amx(src, M, K, begin, end, amx_.data());
+        pack_layer_amx(src, M, K, signed_inputs, begin, end, amx_.data());
       });
       amx_source_ = at::Tensor();
     });

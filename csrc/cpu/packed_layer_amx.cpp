@@ -1,19 +1,22 @@
-// A packed layer on AMX tiles in float32 accuracy from int8 products (an Ozaki-style split). Each
-// pixel's inputs (ReLU outputs, so >= 0) are scaled by a power of two that puts their largest in
-// [2^21, 2^22), rounded to integers q and cut into three unsigned slices, q = 2^14 u1 + 2^7 u2 + u3
-// (8, 7 and 7 bits: within 2^-22 of the pixel's largest input); each weight row is scaled by 127
-// over its largest and cut into three signed slices v1 + v2 2^-7 + v3 2^-14 (round to nearest
-// each). w x is summed as the eight slice products down to 2^-21 of the leading one, grouped by
-// their weight, C0 = v1 u1, C7 = v1 u2 + v2 u1, C14 = v1 u3 + v2 u2 + v3 u1, C21 = v2 u3 + v3 u2,
-// which the tiles accumulate exactly in int32; the epilogue adds the groups in float and scales them
-// back. The slices hold each input to 2^-22 of its pixel's largest and each weight to 2^-22 of its
-// row's (block floating point: the error is relative to those, not to each product; without C21 the
-// seed's 256 -> 384 blocks left float32's elementwise bound, tests/test_parity.py). TDPBSUD does 2x
-// the multiply-adds of TDPBF16PS per cycle, and eight products stand for a float32 product where
-// three-part bfloat16 took six at half the rate. The tiles are read from cache-line aligned buffers
-// (a row across two lines halves the products' rate). Compiled for AMX by the pragma and called only
-// where amx_int8_usable() (microkernel_select.cpp); benchmarks/NOTES.md v33, v40 and v41 have the
-// measurements, benchmarks/amx_int8_rate.cpp the rates alone.
+// A packed layer on AMX tiles in float32 accuracy from int8 products (an Ozaki-style split). A 1x1
+// layer's inputs (a ReLU's outputs, so >= 0) are scaled per pixel by a power of two that puts their
+// largest in [2^21, 2^22), rounded to integers q and cut into three unsigned slices, q = 2^14 u1 +
+// 2^7 u2 + u3 (8, 7 and 7 bits); each weight row is scaled by 127 over its largest and cut into three
+// signed slices v1 + v2 2^-7 + v3 2^-14 (round to nearest each). w x is summed as the eight slice
+// products down to 2^-21 of the leading one, grouped by their weight, C0 = v1 u1, C7 = v1 u2 + v2 u1,
+// C14 = v1 u3 + v2 u2 + v3 u1, C21 = v2 u3 + v3 u2, which the tiles accumulate exactly in int32; the
+// epilogue adds the groups in float and scales them back. The slices hold each input to 2^-22 of its
+// pixel's largest and each weight to 2^-22 of its row's (block floating point: the error is relative
+// to those, not to each product; without C21 the seed's 256 -> 384 blocks left float32's elementwise
+// bound, tests/test_parity.py). A conv's inputs have both signs: their largest magnitude goes to
+// [2^27, 2^28) and four slices (u1 a signed byte), the weights four too, and C21 takes v1 u4 and v4
+// u1 as well, ten products in all (three slices left the seed's block 1 at the edge of float32's
+// elementwise bound). TDPBSUD does 2x the multiply-adds of TDPBF16PS per cycle, and eight products
+// stand for a float32 product where three-part bfloat16 took six at half the rate. The tiles are read
+// from cache-line aligned buffers (a row across two lines halves the products' rate). Compiled for
+// AMX by the pragma and called only where amx_int8_usable() (microkernel_select.cpp);
+// benchmarks/NOTES.md v33, v40 and v41 have the measurements, benchmarks/amx_int8_rate.cpp the rates
+// alone.
 #include "cpu/packed_layer_amx.h"
 
 #if NIN_EXT_AMX
@@ -40,14 +43,18 @@ namespace {
 // A tile holds 16 rows of 64 bytes: 16 weight rows x 64 k (int8), or 16 k-quads x 16 pixels x 4 k
 // (uint8, each pixel's four consecutive k adjacent, the layout TDPBSUD reads).
 constexpr int kTileRows = 16, kTileK = 64, kTileBytes = kTileRows * kTileK;
-constexpr int kSlices = 3;
+// The slices per value: four for a conv's inputs of both signs and its weights, three for a 1x1
+// layer's (NOTES v41: three left a conv at the edge of float32's elementwise bound, and four cost the
+// 1x1 layers 5% of blocks 2 and 3).
+constexpr int slices_for(bool signed_inputs) { return signed_inputs ? 4 : 3; }
 // Per 64-wide chunk of k and per panel (32 weight rows or 32 pixels): its two tiles of each slice.
-constexpr int64_t kChunkBytes = int64_t{kSlices} * 2 * kTileBytes;
+constexpr int64_t chunk_bytes(int slices) { return int64_t{slices} * 2 * kTileBytes; }
 static_assert(kAmxPanel == 2 * kTileRows, "a panel is two tiles");
 // Slice j's weight in the sums: 2^-7j. The int32 sums stay exact below 2^31: a k adds at most
-// 255 * 127 (C0) and 255 * 64 + 127 * 64 + 128 * 127 (C14, the largest), so up to 52000 inputs.
+// 255 * 127 (C0) and 127 * 127 + 2 * 127 * 64 + 255 * 64 (C21 of four slices, the largest), so up to
+// 44000 inputs.
 constexpr float kSliceStep = 128.f;
-constexpr int64_t kMaxReduction = 50000;
+constexpr int64_t kMaxReduction = 44000;
 
 struct TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -80,26 +87,31 @@ __m512i move_bits(__m512i v) {
   }
 }
 
-// Byte j of each lane of u1, u2, u3 set to the slices of the 22-bit integers q: u1 = q >> 14,
-// u2 = (q >> 7) & 127, u3 = q & 127.
-template <int j>
-void add_slices(__m512i q, __m512i& u1, __m512i& u2, __m512i& u3) {
+// Byte j of each lane of u[0 .. kSlices) set to the slices of the integers q (7 kSlices + 1 bits): u1 =
+// q >> 7 (kSlices - 1), then 7 bits each down to q & 127.
+template <int kSlices, int j>
+void add_slices(__m512i q, __m512i u[kSlices]) {
   constexpr int kOrAnd = 0xF8;  // a | (b & c)
   const __m512i byte = _mm512_set1_epi32(static_cast<int>(0xFFu << (8 * j))),
                 low7 = _mm512_set1_epi32(0x7F << (8 * j));
-  u1 = _mm512_ternarylogic_epi32(u1, move_bits<14, 8 * j>(q), byte, kOrAnd);
-  u2 = _mm512_ternarylogic_epi32(u2, move_bits<7, 8 * j>(q), low7, kOrAnd);
-  u3 = _mm512_ternarylogic_epi32(u3, move_bits<0, 8 * j>(q), low7, kOrAnd);
+  u[0] = _mm512_ternarylogic_epi32(u[0], move_bits<7 * (kSlices - 1), 8 * j>(q), byte, kOrAnd);
+  u[1] = _mm512_ternarylogic_epi32(u[1], move_bits<7 * (kSlices - 2), 8 * j>(q), low7, kOrAnd);
+  u[2] = _mm512_ternarylogic_epi32(u[2], move_bits<7 * (kSlices - 3), 8 * j>(q), low7, kOrAnd);
+  if constexpr (kSlices == 4) {
+    u[3] = _mm512_ternarylogic_epi32(u[3], move_bits<0, 8 * j>(q), low7, kOrAnd);
+  }
 }
 
 // One pixel panel, in[k][32] for k < K, into its slices' tiles,
-// out[((chunk * 3 + slice) * 2 + half) * 1024 + quad * 64 + 4 * pixel + k % 4], k = chunk * 64 + 4 *
-// quad, and the exponents that scale each pixel back (exponent[p]: x = 2^exponent (u1 + ...)).
-// Inputs of both signs (kSigned, a conv's) take one bit less: their largest magnitude goes to
-// [2^20, 2^21), so u1 = q >> 14 is a signed byte; u2 and u3 stay unsigned (q's two's complement
-// bits). Returns whether every input is finite (and, unless kSigned, not negative).
+// out[((chunk * slices + slice) * 2 + half) * 1024 + quad * 64 + 4 * pixel + k % 4], k = chunk * 64 +
+// 4 * quad, and the exponents that scale each pixel back (exponent[p]: x = 2^exponent (u1 + ...)).
+// Unsigned inputs (a 1x1 layer's) take three slices, their largest in [2^21, 2^22); inputs of both
+// signs (kSigned, a conv's) four, their largest magnitude in [2^27, 2^28), so u1 is a signed byte
+// and the others unsigned (q's two's complement bits). Returns whether every input is finite (and,
+// unless kSigned, not negative).
 template <bool kSigned>
 bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out) {
+  constexpr int kSlices = slices_for(kSigned);
   __m512 largest[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   __mmask16 outside = 0;
   const __m512 zero = _mm512_setzero_ps(), float_max = _mm512_set1_ps(FLT_MAX);
@@ -115,14 +127,14 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
   if (outside != 0) {
     return false;
   }
-  constexpr int kTopBit = kSigned ? 21 : 22;
+  constexpr int kTopBit = kSigned ? 28 : 22, kLeadShift = 7 * (kSlices - 1);
   __m512 shift[2];
   for (int half = 0; half < 2; ++half) {
     // 2^shift puts the largest in [2^(top - 1), 2^top); a pixel of zeros keeps shift 0.
     const __mmask16 positive = _mm512_cmp_ps_mask(largest[half], zero, _CMP_GT_OQ);
     shift[half] = _mm512_maskz_sub_ps(positive, _mm512_set1_ps(kTopBit - 1.f), _mm512_getexp_ps(largest[half]));
-    // u1 counts units of 2^14
-    _mm512_storeu_ps(exponent + half * kTileRows, _mm512_sub_ps(_mm512_set1_ps(14.f), shift[half]));
+    // u1 counts units of 2^kLeadShift
+    _mm512_storeu_ps(exponent + half * kTileRows, _mm512_sub_ps(_mm512_set1_ps(kLeadShift), shift[half]));
   }
   // The largest may round up to 2^top, one past the bits: held below it.
   const __m512i top = _mm512_set1_epi32((1 << kTopBit) - 1), bottom = _mm512_set1_epi32(-(1 << kTopBit));
@@ -131,8 +143,11 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
     for (int quad = 0; quad < kTileRows; ++quad) {
       const int64_t k = chunk * kTileK + 4 * quad;
       for (int half = 0; half < 2; ++half) {
-        uint8_t* dst = out + (chunk * kSlices * 2 + half) * kTileBytes + quad * kTileK;
-        __m512i u1 = _mm512_setzero_si512(), u2 = _mm512_setzero_si512(), u3 = _mm512_setzero_si512();
+        uint8_t* dst = out + chunk * chunk_bytes(kSlices) + half * kTileBytes + quad * kTileK;
+        __m512i u[kSlices];
+        for (int slice = 0; slice < kSlices; ++slice) {
+          u[slice] = _mm512_setzero_si512();
+        }
         if (k < K) {  // past K, the chunk's zero padding
           __m512i q[4];
           for (int j = 0; j < 4; ++j) {
@@ -142,52 +157,63 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
               q[j] = _mm512_max_epi32(bottom, q[j]);
             }
           }
-          add_slices<0>(q[0], u1, u2, u3);
-          add_slices<1>(q[1], u1, u2, u3);
-          add_slices<2>(q[2], u1, u2, u3);
-          add_slices<3>(q[3], u1, u2, u3);
+          add_slices<kSlices, 0>(q[0], u);
+          add_slices<kSlices, 1>(q[1], u);
+          add_slices<kSlices, 2>(q[2], u);
+          add_slices<kSlices, 3>(q[3], u);
         }
-        _mm512_store_si512(dst, u1);
-        _mm512_store_si512(dst + 2 * kTileBytes, u2);
-        _mm512_store_si512(dst + 4 * kTileBytes, u3);
+        for (int slice = 0; slice < kSlices; ++slice) {
+          _mm512_store_si512(dst + slice * 2 * kTileBytes, u[slice]);
+        }
       }
     }
   }
   return true;
 }
 
-// Accumulators 0-3 (C0, C7, C14, C21 of a 16 x 16 block) += one 64-wide chunk's eight slice
-// products; tiles 4-7 take the operands: six loads, each weight slice meeting every pixel slice
-// still held. A signed u1 (kSigned) meets the weights by TDPBSSD.
+// Accumulators 0-3 (C0, C7, C14, C21 of a 16 x 16 block) += one 64-wide chunk's slice products, the
+// operands in tiles 4-7, each load into a slot whose last product is behind it. Unsigned inputs,
+// three slices: eight products from six loads. Signed inputs (kSigned), four slices: ten products
+// from nine loads, u1 (a signed byte) meeting the weights by TDPBSSD.
 template <bool kSigned>
 void multiply_chunk(const uint8_t* a, const uint8_t* b) {
   constexpr int kSliceStride = 2 * kTileBytes;  // the next slice of the same half
-  _tile_loadd(4, a, 64);                        // v1
-  _tile_loadd(5, b, 64);                        // u1
-  if constexpr (kSigned) {
-    _tile_dpbssd(0, 4, 5);
+  if constexpr (!kSigned) {
+    _tile_loadd(4, a, 64);                     // v1
+    _tile_loadd(5, b, 64);                     // u1
+    _tile_dpbsud(0, 4, 5);                     // C0 += v1 u1
+    _tile_loadd(6, b + kSliceStride, 64);      // u2
+    _tile_dpbsud(1, 4, 6);                     // C7 += v1 u2
+    _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
+    _tile_dpbsud(2, 4, 7);                     // C14 += v1 u3
+    _tile_loadd(4, a + kSliceStride, 64);      // v2
+    _tile_dpbsud(1, 4, 5);                     // C7 += v2 u1
+    _tile_dpbsud(2, 4, 6);                     // C14 += v2 u2
+    _tile_dpbsud(3, 4, 7);                     // C21 += v2 u3
+    _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
+    _tile_dpbsud(2, 4, 5);                     // C14 += v3 u1
+    _tile_dpbsud(3, 4, 6);                     // C21 += v3 u2
   } else {
-    _tile_dpbsud(0, 4, 5);
+    _tile_loadd(4, a, 64);                     // v1
+    _tile_loadd(5, b, 64);                     // u1
+    _tile_dpbssd(0, 4, 5);                     // C0 += v1 u1
+    _tile_loadd(6, b + kSliceStride, 64);      // u2
+    _tile_dpbsud(1, 4, 6);                     // C7 += v1 u2
+    _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
+    _tile_dpbsud(2, 4, 7);                     // C14 += v1 u3
+    _tile_loadd(4, a + kSliceStride, 64);      // v2
+    _tile_dpbssd(1, 4, 5);                     // C7 += v2 u1
+    _tile_dpbsud(2, 4, 6);                     // C14 += v2 u2
+    _tile_dpbsud(3, 4, 7);                     // C21 += v2 u3
+    _tile_loadd(7, b + 3 * kSliceStride, 64);  // u4
+    _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
+    _tile_dpbssd(2, 4, 5);                     // C14 += v3 u1
+    _tile_dpbsud(3, 4, 6);                     // C21 += v3 u2
+    _tile_loadd(6, a, 64);                     // v1
+    _tile_dpbsud(3, 6, 7);                     // C21 += v1 u4
+    _tile_loadd(4, a + 3 * kSliceStride, 64);  // v4
+    _tile_dpbssd(3, 4, 5);                     // C21 += v4 u1
   }
-  _tile_loadd(6, b + kSliceStride, 64);  // u2
-  _tile_dpbsud(1, 4, 6);
-  _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
-  _tile_dpbsud(2, 4, 7);
-  _tile_loadd(4, a + kSliceStride, 64);  // v2
-  if constexpr (kSigned) {
-    _tile_dpbssd(1, 4, 5);
-  } else {
-    _tile_dpbsud(1, 4, 5);
-  }
-  _tile_dpbsud(2, 4, 6);
-  _tile_dpbsud(3, 4, 7);
-  _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
-  if constexpr (kSigned) {
-    _tile_dpbssd(2, 4, 5);
-  } else {
-    _tile_dpbsud(2, 4, 5);
-  }
-  _tile_dpbsud(3, 4, 6);
 }
 
 }  // namespace
@@ -210,14 +236,17 @@ bool amx_int8_usable() {
   return usable;
 }
 
-int64_t amx_packed_layer_bytes(int64_t M, int64_t K) {
+int64_t amx_packed_layer_bytes(int64_t M, int64_t K, bool signed_inputs) {
   const int64_t panels = (M + kAmxPanel - 1) / kAmxPanel;
-  return panels * chunks_of(K) * kChunkBytes + panels * kAmxPanel * int64_t{sizeof(float)};  // tiles, row scales
+  return panels * chunks_of(K) * chunk_bytes(slices_for(signed_inputs)) +
+         panels * kAmxPanel * int64_t{sizeof(float)};  // tiles, row scales
 }
 
-void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, int64_t panel_end, uint8_t* tiles) {
+void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, int64_t panel_begin,
+                    int64_t panel_end, uint8_t* tiles) {
+  const int slices = slices_for(signed_inputs);
   const int64_t chunks = chunks_of(K), panels = (M + kAmxPanel - 1) / kAmxPanel;
-  float* scales = reinterpret_cast<float*>(tiles + panels * chunks * kChunkBytes);
+  float* scales = reinterpret_cast<float*>(tiles + panels * chunks * chunk_bytes(slices));
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     for (int r = 0; r < kAmxPanel; ++r) {
       const int64_t m = panel * kAmxPanel + r;
@@ -231,9 +260,9 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, i
         for (int kk = 0; kk < kTileK; ++kk) {
           const int64_t k = chunk * kTileK + kk;
           float v = m < M && k < K ? w[m * K + k] * scale : 0.f;
-          for (int slice = 0; slice < kSlices; ++slice) {
+          for (int slice = 0; slice < slices; ++slice) {
             const float s = std::nearbyint(v);  // within [-127, 127], then [-64, 64]
-            tiles[((panel * chunks + chunk) * kSlices + slice) * 2 * kTileBytes + (r / kTileRows) * kTileBytes +
+            tiles[((panel * chunks + chunk) * slices + slice) * 2 * kTileBytes + (r / kTileRows) * kTileBytes +
                   (r % kTileRows) * kTileK + kk] = static_cast<uint8_t>(static_cast<int8_t>(s));
             v = (v - s) * kSliceStep;
           }
@@ -253,6 +282,7 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
     return;
   }
   configure_tiles();
+  constexpr int64_t kChunkBytes = chunk_bytes(slices_for(kSigned));
   const int64_t chunks = chunks_of(K), row_panels = (M + kAmxPanel - 1) / kAmxPanel;
   const float* scales = reinterpret_cast<const float*>(weights + row_panels * chunks * kChunkBytes);
   // Pixel panels sliced two at a time: their tiles stay in cache while every weight panel passes.
@@ -333,8 +363,8 @@ namespace nin_ext {
 namespace cpu {
 
 bool amx_int8_usable() { return false; }
-int64_t amx_packed_layer_bytes(int64_t, int64_t) { return 0; }
-void pack_layer_amx(const float*, int64_t, int64_t, int64_t, int64_t, uint8_t*) {}
+int64_t amx_packed_layer_bytes(int64_t, int64_t, bool) { return 0; }
+void pack_layer_amx(const float*, int64_t, int64_t, bool, int64_t, int64_t, uint8_t*) {}
 void apply_layer_amx(const uint8_t*, const float*, int64_t, int64_t, const float*, float*, int64_t, bool, LayerPanelsFn,
                      const void*) {}
 

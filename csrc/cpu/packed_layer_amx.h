@@ -34,9 +34,11 @@ constexpr int64_t kAmxPanel = 32;
 bool amx_int8_usable();
 
 // The weights w (M x K, row-major, all finite) as int8 slices in the tiles' layout with a scale per
-// row, its kAmxPanel-row panels [begin, end): amx_packed_layer_bytes(M, K) bytes in all.
-int64_t amx_packed_layer_bytes(int64_t M, int64_t K);
-void pack_layer_amx(const float* w, int64_t M, int64_t K, int64_t panel_begin, int64_t panel_end, uint8_t* out);
+// row, its kAmxPanel-row panels [begin, end): amx_packed_layer_bytes(M, K, signed_inputs) bytes in
+// all. A layer of signed inputs (a conv's) takes a slice more (packed_layer_amx.cpp).
+int64_t amx_packed_layer_bytes(int64_t M, int64_t K, bool signed_inputs);
+void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, int64_t panel_begin, int64_t panel_end,
+                    uint8_t* out);
 
 // Runs pixel panels [first, first + count) of a layer by other means: apply_layer_amx hands over those
 // whose inputs the unsigned slices cannot hold (an infinity, a NaN or a negative value).
