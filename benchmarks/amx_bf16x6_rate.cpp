@@ -6,7 +6,8 @@
 // 1x1 layer's (M x K weights on N pixels, 2 x 2 tiles of 16 x 16 outputs, the weights' 32-row
 // panels outer) rate in float32-equivalent GFLOP/s with its error against float64. NOTES.md v33
 // reads it. The Winograd-shaped layers (v35) cycle through 64 copies of the weights, as a tile's
-// products read each transform point's weights once, from L3.
+// products read each transform point's weights once, from L3. The parts sit on cache lines (v41:
+// v33's and v35's rates were taken from 16-byte aligned vectors, every tile row across two lines).
 //
 //     g++ -O2 -mamx-tile -mamx-bf16 benchmarks/amx_bf16x6_rate.cpp -o /tmp/amx_rate && /tmp/amx_rate
 #include <immintrin.h>
@@ -21,6 +22,8 @@
 #include <cstring>
 #include <random>
 #include <vector>
+
+#include "../csrc/cpu/aligned_vector_cpu.h"
 
 namespace {
 
@@ -85,7 +88,7 @@ void layer_rate(int M, int K, int N, int copies = 1) {
   for (float& v : x) v = std::fabs(normal(gen));
   const int steps = K / 32;
   // Weights: [16-row half][step][part][16][32]; pixels: [16-pixel half][step][part][16 pairs][16][2].
-  std::vector<uint16_t> a(size_t(M) * K * 3 * copies), b(size_t(K) * N * 3);
+  nin_ext::cpu::AlignedVector<uint16_t> a(size_t(M) * K * 3 * copies), b(size_t(K) * N * 3);
   int copy = 0;
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < K; ++k) {

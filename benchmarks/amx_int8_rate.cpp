@@ -5,7 +5,9 @@
 // accumulated in int32 by their weight (C0 = u1 v1, C7 = u1 v2 + u2 v1, C14 = u1 v3 + u2 v2 + u3 v1).
 // One thread: TDPBUSD's register-only rate, then layers (M x K weights on N pixels, one 16 x 16
 // output tile at a time, five operand tiles, one load per product) in float32-equivalent GFLOP/s
-// with the error against float64 relative to the largest output. NOTES.md v40 reads it.
+// with the error against float64 relative to the largest output. NOTES.md v40 reads it. The slices sit
+// on cache lines (v41: from std::vector's 16-byte alignment every tile row spans two lines, and the
+// layers ran at about half these rates).
 //
 //     g++ -O2 -mamx-tile -mamx-int8 -mavx512f benchmarks/amx_int8_rate.cpp -o /tmp/amx_int8 && /tmp/amx_int8
 // GCC 12's AVX-512 intrinsics trip -Wmaybe-uninitialized (a false positive, as in the kernels).
@@ -22,6 +24,8 @@
 #include <cstring>
 #include <random>
 #include <vector>
+
+#include "../csrc/cpu/aligned_vector_cpu.h"
 
 struct TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -54,8 +58,8 @@ static void layer(int M, int K, int N) {
   for (float& v : x) v = std::max(0.f, normal(gen));
   const int chunks = K / 64;
   // pixels: [pb][chunk][slice][16][64] u8 ; weights: [cb][chunk][slice][16 quads][16][4] s8
-  std::vector<uint8_t> a(size_t(N) * K * 3);
-  std::vector<int8_t> b(size_t(M) * K * 3);
+  nin_ext::cpu::AlignedVector<uint8_t> a(size_t(N) * K * 3);
+  nin_ext::cpu::AlignedVector<int8_t> b(size_t(M) * K * 3);
   std::vector<float> sx(N), sw(M);
   for (int n = 0; n < N; ++n) {
     float mx = 0;
