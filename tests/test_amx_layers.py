@@ -79,6 +79,10 @@ report["worst"] = max(report["worst"], rel(y, want))
 report["outputs"].append(y.flatten().tolist())
 x[1, 0, 20, 30] = float("nan")
 report["conv_nan"] = ops.nin_block(x, *params, 4, 0).isnan().flatten().tolist()
+# The training forward keeps layers of fewer than 192 inputs off the tiles (its hidden activations set
+# the backward's masks): the same bits as the AVX-512 kernel's.
+x[1, 0, 20, 30] = 0.5
+report["training_forward"] = [t.flatten().tolist() for t in torch.ops.nin_ext.nin_block_with_hidden(x, *params, 4, 0)]
 
 # Infinities and NaN: in the input (one pixel each) and in a 1x1 layer's weights.
 x = torch.rand(2, 16, 9, 10)
@@ -109,6 +113,7 @@ def test_amx_layers_against_float64_and_the_avx512_kernel():
     assert amx["grad_worst"] < 1e-4, amx["grad_worst"]
     for ours, theirs in zip(amx["outputs"], avx512["outputs"]):
         assert ours != theirs, "a wide case did not run on the tiles (the same bits as the AVX-512 kernel)"
+    assert amx["training_forward"] == avx512["training_forward"], "the training forward ran 96-input layers on the tiles"
     for key in ("nan", "inf", "weights_nan", "weights_inf", "conv_nan"):
         assert amx[key] == avx512[key], f"{key}: the non-finite positions differ from the AVX-512 kernel's"
     assert any(amx["nan"]) and any(amx["inf"]) and any(amx["weights_inf"]) and any(amx["conv_nan"])

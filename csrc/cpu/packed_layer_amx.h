@@ -16,9 +16,10 @@
 namespace nin_ext {
 namespace cpu {
 
-// The shortest reduction (input channels) a layer runs on the tiles with, as measured: the seed's
-// block 1 (96 inputs, two 64-wide chunks, a quarter of them zeros) ran 11% faster with its layers on
-// the tiles once they were read from aligned memory (slower before; benchmarks/NOTES.md, v40, v41).
+// The shortest reduction (a 1x1 layer's input channels, a conv's C x KH x KW) a layer runs on the
+// tiles with, as measured: the seed's block 1 (96 inputs, two 64-wide chunks, a quarter of them zeros)
+// ran 11% faster with its 1x1 layers on the tiles once they were read from aligned memory (slower
+// before; benchmarks/NOTES.md, v40, v41), and 6-10% faster again with its conv (121) there.
 constexpr int64_t kAmxMinReduction = 96;
 // The same in a training forward, whose hidden activations set the backward's ReLU masks: below 192
 // inputs the tiles' error (block floating point) is 2-3x the micro-kernel's, and in an RGB NiN, whose
@@ -41,7 +42,7 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, in
                     uint8_t* out);
 
 // Runs pixel panels [first, first + count) of a layer by other means: apply_layer_amx hands over those
-// whose inputs the unsigned slices cannot hold (an infinity, a NaN or a negative value).
+// whose inputs the slices cannot hold.
 using LayerPanelsFn = void (*)(const void* context, int64_t first, int64_t count);
 
 // The layer on `panels` pixel panels of 32 (the AVX-512 kernel's NR), in[panel][k][32] for k < K;
