@@ -171,50 +171,51 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
   return true;
 }
 
+// Accumulator c += weight slice tile w times pixel slice u1 in tile u: signed by signed where u1 is
+// signed (kSigned), else signed by unsigned. A macro: the tile intrinsics take their register numbers
+// as literal text.
+#define NIN_EXT_MULTIPLY_U1(c, w, u) \
+  do {                               \
+    if constexpr (kSigned) {         \
+      _tile_dpbssd(c, w, u);         \
+    } else {                         \
+      _tile_dpbsud(c, w, u);         \
+    }                                \
+  } while (0)
+
 // Accumulators 0-3 (C0, C7, C14, C21 of a 16 x 16 block) += one 64-wide chunk's slice products, the
 // operands in tiles 4-7, each load into a slot whose last product is behind it. Unsigned inputs,
-// three slices: eight products from six loads. Signed inputs (kSigned), four slices: ten products
-// from nine loads, u1 (a signed byte) meeting the weights by TDPBSSD.
+// three slices: eight products from six loads. Signed inputs (kSigned), four slices: the same eight
+// with u1 (a signed byte) by TDPBSSD, then v1 u4 and v4 u1, nine loads in all.
 template <bool kSigned>
 void multiply_chunk(const uint8_t* a, const uint8_t* b) {
   constexpr int kSliceStride = 2 * kTileBytes;  // the next slice of the same half
-  if constexpr (!kSigned) {
-    _tile_loadd(4, a, 64);                     // v1
-    _tile_loadd(5, b, 64);                     // u1
-    _tile_dpbsud(0, 4, 5);                     // C0 += v1 u1
-    _tile_loadd(6, b + kSliceStride, 64);      // u2
-    _tile_dpbsud(1, 4, 6);                     // C7 += v1 u2
-    _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
-    _tile_dpbsud(2, 4, 7);                     // C14 += v1 u3
-    _tile_loadd(4, a + kSliceStride, 64);      // v2
-    _tile_dpbsud(1, 4, 5);                     // C7 += v2 u1
-    _tile_dpbsud(2, 4, 6);                     // C14 += v2 u2
-    _tile_dpbsud(3, 4, 7);                     // C21 += v2 u3
-    _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
-    _tile_dpbsud(2, 4, 5);                     // C14 += v3 u1
-    _tile_dpbsud(3, 4, 6);                     // C21 += v3 u2
-  } else {
-    _tile_loadd(4, a, 64);                     // v1
-    _tile_loadd(5, b, 64);                     // u1
-    _tile_dpbssd(0, 4, 5);                     // C0 += v1 u1
-    _tile_loadd(6, b + kSliceStride, 64);      // u2
-    _tile_dpbsud(1, 4, 6);                     // C7 += v1 u2
-    _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
-    _tile_dpbsud(2, 4, 7);                     // C14 += v1 u3
-    _tile_loadd(4, a + kSliceStride, 64);      // v2
-    _tile_dpbssd(1, 4, 5);                     // C7 += v2 u1
-    _tile_dpbsud(2, 4, 6);                     // C14 += v2 u2
-    _tile_dpbsud(3, 4, 7);                     // C21 += v2 u3
+  _tile_loadd(4, a, 64);                        // v1
+  _tile_loadd(5, b, 64);                        // u1
+  NIN_EXT_MULTIPLY_U1(0, 4, 5);                 // C0 += v1 u1
+  _tile_loadd(6, b + kSliceStride, 64);         // u2
+  _tile_dpbsud(1, 4, 6);                        // C7 += v1 u2
+  _tile_loadd(7, b + 2 * kSliceStride, 64);     // u3
+  _tile_dpbsud(2, 4, 7);                        // C14 += v1 u3
+  _tile_loadd(4, a + kSliceStride, 64);         // v2
+  NIN_EXT_MULTIPLY_U1(1, 4, 5);                 // C7 += v2 u1
+  _tile_dpbsud(2, 4, 6);                        // C14 += v2 u2
+  _tile_dpbsud(3, 4, 7);                        // C21 += v2 u3
+  if constexpr (kSigned) {
     _tile_loadd(7, b + 3 * kSliceStride, 64);  // u4
-    _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
-    _tile_dpbssd(2, 4, 5);                     // C14 += v3 u1
-    _tile_dpbsud(3, 4, 6);                     // C21 += v3 u2
+  }
+  _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
+  NIN_EXT_MULTIPLY_U1(2, 4, 5);              // C14 += v3 u1
+  _tile_dpbsud(3, 4, 6);                     // C21 += v3 u2
+  if constexpr (kSigned) {
     _tile_loadd(6, a, 64);                     // v1
     _tile_dpbsud(3, 6, 7);                     // C21 += v1 u4
     _tile_loadd(4, a + 3 * kSliceStride, 64);  // v4
-    _tile_dpbssd(3, 4, 5);                     // C21 += v4 u1
+    NIN_EXT_MULTIPLY_U1(3, 4, 5);              // C21 += v4 u1
   }
 }
+
+#undef NIN_EXT_MULTIPLY_U1
 
 }  // namespace
 
