@@ -116,15 +116,12 @@ void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pa
   if (call.path == NinBlockPath::winograd) {
     const PackedWinogradConv& winograd = packed.winograd(call.winograd_tile);
     auto write_tile = [&](NinBlockTileWorker<scalar_t>& worker, int64_t b0, int64_t tb) {
-      if (for_backward) {
-        worker.keep_hidden_for_backward();
-      }
       worker.compute_winograd(b0, tb);
       for (const auto& [layer, tensor] : outputs) {
         worker.write_winograd_rows(layer, *tensor);
       }
     };
-    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, call.phases, write_tile);
+    for_each_winograd_tile<scalar_t>(x, g, packed, winograd, call.phases, write_tile, for_backward);
     return;
   }
   if (call.path == NinBlockPath::shifted) {
@@ -134,14 +131,12 @@ void run_nin_block(const NinBlockCall<scalar_t>& call, const std::vector<std::pa
   const DirectTiling tiling = direct_tiling(g, sizeof(scalar_t), packed.kernel.nr);
   for_each_nin_block_tile<scalar_t>(
       x, g, packed, tiling, [&](NinBlockTileWorker<scalar_t>& worker, int64_t, int64_t n, int64_t p0, int64_t pt) {
-        if (for_backward) {
-          worker.keep_hidden_for_backward();
-        }
         worker.compute(n, p0, pt);
         for (const auto& [layer, tensor] : outputs) {
           worker.write_rows(layer, *tensor, n, p0);
         }
-      });
+      },
+      for_backward);
 }
 
 }  // namespace cpu

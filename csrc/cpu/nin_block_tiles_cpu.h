@@ -681,13 +681,17 @@ class NinBlockTileWorker {
 
 // Runs `tile_fn(worker, tile, n, p0, pt)` for every tile of the batch (pixels [p0, p0 + pt) from
 // image n on, continuing into the next images past an image's last pixel; direct_tiling), in parallel
-// over tiles; each thread builds its workspace once and reuses it for all its tiles.
+// over tiles; each thread builds its workspace once and reuses it for all its tiles. `for_backward`:
+// the workers keep their hidden activations for a backward.
 template <typename scalar_t, typename TileFn>
 void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                             const DirectTiling& tiling, const TileFn& tile_fn) {
+                             const DirectTiling& tiling, const TileFn& tile_fn, bool for_backward = false) {
   const int64_t P = g.pixels();
   at::parallel_for(0, tiling.tiles(), 1, [&](int64_t begin, int64_t end) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, tiling.tile_pixels());
+    if (for_backward) {
+      worker.keep_hidden_for_backward();
+    }
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t q = tiling.first_pixel(tile);
       tile_fn(worker, tile, q / P, q % P, tiling.pixels_in(tile));
@@ -696,16 +700,21 @@ void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, con
 }
 
 // Runs `tile_fn(worker, b0, tb)` for every Winograd tile of the batch (winograd_tiles: tb consecutive
-// m x m output blocks from b0), in parallel over tiles; tiles may span images.
+// m x m output blocks from b0), in parallel over tiles; tiles may span images. `for_backward`: as
+// for_each_nin_block_tile's.
 template <typename scalar_t, typename TileFn>
 void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
-                            const PackedWinogradConv& winograd, InputPhases phases, const TileFn& tile_fn) {
+                            const PackedWinogradConv& winograd, InputPhases phases, const TileFn& tile_fn,
+                            bool for_backward = false) {
   const int m = winograd.transform.m;
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
   const TileSplit tiles = winograd_tiles(blocks, nr);
   const bool channel_lanes = winograd_channel_lanes(packed.kernel, g.CC, tiles.largest());
   at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases, channel_lanes);
+    if (for_backward) {
+      worker.keep_hidden_for_backward();
+    }
     for (int64_t tile = begin; tile < end; ++tile) {
       tile_fn(worker, tiles.first(tile), tiles.size(tile));
     }

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/aligned_vector_cpu.h"
+
 namespace nin_ext {
 namespace cpu {
 
@@ -22,7 +24,7 @@ class ScratchPool {
  public:
   // Blocks start on a cache line: the kernels read them as 64-byte rows (aligned_vector_cpu.h).
   struct FreeAligned {
-    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{64}); }
+    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{kCacheLine}); }
   };
   struct Block {
     std::unique_ptr<std::byte[], FreeAligned> data;
@@ -43,7 +45,7 @@ class ScratchPool {
       }
     }
     if (best == free_.end()) {
-      return {std::unique_ptr<std::byte[], FreeAligned>(new (std::align_val_t{64}) std::byte[bytes]), bytes};
+      return {std::unique_ptr<std::byte[], FreeAligned>(new (std::align_val_t{kCacheLine}) std::byte[bytes]), bytes};
     }
     Block block = std::move(*best);
     free_.erase(best);
