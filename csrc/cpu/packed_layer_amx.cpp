@@ -186,32 +186,43 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
 // Accumulators 0-3 (C0, C7, C14, C21 of a 16 x 16 block) += one 64-wide chunk's slice products, the
 // operands in tiles 4-7, each load into a slot whose last product is behind it. Unsigned inputs,
 // three slices: eight products from six loads. Signed inputs (kSigned), four slices: the same eight
-// with u1 (a signed byte) by TDPBSSD, then v1 u4 and v4 u1, nine loads in all.
-template <bool kSigned>
-void multiply_chunk(const uint8_t* a, const uint8_t* b) {
+// with u1 (a signed byte) by TDPBSSD, then v1 u4 and v4 u1, nine loads in all. `between()` runs after
+// each product: vector work there runs while the tile unit multiplies.
+template <bool kSigned, typename Between>
+void multiply_chunk(const uint8_t* a, const uint8_t* b, Between& between) {
   constexpr int kSliceStride = 2 * kTileBytes;  // the next slice of the same half
   _tile_loadd(4, a, 64);                        // v1
   _tile_loadd(5, b, 64);                        // u1
   NIN_EXT_MULTIPLY_U1(0, 4, 5);                 // C0 += v1 u1
-  _tile_loadd(6, b + kSliceStride, 64);         // u2
-  _tile_dpbsud(1, 4, 6);                        // C7 += v1 u2
-  _tile_loadd(7, b + 2 * kSliceStride, 64);     // u3
-  _tile_dpbsud(2, 4, 7);                        // C14 += v1 u3
-  _tile_loadd(4, a + kSliceStride, 64);         // v2
-  NIN_EXT_MULTIPLY_U1(1, 4, 5);                 // C7 += v2 u1
-  _tile_dpbsud(2, 4, 6);                        // C14 += v2 u2
-  _tile_dpbsud(3, 4, 7);                        // C21 += v2 u3
+  between();
+  _tile_loadd(6, b + kSliceStride, 64);  // u2
+  _tile_dpbsud(1, 4, 6);                 // C7 += v1 u2
+  between();
+  _tile_loadd(7, b + 2 * kSliceStride, 64);  // u3
+  _tile_dpbsud(2, 4, 7);                     // C14 += v1 u3
+  between();
+  _tile_loadd(4, a + kSliceStride, 64);  // v2
+  NIN_EXT_MULTIPLY_U1(1, 4, 5);          // C7 += v2 u1
+  between();
+  _tile_dpbsud(2, 4, 6);  // C14 += v2 u2
+  between();
+  _tile_dpbsud(3, 4, 7);  // C21 += v2 u3
+  between();
   if constexpr (kSigned) {
     _tile_loadd(7, b + 3 * kSliceStride, 64);  // u4
   }
   _tile_loadd(4, a + 2 * kSliceStride, 64);  // v3
   NIN_EXT_MULTIPLY_U1(2, 4, 5);              // C14 += v3 u1
-  _tile_dpbsud(3, 4, 6);                     // C21 += v3 u2
+  between();
+  _tile_dpbsud(3, 4, 6);  // C21 += v3 u2
+  between();
   if constexpr (kSigned) {
-    _tile_loadd(6, a, 64);                     // v1
-    _tile_dpbsud(3, 6, 7);                     // C21 += v1 u4
+    _tile_loadd(6, a, 64);  // v1
+    _tile_dpbsud(3, 6, 7);  // C21 += v1 u4
+    between();
     _tile_loadd(4, a + 3 * kSliceStride, 64);  // v4
     NIN_EXT_MULTIPLY_U1(3, 4, 5);              // C21 += v4 u1
+    between();
   }
 }
 
@@ -275,6 +286,50 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, in
 
 namespace {
 
+// A 16 x 16 block's sums (C0, C7, C14, C21) into out, row r: out[r * 32 + lane] = relu(bias[r] +
+// scales[r] 2^exponent (C0 + (C7 + (C14 + C21 / 128) / 128) / 128)), for r < rows.
+struct BlockEpilogue {
+  const int32_t (*sums)[kTileRows * kTileRows] = nullptr;
+  const float* scales = nullptr;
+  const float* bias = nullptr;
+  float* out = nullptr;
+  __m512 exponent;
+  int64_t rows = 0;
+
+  void run_row(int64_t r) const {
+    const __m512 step = _mm512_set1_ps(1.f / kSliceStep);
+    __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(sums[3] + r * kTileRows));
+    v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[2] + r * kTileRows)));
+    v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[1] + r * kTileRows)));
+    v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[0] + r * kTileRows)));
+    v = _mm512_scalef_ps(_mm512_mul_ps(v, _mm512_set1_ps(scales[r])), exponent);
+    v = _mm512_add_ps(v, _mm512_set1_ps(bias[r]));
+    _mm512_storeu_ps(out + r * kAmxPanel, _mm512_max_ps(_mm512_setzero_ps(), v));
+  }
+};
+
+// The block before's epilogue, a row between two products where `spread` (else all in finish()).
+// Spread, it ran while the tile unit multiplied where a block has at most two chunks of products
+// (reductions of 96-128: 2-15% faster), but made blocks of 3-4 chunks 3-13% slower, whose products
+// hide the epilogue after them as they are (benchmarks/NOTES.md v42).
+constexpr int64_t kMostChunksToSpreadEpilogue = 2;
+struct EpilogueBetweenProducts {
+  const BlockEpilogue& pending;
+  const bool spread;
+  int64_t row = 0;
+
+  void operator()() {
+    if (spread && row < pending.rows) {
+      pending.run_row(row++);
+    }
+  }
+  void finish() {
+    for (; row < pending.rows; ++row) {
+      pending.run_row(row);
+    }
+  }
+};
+
 template <bool kSigned>
 void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M, int64_t K, const float* in,
                             float* out, int64_t panels, LayerPanelsFn other_panels, const void* context) {
@@ -290,14 +345,16 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
   constexpr int64_t kGroup = 2;
   ScratchBuffer<uint8_t> pixels(kGroup * chunks * kChunkBytes);
   alignas(64) float exponents[kGroup * kAmxPanel];
-  alignas(64) int32_t sums[4][kTileRows * kTileRows];
-  const __m512 step = _mm512_set1_ps(1.f / kSliceStep);
+  alignas(64) int32_t sums[2][4][kTileRows * kTileRows];
+  BlockEpilogue pending;  // the block whose sums wait in sums[(stored - 1) % 2]
+  const bool spread = chunks <= kMostChunksToSpreadEpilogue;
+  int64_t stored = 0;
   for (int64_t p0 = 0; p0 < panels; p0 += kGroup) {
     const int64_t group = std::min(kGroup, panels - p0);
     bool representable = true;
     for (int64_t g = 0; g < group; ++g) {
       representable &= pack_pixel_panel<kSigned>(in + (p0 + g) * K * kAmxPanel, K, exponents + g * kAmxPanel,
-                                        pixels.data() + g * chunks * kChunkBytes);
+                                                 pixels.data() + g * chunks * kChunkBytes);
     }
     if (!representable) {
       other_panels(context, p0, group);
@@ -318,30 +375,33 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
             _tile_zero(3);
             const uint8_t* wa = weights + rp * chunks * kChunkBytes + row_half * kTileBytes;
             const uint8_t* pb = pixels.data() + g * chunks * kChunkBytes + half * kTileBytes;
+            EpilogueBetweenProducts between{pending, spread};
             for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-              multiply_chunk<kSigned>(wa + chunk * kChunkBytes, pb + chunk * kChunkBytes);
+              multiply_chunk<kSigned>(wa + chunk * kChunkBytes, pb + chunk * kChunkBytes, between);
             }
-            _tile_stored(0, sums[0], kTileRows * sizeof(int32_t));
-            _tile_stored(1, sums[1], kTileRows * sizeof(int32_t));
-            _tile_stored(2, sums[2], kTileRows * sizeof(int32_t));
-            _tile_stored(3, sums[3], kTileRows * sizeof(int32_t));
-            const __m512 exponent = _mm512_load_ps(exponents + g * kAmxPanel + half * kTileRows);
-            for (int64_t r = 0; r < rows; ++r) {
-              const int64_t m = m0 + row_half * kTileRows + r;
-              __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(sums[3] + r * kTileRows));
-              v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[2] + r * kTileRows)));
-              v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[1] + r * kTileRows)));
-              v = _mm512_fmadd_ps(v, step, _mm512_cvtepi32_ps(_mm512_load_si512(sums[0] + r * kTileRows)));
-              v = _mm512_scalef_ps(_mm512_mul_ps(v, _mm512_set1_ps(scales[m])), exponent);
-              v = _mm512_add_ps(v, _mm512_set1_ps(bias[m]));
-              _mm512_storeu_ps(out + ((p0 + g) * M + m) * kAmxPanel + half * kTileRows,
-                               _mm512_max_ps(_mm512_setzero_ps(), v));
+            between.finish();
+            auto* block_sums = sums[stored++ % 2];
+            _tile_stored(0, block_sums[0], kTileRows * sizeof(int32_t));
+            _tile_stored(1, block_sums[1], kTileRows * sizeof(int32_t));
+            _tile_stored(2, block_sums[2], kTileRows * sizeof(int32_t));
+            _tile_stored(3, block_sums[3], kTileRows * sizeof(int32_t));
+            const int64_t m = m0 + row_half * kTileRows;
+            pending.sums = block_sums;
+            pending.scales = scales + m;
+            pending.bias = bias + m;
+            pending.out = out + ((p0 + g) * M + m) * kAmxPanel + half * kTileRows;
+            pending.exponent = _mm512_load_ps(exponents + g * kAmxPanel + half * kTileRows);
+            pending.rows = rows;
+            if (!spread) {  // right after its products
+              EpilogueBetweenProducts{pending, false}.finish();
+              pending.rows = 0;
             }
           }
         }
       }
     }
   }
+  EpilogueBetweenProducts{pending, false}.finish();
 }
 
 }  // namespace
