@@ -5,7 +5,8 @@ AVX-512 kernel.
 
 Layers of 96 inputs or more run there (kAmxMinReduction; 192 in the training forward), so the cases
 have 96-384 channels (the seed's block 1 among them), counts that are not multiples of the tiles' 32
-or 64 (100, 130, 200), pixel counts that leave a panel tail and an odd panel count (the tiles take
+or 64 (100, 130, 200; a last 64-wide chunk of at most 32 inputs, as in 96, 130 and 200, takes its
+slices side by side in two tiles), pixel counts that leave a panel tail and an odd panel count (the tiles take
 two panels at a time), both memory formats, the direct and the Winograd paths, the pooled ops and the
 training forward, hidden activations spread over six orders of magnitude within a pixel (the
 slices' scale is the pixel's largest input), and a conv on normalized images (inputs of both signs).

@@ -75,6 +75,26 @@ void configure_tiles() {
 
 int64_t chunks_of(int64_t K) { return (K + kTileK - 1) / kTileK; }
 
+// A layer of unsigned inputs whose last chunk holds at most 32 of k (the seed's block 1: 96 inputs)
+// takes that chunk's eight products as five: its pixel slices side by side in two tiles, A = [u1 | u2]
+// and B = [u2 | u3] (32 k each), against weight tiles W0 = [v1 | 0], W1 = [v2 | v1], W2 = [v3 | v2]
+// and W3 = [0 | v1]: C0 += W0 A, C7 += W1 A, C14 += W2 A + W3 B, C21 += W2 B. 13 products for 96
+// inputs where two full chunks took 16.
+bool half_last_chunk(int64_t K, bool signed_inputs) {
+  return !signed_inputs && K % kTileK != 0 && K % kTileK <= kTileK / 2;
+}
+constexpr int64_t kHalfChunkWeightBytes = 4 * 2 * kTileBytes;  // W0-W3, per half of the rows
+constexpr int64_t kHalfChunkPixelBytes = 2 * 2 * kTileBytes;   // A and B, per half of the pixels
+// A weight panel's (32 rows) or a pixel panel's (32 pixels) tiles.
+int64_t weight_panel_bytes(int64_t K, bool signed_inputs) {
+  const bool half = half_last_chunk(K, signed_inputs);
+  return (chunks_of(K) - half) * chunk_bytes(slices_for(signed_inputs)) + (half ? kHalfChunkWeightBytes : 0);
+}
+int64_t pixel_panel_bytes(int64_t K, bool signed_inputs) {
+  const bool half = half_last_chunk(K, signed_inputs);
+  return (chunks_of(K) - half) * chunk_bytes(slices_for(signed_inputs)) + (half ? kHalfChunkPixelBytes : 0);
+}
+
 __m512 load_or_zero(const float* p, bool present) { return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
 
 // Bits [from, from + 8) of each lane of v moved to bits [to, to + 8).
@@ -138,9 +158,11 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
   }
   // The largest may round up to 2^top, one past the bits: held below it.
   const __m512i top = _mm512_set1_epi32((1 << kTopBit) - 1), bottom = _mm512_set1_epi32(-(1 << kTopBit));
+  const bool half_chunk = half_last_chunk(K, kSigned);
   const int64_t chunks = chunks_of(K);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    for (int quad = 0; quad < kTileRows; ++quad) {
+    const bool in_halves = half_chunk && chunk == chunks - 1;
+    for (int quad = 0; quad < (in_halves ? kTileRows / 2 : kTileRows); ++quad) {
       const int64_t k = chunk * kTileK + 4 * quad;
       for (int half = 0; half < 2; ++half) {
         uint8_t* dst = out + chunk * chunk_bytes(kSlices) + half * kTileBytes + quad * kTileK;
@@ -161,6 +183,14 @@ bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out)
           add_slices<kSlices, 1>(q[1], u);
           add_slices<kSlices, 2>(q[2], u);
           add_slices<kSlices, 3>(q[3], u);
+        }
+        if (in_halves) {  // A = [u1 | u2] and B = [u2 | u3], the second halves 8 rows down
+          constexpr int64_t kB = 2 * kTileBytes, kSecond = kTileRows / 2 * kTileK;
+          _mm512_store_si512(dst, u[0]);
+          _mm512_store_si512(dst + kSecond, u[1]);
+          _mm512_store_si512(dst + kB, u[1]);
+          _mm512_store_si512(dst + kB + kSecond, u[2]);
+          continue;
         }
         for (int slice = 0; slice < kSlices; ++slice) {
           _mm512_store_si512(dst + slice * 2 * kTileBytes, u[slice]);
@@ -226,6 +256,28 @@ void multiply_chunk(const uint8_t* a, const uint8_t* b, Between& between) {
   }
 }
 
+// The same for a last chunk in halves (half_last_chunk: unsigned inputs): a = W0-W3, b = A and B.
+template <typename Between>
+void multiply_half_chunk(const uint8_t* a, const uint8_t* b, Between& between) {
+  constexpr int kNext = 2 * kTileBytes;  // the next tile of the same half
+  _tile_loadd(5, b, 64);                 // A
+  _tile_loadd(4, a, 64);                 // W0
+  _tile_dpbsud(0, 4, 5);                 // C0 += W0 A
+  between();
+  _tile_loadd(6, a + kNext, 64);  // W1
+  _tile_dpbsud(1, 6, 5);          // C7 += W1 A
+  between();
+  _tile_loadd(4, a + 2 * kNext, 64);  // W2
+  _tile_dpbsud(2, 4, 5);              // C14 += W2 A
+  between();
+  _tile_loadd(7, b + kNext, 64);  // B
+  _tile_dpbsud(3, 4, 7);          // C21 += W2 B
+  between();
+  _tile_loadd(6, a + 3 * kNext, 64);  // W3
+  _tile_dpbsud(2, 6, 7);              // C14 += W3 B
+  between();
+}
+
 #undef NIN_EXT_MULTIPLY_U1
 
 }  // namespace
@@ -250,16 +302,19 @@ bool amx_int8_usable() {
 
 int64_t amx_packed_layer_bytes(int64_t M, int64_t K, bool signed_inputs) {
   const int64_t panels = (M + kAmxPanel - 1) / kAmxPanel;
-  return panels * chunks_of(K) * chunk_bytes(slices_for(signed_inputs)) +
+  return panels * weight_panel_bytes(K, signed_inputs) +
          panels * kAmxPanel * int64_t{sizeof(float)};  // tiles, row scales
 }
 
 void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, int64_t panel_begin,
                     int64_t panel_end, uint8_t* tiles) {
   const int slices = slices_for(signed_inputs);
+  const bool half_chunk = half_last_chunk(K, signed_inputs);
   const int64_t chunks = chunks_of(K), panels = (M + kAmxPanel - 1) / kAmxPanel;
-  float* scales = reinterpret_cast<float*>(tiles + panels * chunks * chunk_bytes(slices));
+  const int64_t panel_bytes = weight_panel_bytes(K, signed_inputs);
+  float* scales = reinterpret_cast<float*>(tiles + panels * panel_bytes);
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    uint8_t* panel_tiles = tiles + panel * panel_bytes;
     for (int r = 0; r < kAmxPanel; ++r) {
       const int64_t m = panel * kAmxPanel + r;
       float largest = 0.f;
@@ -268,16 +323,38 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, in
       }
       const float scale = largest > 0.f ? 127.f / largest : 0.f;
       scales[m] = largest / 127.f;
+      // Row r's byte of tile `tile` (two per tile: its halves of the rows) at column kk.
+      const auto at = [&](int64_t tile, int64_t kk) -> uint8_t& {
+        return panel_tiles[(tile * 2 + r / kTileRows) * kTileBytes + (r % kTileRows) * kTileK + kk];
+      };
       for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-        for (int kk = 0; kk < kTileK; ++kk) {
+        const bool in_halves = half_chunk && chunk == chunks - 1;
+        for (int kk = 0; kk < (in_halves ? kTileK / 2 : kTileK); ++kk) {
           const int64_t k = chunk * kTileK + kk;
           float v = m < M && k < K ? w[m * K + k] * scale : 0.f;
+          int8_t slice_values[4] = {};
           for (int slice = 0; slice < slices; ++slice) {
             const float s = std::nearbyint(v);  // within [-127, 127], then [-64, 64]
-            tiles[((panel * chunks + chunk) * slices + slice) * 2 * kTileBytes + (r / kTileRows) * kTileBytes +
-                  (r % kTileRows) * kTileK + kk] = static_cast<uint8_t>(static_cast<int8_t>(s));
+            slice_values[slice] = static_cast<int8_t>(s);
             v = (v - s) * kSliceStep;
           }
+          if (!in_halves) {
+            for (int slice = 0; slice < slices; ++slice) {
+              at(chunk * slices + slice, kk) = static_cast<uint8_t>(slice_values[slice]);
+            }
+            continue;
+          }
+          // W0 = [v1 | 0], W1 = [v2 | v1], W2 = [v3 | v2], W3 = [0 | v1]
+          const int64_t w0 = chunk * slices;
+          const auto byte = [](int8_t x) { return static_cast<uint8_t>(x); };
+          at(w0, kk) = byte(slice_values[0]);
+          at(w0, kk + kTileK / 2) = 0;
+          at(w0 + 1, kk) = byte(slice_values[1]);
+          at(w0 + 1, kk + kTileK / 2) = byte(slice_values[0]);
+          at(w0 + 2, kk) = byte(slice_values[2]);
+          at(w0 + 2, kk + kTileK / 2) = byte(slice_values[1]);
+          at(w0 + 3, kk) = 0;
+          at(w0 + 3, kk + kTileK / 2) = byte(slice_values[0]);
         }
       }
     }
@@ -339,11 +416,13 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
   }
   configure_tiles();
   constexpr int64_t kChunkBytes = chunk_bytes(slices_for(kSigned));
-  const int64_t chunks = chunks_of(K), row_panels = (M + kAmxPanel - 1) / kAmxPanel;
-  const float* scales = reinterpret_cast<const float*>(weights + row_panels * chunks * kChunkBytes);
+  const bool half_chunk = half_last_chunk(K, kSigned);
+  const int64_t chunks = chunks_of(K), full_chunks = chunks - half_chunk, row_panels = (M + kAmxPanel - 1) / kAmxPanel;
+  const int64_t weight_bytes = weight_panel_bytes(K, kSigned), pixel_bytes = pixel_panel_bytes(K, kSigned);
+  const float* scales = reinterpret_cast<const float*>(weights + row_panels * weight_bytes);
   // Pixel panels sliced two at a time: their tiles stay in cache while every weight panel passes.
   constexpr int64_t kGroup = 2;
-  ScratchBuffer<uint8_t> pixels(kGroup * chunks * kChunkBytes);
+  ScratchBuffer<uint8_t> pixels(kGroup * pixel_bytes);
   alignas(64) float exponents[kGroup * kAmxPanel];
   alignas(64) int32_t sums[2][4][kTileRows * kTileRows];
   BlockEpilogue pending;  // the block whose sums wait in sums[(stored - 1) % 2]
@@ -354,7 +433,7 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
     bool representable = true;
     for (int64_t g = 0; g < group; ++g) {
       representable &= pack_pixel_panel<kSigned>(in + (p0 + g) * K * kAmxPanel, K, exponents + g * kAmxPanel,
-                                                 pixels.data() + g * chunks * kChunkBytes);
+                                                 pixels.data() + g * pixel_bytes);
     }
     if (!representable) {
       other_panels(context, p0, group);
@@ -373,11 +452,14 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
-            const uint8_t* wa = weights + rp * chunks * kChunkBytes + row_half * kTileBytes;
-            const uint8_t* pb = pixels.data() + g * chunks * kChunkBytes + half * kTileBytes;
+            const uint8_t* wa = weights + rp * weight_bytes + row_half * kTileBytes;
+            const uint8_t* pb = pixels.data() + g * pixel_bytes + half * kTileBytes;
             EpilogueBetweenProducts between{pending, spread};
-            for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+            for (int64_t chunk = 0; chunk < full_chunks; ++chunk) {
               multiply_chunk<kSigned>(wa + chunk * kChunkBytes, pb + chunk * kChunkBytes, between);
+            }
+            if (half_chunk) {
+              multiply_half_chunk(wa + full_chunks * kChunkBytes, pb + full_chunks * kChunkBytes, between);
             }
             between.finish();
             auto* block_sums = sums[stored++ % 2];
