@@ -31,7 +31,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 
 #include "cpu/thread_scratch_cpu.h"
@@ -128,25 +127,31 @@ void add_slices(__m512i q, __m512i u[kSlices]) {
 // Unsigned inputs (a 1x1 layer's) take three slices, their largest in [2^21, 2^22); inputs of both
 // signs (kSigned, a conv's) four, their largest magnitude in [2^27, 2^28), so u1 is a signed byte
 // and the others unsigned (q's two's complement bits). Returns whether every input is finite (and,
-// unless kSigned, not negative).
+// unless kSigned, neither negative nor -0.0).
 template <bool kSigned>
 bool pack_pixel_panel(const float* in, int64_t K, float* exponent, uint8_t* out) {
   constexpr int kSlices = slices_for(kSigned);
-  __m512 largest[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-  __mmask16 outside = 0;
-  const __m512 zero = _mm512_setzero_ps(), float_max = _mm512_set1_ps(FLT_MAX);
+  // The largest input's bits: as unsigned integers, the bits of floats >= 0 order as their values,
+  // below those of infinity and NaN, and a negative float's (its sign bit set) lie above them all.
+  // One integer max per 16 inputs (comparing floats took five operations, a third of the slicing).
+  __m512i largest_bits[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
   for (int64_t k = 0; k < K; ++k) {
     for (int half = 0; half < 2; ++half) {
-      const __m512 x = _mm512_loadu_ps(in + k * kAmxPanel + half * kTileRows);
-      const __m512 v = kSigned ? _mm512_abs_ps(x) : x;
-      // not (0 <= v <= FLT_MAX): negative, infinite or NaN
-      outside |= _mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ) | _mm512_cmp_ps_mask(v, float_max, _CMP_NLE_UQ);
-      largest[half] = _mm512_max_ps(largest[half], v);
+      __m512i x = _mm512_loadu_si512(in + k * kAmxPanel + half * kTileRows);
+      if constexpr (kSigned) {
+        x = _mm512_and_si512(x, magnitude);
+      }
+      largest_bits[half] = _mm512_max_epu32(largest_bits[half], x);
     }
   }
-  if (outside != 0) {
+  // An infinity or NaN, or (unless kSigned) a negative value; -0.0 too, which the other means take.
+  const __m512i infinity = _mm512_set1_epi32(0x7F800000);
+  if (_mm512_cmpge_epu32_mask(_mm512_max_epu32(largest_bits[0], largest_bits[1]), infinity) != 0) {
     return false;
   }
+  const __m512 largest[2] = {_mm512_castsi512_ps(largest_bits[0]), _mm512_castsi512_ps(largest_bits[1])};
+  const __m512 zero = _mm512_setzero_ps();
   constexpr int kTopBit = kSigned ? 28 : 22, kLeadShift = 7 * (kSlices - 1);
   __m512 shift[2];
   for (int half = 0; half < 2; ++half) {

@@ -48,7 +48,7 @@ using LayerPanelsFn = void (*)(const void* context, int64_t first, int64_t count
 // The layer on `panels` pixel panels of 32 (the AVX-512 kernel's NR), in[panel][k][32] for k < K;
 // bias + ReLU as the micro-kernels apply them. A 1x1 layer's inputs are a ReLU's outputs, which the
 // tiles take as unsigned slices; a conv's (`signed_inputs`) take signed ones, one bit less. A pair of
-// panels with a value the slices cannot hold (an infinity, a NaN, or a negative value where unsigned)
+// panels with a value the slices cannot hold (an infinity, a NaN, or a negative value or -0.0 where unsigned)
 // goes to `other_panels`.
 void apply_layer_amx(const uint8_t* a, const float* bias, int64_t M, int64_t K, const float* in, float* out,
                      int64_t panels, bool signed_inputs, LayerPanelsFn other_panels, const void* context);
