@@ -84,14 +84,11 @@ bool half_last_chunk(int64_t K, bool signed_inputs) {
 }
 constexpr int64_t kHalfChunkWeightBytes = 4 * 2 * kTileBytes;  // W0-W3, per half of the rows
 constexpr int64_t kHalfChunkPixelBytes = 2 * 2 * kTileBytes;   // A and B, per half of the pixels
-// A weight panel's (32 rows) or a pixel panel's (32 pixels) tiles.
-int64_t weight_panel_bytes(int64_t K, bool signed_inputs) {
+// A weight panel's (32 rows; half_chunk_bytes = kHalfChunkWeightBytes) or a pixel panel's (32
+// pixels; kHalfChunkPixelBytes) tiles.
+int64_t panel_bytes(int64_t K, bool signed_inputs, int64_t half_chunk_bytes) {
   const bool half = half_last_chunk(K, signed_inputs);
-  return (chunks_of(K) - half) * chunk_bytes(slices_for(signed_inputs)) + (half ? kHalfChunkWeightBytes : 0);
-}
-int64_t pixel_panel_bytes(int64_t K, bool signed_inputs) {
-  const bool half = half_last_chunk(K, signed_inputs);
-  return (chunks_of(K) - half) * chunk_bytes(slices_for(signed_inputs)) + (half ? kHalfChunkPixelBytes : 0);
+  return (chunks_of(K) - half) * chunk_bytes(slices_for(signed_inputs)) + (half ? half_chunk_bytes : 0);
 }
 
 __m512 load_or_zero(const float* p, bool present) { return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
@@ -307,7 +304,7 @@ bool amx_int8_usable() {
 
 int64_t amx_packed_layer_bytes(int64_t M, int64_t K, bool signed_inputs) {
   const int64_t panels = (M + kAmxPanel - 1) / kAmxPanel;
-  return panels * weight_panel_bytes(K, signed_inputs) +
+  return panels * panel_bytes(K, signed_inputs, kHalfChunkWeightBytes) +
          panels * kAmxPanel * int64_t{sizeof(float)};  // tiles, row scales
 }
 
@@ -316,10 +313,10 @@ void pack_layer_amx(const float* w, int64_t M, int64_t K, bool signed_inputs, in
   const int slices = slices_for(signed_inputs);
   const bool half_chunk = half_last_chunk(K, signed_inputs);
   const int64_t chunks = chunks_of(K), panels = (M + kAmxPanel - 1) / kAmxPanel;
-  const int64_t panel_bytes = weight_panel_bytes(K, signed_inputs);
-  float* scales = reinterpret_cast<float*>(tiles + panels * panel_bytes);
+  const int64_t weight_bytes = panel_bytes(K, signed_inputs, kHalfChunkWeightBytes);
+  float* scales = reinterpret_cast<float*>(tiles + panels * weight_bytes);
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
-    uint8_t* panel_tiles = tiles + panel * panel_bytes;
+    uint8_t* panel_tiles = tiles + panel * weight_bytes;
     for (int r = 0; r < kAmxPanel; ++r) {
       const int64_t m = panel * kAmxPanel + r;
       float largest = 0.f;
@@ -423,7 +420,8 @@ void apply_layer_amx_slices(const uint8_t* weights, const float* bias, int64_t M
   constexpr int64_t kChunkBytes = chunk_bytes(slices_for(kSigned));
   const bool half_chunk = half_last_chunk(K, kSigned);
   const int64_t chunks = chunks_of(K), full_chunks = chunks - half_chunk, row_panels = (M + kAmxPanel - 1) / kAmxPanel;
-  const int64_t weight_bytes = weight_panel_bytes(K, kSigned), pixel_bytes = pixel_panel_bytes(K, kSigned);
+  const int64_t weight_bytes = panel_bytes(K, kSigned, kHalfChunkWeightBytes),
+                pixel_bytes = panel_bytes(K, kSigned, kHalfChunkPixelBytes);
   const float* scales = reinterpret_cast<const float*>(weights + row_panels * weight_bytes);
   // Pixel panels sliced two at a time: their tiles stay in cache while every weight panel passes.
   constexpr int64_t kGroup = 2;
