@@ -266,6 +266,8 @@ void winograd_output_transform_avx512_32(int m, int r, const float* in, int64_t 
                                          int64_t out_stride);
 void winograd_gather_avx512(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
                             float* d, int64_t nr);
+void winograd_gather_avx2(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
+                          float* d, int64_t nr);
 void winograd_scatter_avx512(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,
                              int64_t run_count, float* out);
 void winograd_scatter_avx2(const float* y, int m, int64_t nr, float shift, const WinogradRowRun* runs,

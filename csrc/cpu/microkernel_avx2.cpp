@@ -78,6 +78,66 @@ void winograd_output_gradient_transform_avx2_16(int m, int r, const float* in, i
   winograd_output_gradient_lanes<Avx2, 16>(m, r, in, in_stride, out, out_stride);
 }
 
+namespace {
+
+// winograd_gather_avx2 for one block size m: per band row and 8 blocks, the m registers that hold
+// the 8 m values from column q m of the blocks' first on, and each output (column q m + j of the 8
+// blocks, at lanes m l + j) permuted out of each register and blended by register.
+template <int m>
+void winograd_gather_blocks_of(const float* band, int64_t band_width, int alpha, int64_t bx, int64_t length, float* d,
+                               int64_t nr) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i strided = _mm256_mullo_epi32(iota, _mm256_set1_epi32(m));
+  const int64_t full = length / 8 * 8;
+  for (int q = 0; q * m < alpha; ++q) {
+    // The 8 blocks read 7 m + alpha values: the last register's lanes past them are not loaded (the
+    // last band row's may lie past the band).
+    const __m256i last_lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(7 * m + alpha - q * m - 8 * (m - 1)), iota);
+    for (int64_t l0 = 0; l0 < full; l0 += 8) {
+      for (int i = 0; i < alpha; ++i) {
+        const float* src = band + i * band_width + m * (bx + l0) + q * m;
+        __m256 r[m];
+        for (int k = 0; k < m - 1; ++k) {
+          r[k] = _mm256_loadu_ps(src + 8 * k);
+        }
+        r[m - 1] = _mm256_maskload_ps(src + 8 * (m - 1), last_lanes);
+        for (int j = 0; j < m && q * m + j < alpha; ++j) {
+          const __m256i position = _mm256_add_epi32(strided, _mm256_set1_epi32(j));  // VPERMPS reads its low 3 bits
+          const __m256i reg = _mm256_srli_epi32(position, 3);
+          __m256 v = _mm256_permutevar8x32_ps(r[0], position);
+          for (int k = 1; k < m; ++k) {
+            v = _mm256_blendv_ps(v, _mm256_permutevar8x32_ps(r[k], position),
+                                 _mm256_castsi256_ps(_mm256_cmpeq_epi32(reg, _mm256_set1_epi32(k))));
+          }
+          _mm256_storeu_ps(d + (i * alpha + q * m + j) * nr + l0, v);
+        }
+      }
+    }
+  }
+  if (full < length) {
+    winograd_gather_portable(band, band_width, m, alpha, bx + full, length - full, d + full, nr);
+  }
+}
+
+}  // namespace
+
+// winograd_gather_portable by 8 blocks at a time, with permutes (m permutes and m - 1 blends per 8
+// values, where the portable pass takes a load and a store per value: 0.27 against 0.64 ns a value
+// at m = 4 on the Zen 3, 0.20 against 0.43 at m = 3). Unmasked stores: AMD's masked stores are slow.
+void winograd_gather_avx2(const float* band, int64_t band_width, int m, int alpha, int64_t bx, int64_t length,
+                          float* d, int64_t nr) {
+  switch (m) {
+    case 2:
+      return winograd_gather_blocks_of<2>(band, band_width, alpha, bx, length, d, nr);
+    case 3:
+      return winograd_gather_blocks_of<3>(band, band_width, alpha, bx, length, d, nr);
+    case 4:
+      return winograd_gather_blocks_of<4>(band, band_width, alpha, bx, length, d, nr);
+    default:
+      return winograd_gather_portable(band, band_width, m, alpha, bx, length, d, nr);
+  }
+}
+
 // winograd_scatter_portable with permutes: 8 raster values per vector, each column's lanes
 // permuted into place and blended where the value is that column's (the portable pass takes a load,
 // a store and the column and lane bookkeeping per value).

@@ -67,7 +67,7 @@ MicroKernel<float> choose_float_microkernel() {
                                 &winograd_output_transform_avx2_16,
                                 &max_pool2d_plane_avx2,
                                 &max_pool2d_argmax_plane_avx2,
-                                &winograd_gather_portable,
+                                &winograd_gather_avx2,
                                 &winograd_scatter_avx2,
                                 &copy_runs_avx2,
                                 &gather_lanes_avx2,
