@@ -46,7 +46,7 @@ void plane_means_of(const scalar_t* in, int64_t planes, int64_t pixels, scalar_t
   }
 }
 
-// float planes: the same sums with the CPU's AVX-512 where it has it.
+// float planes: the same sums by the CPU's vectors (AVX-512 or AVX2, plane_means_lanes.h) where it has them.
 void plane_means_of(const float* in, int64_t planes, int64_t pixels, float* out) {
   if (const PlaneMeansFn plane_means = float_microkernel().plane_means) {
     plane_means(in, planes, pixels, out);

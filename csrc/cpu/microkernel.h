@@ -136,7 +136,7 @@ struct MicroKernel {
   WinogradTransformFn winograd_output_gradient_transform = nullptr;
   // float kernels of NR 32 only: the wide 1x1 layers run on AMX tiles (packed_layer_amx.h)
   bool amx_layers = false;
-  PlaneMeansFn plane_means = nullptr;  // AVX-512 only: the others run the portable sums
+  PlaneMeansFn plane_means = nullptr;  // AVX-512 and AVX2 (plane_means_lanes.h); portable: the plain sums
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -291,6 +291,7 @@ void channels_last_row_avx512(const float* src, int64_t channel_stride, int64_t 
                               int64_t width, float* dst, int64_t pixel_stride);
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out);
 void plane_means_avx512(const float* in, int64_t planes, int64_t pixels, float* out);
+void plane_means_avx2(const float* in, int64_t planes, int64_t pixels, float* out);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);
 void winograd_output_gradient_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -12,6 +12,7 @@
 #include "cpu/copy_runs.h"
 #include "cpu/microkernel_broadcast_pixels.h"
 #include "cpu/microkernel_register_blocked.h"
+#include "cpu/plane_means_lanes.h"
 #include "cpu/winograd_transform_lanes.h"
 
 namespace nin_ext {
@@ -182,6 +183,30 @@ void broadcast_pixels_avx2_6x8(int64_t tap_count, const int64_t* taps, int64_t c
                                 const float* bias, bool accumulate, float* c, int64_t ldc) {
   broadcast_pixels_microkernel<Avx2, 6, 1>(tap_count, taps, channels, x, pixels, rows, w, tap_stride, bias,
                                             accumulate, c, ldc);
+}
+
+namespace {
+
+// plane_means_by_lanes's 8 double lanes in two ymm, lanes 0-3 and 4-7.
+struct Avx2DoubleLanes {
+  struct type {
+    __m256d low, high;
+  };
+  static type zero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
+  static type add(type acc, const float* values) {
+    return {_mm256_add_pd(acc.low, _mm256_cvtps_pd(_mm_loadu_ps(values))),
+            _mm256_add_pd(acc.high, _mm256_cvtps_pd(_mm_loadu_ps(values + 4)))};
+  }
+  static void store(double* lanes, type acc) {
+    _mm256_store_pd(lanes, acc.low);
+    _mm256_store_pd(lanes + 4, acc.high);
+  }
+};
+
+}  // namespace
+
+void plane_means_avx2(const float* in, int64_t planes, int64_t pixels, float* out) {
+  plane_means_by_lanes<Avx2DoubleLanes>(in, planes, pixels, out);
 }
 
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out) {

@@ -77,7 +77,7 @@ MicroKernel<float> choose_float_microkernel() {
                                 &swapped_product_avx2_6x16,
                                 &winograd_output_gradient_transform_avx2_16,
                                 false,
-                                nullptr};
+                                &plane_means_avx2};
   MicroKernel<float> amx = avx512;  // AVX-512, the wide 1x1 layers on AMX tiles
   amx.isa = "amx";
   amx.amx_layers = true;
