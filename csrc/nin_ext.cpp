@@ -13,6 +13,7 @@
 #include "cpu/nin_block_packed_cache_cpu.h"
 #include "cpu/nin_block_run_cpu.h"
 #include "cpu/nin_block_shifted_cpu.h"
+#include "cpu/tensor_cache_cpu.h"
 
 #ifndef NIN_EXT_CUDA_ARCHS
 #define NIN_EXT_CUDA_ARCHS ""
@@ -64,6 +65,14 @@ TORCH_LIBRARY(nin_ext, m) {
 static PyObject* clear_weight_cache(PyObject*, PyObject*) {
   nin_ext::cpu::clear_packed_nin_block_caches();
   Py_RETURN_NONE;
+}
+
+static PyObject* clear_tensor_cache(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(nin_ext::cpu::clear_tensor_cache());
+}
+
+static PyObject* tensor_cache_free_bytes(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(nin_ext::cpu::tensor_cache_free_bytes());
 }
 
 static PyObject* weight_cache_entries(PyObject*, PyObject*) {
@@ -214,6 +223,10 @@ extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"clear_weight_cache", clear_weight_cache, METH_NOARGS, "Drops every packed copy of the CPU kernels' weights."},
       {"weight_cache_entries", weight_cache_entries, METH_NOARGS, "The number of packed blocks cached."},
+      {"clear_tensor_cache", clear_tensor_cache, METH_NOARGS,
+       "Frees the CPU ops' cached free blocks of large tensors; returns their bytes."},
+      {"tensor_cache_free_bytes", tensor_cache_free_bytes, METH_NOARGS,
+       "The bytes of the free blocks the CPU ops' tensor cache holds."},
       {"winograd_tile_size", winograd_tile_size, METH_VARARGS,
        "The Winograd output-block size a float32 nin_block of these shapes runs on the CPU (0: direct)."},
       {"shifted_conv", shifted_conv, METH_VARARGS,

@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from . import _extension  # noqa: F401  (loads the compiled ops, or warns once)
-from ._extension import clear_weight_cache
+from ._extension import clear_tensor_cache, clear_weight_cache
 from . import ops, reference
 from ._info import info
 from .backends import available_backends, get_backend, set_backend
@@ -16,6 +16,6 @@ from .fuse import fuse
 from .modules import FusedSequential, InputError, NiN, NiNBlock
 
 __all__ = [
-    "FusedSequential", "InputError", "NiN", "NiNBlock", "available_backends", "clear_weight_cache", "fuse", "get_backend", "info",
+    "FusedSequential", "InputError", "NiN", "NiNBlock", "available_backends", "clear_tensor_cache", "clear_weight_cache", "fuse", "get_backend", "info",
     "ops", "reference", "set_backend",
 ]

@@ -28,3 +28,10 @@ def clear_weight_cache():
     the values it was packed from, so correctness does not need this call)."""
     if loaded:
         _C.clear_weight_cache()
+
+
+def clear_tensor_cache():
+    """Frees the free blocks that the CPU ops keep for their large tensors (outputs and per-call
+    buffers of 1 MiB or more, up to NIN_EXT_CPU_TENSOR_CACHE_MB = 256 MiB of them by default), so
+    that a later tensor of the same size finds its pages mapped; returns the bytes freed."""
+    return _C.clear_tensor_cache() if loaded else 0

@@ -13,6 +13,7 @@
 
 #include "cpu/conv2d_weight_grad_cpu.h"
 #include "cpu/microkernel.h"
+#include "cpu/tensor_cache_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
 
 namespace nin_ext {
@@ -57,7 +58,7 @@ void check_conv2d_weight_grad_args(const at::Tensor& grad_out, const at::Tensor&
 
 at::Tensor aten_conv2d_weight_grad(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
                                    c10::IntArrayRef padding) {
-  const at::Tensor weight = at::empty({grad_out.size(1), x.size(1), kernel_size[0], kernel_size[1]}, x.options());
+  const at::Tensor weight = empty_cached({grad_out.size(1), x.size(1), kernel_size[0], kernel_size[1]}, x.options());
   // contiguous, as the tiles' result (ATen's follows x's memory format)
   return std::get<1>(at::convolution_backward(grad_out, x, weight, c10::nullopt, {1, 1}, padding, {1, 1}, false,
                                               {0, 0}, 1, {false, true, false}))
@@ -121,8 +122,8 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
   const int64_t chunk = std::min(kBlocksPerChunk, blocks);
   const int64_t v_point = chunk * ldv, mg_point = co_groups * chunk * nr;  // a point's floats in each
   const at::TensorOptions options = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor v_tensor = at::empty({points * v_point}, options), mg_tensor = at::empty({points * mg_point}, options);
-  at::Tensor du_tensor = at::zeros({points * CO * ldu}, options);
+  at::Tensor v_tensor = empty_cached({points * v_point}, options), mg_tensor = empty_cached({points * mg_point}, options);
+  at::Tensor du_tensor = empty_cached({points * CO * ldu}, options).zero_();
   float* const v = v_tensor.data_ptr<float>();
   float* const mg = mg_tensor.data_ptr<float>();
   float* const du = du_tensor.data_ptr<float>();
@@ -166,7 +167,7 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
   }
   // dW = G^T dU G per channel pair, in double, kLanes input channels at a time (dU's rows hold them
   // side by side, so the loops over them vectorize; its rows are whole kLanes groups long).
-  at::Tensor grad_weight = at::empty({CO, CI, r, r}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_weight = empty_cached({CO, CI, r, r}, x.options().memory_format(at::MemoryFormat::Contiguous));
   float* out = grad_weight.data_ptr<float>();
   at::parallel_for(0, CO, 1, [&](int64_t begin, int64_t end) {
     double gu[kWinogradMaxTaps][kWinogradMaxAlpha][kLanes], s[kLanes];  // G^T dU

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cpu/microkernel.h"
+#include "cpu/tensor_cache_cpu.h"
 #include "nin_block_checks.h"
 
 namespace nin_ext {
@@ -60,7 +61,7 @@ void plane_means_of(const float* in, int64_t planes, int64_t pixels, float* out)
 at::Tensor global_avg_pool_cpu(const at::Tensor& x) {
   check_global_avg_pool_args(x, "global_avg_pool");
   const int64_t N = x.size(0), C = x.size(1), pixels = x.size(2) * x.size(3);
-  at::Tensor out = at::empty({N, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_cached({N, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) {
     return out;
   }

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "cpu/max_pool2d_plane.h"
+#include "cpu/tensor_cache_cpu.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
@@ -28,8 +29,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_argmax_cpu(const at::Tensor& 
   TORCH_CHECK(g.H * g.W <= std::numeric_limits<int32_t>::max(), "max_pool2d_with_argmax: x's planes of ", g.H,
               " x ", g.W, " are too large for int32 indices");
   const at::MemoryFormat format = x.suggest_memory_format();
-  at::Tensor out = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(format));
-  at::Tensor argmax = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kInt).memory_format(format));
+  at::Tensor out = empty_cached({g.N, g.C, g.OH, g.OW}, x.options().memory_format(format));
+  at::Tensor argmax = empty_cached({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kInt).memory_format(format));
   if (out.numel() == 0) {
     return {out, argmax};
   }
@@ -75,7 +76,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
   // at::empty honours the memory format of its options (at::zeros does not). Each task zeroes its own
   // part before adding to it, while that part is in cache (not one more pass over all of grad_in).
   const at::ScalarType sum_type = reduced ? at::kFloat : grad_out.scalar_type();
-  at::Tensor grad_in = at::empty(input_size, grad_out.options().dtype(sum_type).memory_format(format));
+  at::Tensor grad_in = empty_cached(input_size, grad_out.options().dtype(sum_type).memory_format(format));
   if (grad_in.numel() == 0 || grad_out.numel() == 0) {
     return grad_in.zero_().to(grad_out.scalar_type());
   }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/max_pool2d_plane.h"
+#include "cpu/tensor_cache_cpu.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
@@ -45,7 +46,7 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size, c10
                           c10::IntArrayRef padding, bool ceil_mode) {
   const MaxPool2dGeometry g = check_max_pool2d_args(x, kernel_size, stride, padding, ceil_mode, "max_pool2d");
   const at::MemoryFormat format = x.suggest_memory_format();
-  at::Tensor out = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(format));
+  at::Tensor out = empty_cached({g.N, g.C, g.OH, g.OW}, x.options().memory_format(format));
   if (out.numel() == 0) {
     return out;
   }

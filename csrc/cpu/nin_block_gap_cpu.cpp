@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cpu/nin_block_run_cpu.h"
+#include "cpu/tensor_cache_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -23,7 +24,7 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
   if (computes_in_float(x)) {
     return run_in_float(nin_block_gap_cpu, x, w, b, w1, b1, w2, b2, stride, padding);
   }
-  at::Tensor out = at::empty({g.N, g.C2}, x.options());
+  at::Tensor out = empty_cached({g.N, g.C2}, x.options());
   if (g.N == 0) {
     return out;
   }
@@ -31,7 +32,7 @@ at::Tensor nin_block_gap_cpu(const at::Tensor& x, const at::Tensor& w, const c10
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
     const NinBlockCall<scalar_t> call = prepare_nin_block_call<scalar_t>(x, g, w, b, w1, b1, w2, b2);
     if (call.path == NinBlockPath::winograd) {
-      at::Tensor block = at::empty({g.N, g.C2, g.OH, g.OW}, x.options());
+      at::Tensor block = empty_cached({g.N, g.C2, g.OH, g.OW}, x.options());
       run_nin_block<scalar_t>(call, {{2, &block}});
       out = global_avg_pool_cpu(block);
       return;

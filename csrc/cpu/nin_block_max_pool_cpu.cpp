@@ -21,6 +21,8 @@
 
 #include "cpu/max_pool2d_plane.h"
 #include "cpu/nin_block_run_cpu.h"
+#include "cpu/parallel_tasks_cpu.h"
+#include "cpu/tensor_cache_cpu.h"
 #include "max_pool2d_checks.h"
 
 namespace nin_ext {
@@ -54,11 +56,11 @@ void pool_block_by_bands(const at::Tensor& x, const NinBlockGeometry& g, const M
   const int64_t max_rows = std::min(g.OH, (band_height - 1) * pool.SH + pool.KH);
   const auto pool_plane = max_pool2d_plane_kernel<scalar_t>();
   scalar_t* out_data = out.data_ptr<scalar_t>();
-  at::parallel_for(0, g.N * bands, 1, [&](int64_t begin, int64_t end) {
+  parallel_shared_tasks(g.N * bands, [&](SharedTasks& tasks) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, step_pixels);
-    at::Tensor rows = at::empty({1, g.C2, max_rows, g.OW}, x.options());  // the band's block output
+    at::Tensor rows = empty_cached({1, g.C2, max_rows, g.OW}, x.options());  // the band's block output
     std::vector<scalar_t> row_scratch(g.OW);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task; (task = tasks.take()) >= 0;) {
       const int64_t n = task / bands, q0 = task % bands * band_height, q1 = std::min(pool.OH, q0 + band_height);
       const int64_t r_begin = std::max<int64_t>(0, q0 * pool.SH - pool.PH);
       const int64_t r_end = std::min(g.OH, (q1 - 1) * pool.SH - pool.PH + pool.KH);
@@ -111,7 +113,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
       shared_index[n] = shared_count++;
     }
   }
-  at::Tensor shared = at::empty({shared_count, g.C2, g.OH, g.OW}, x.options());
+  at::Tensor shared = empty_cached({shared_count, g.C2, g.OH, g.OW}, x.options());
   const auto pool_plane = max_pool2d_plane_kernel<scalar_t>();
   scalar_t* out_data = out.data_ptr<scalar_t>();
   // Channel c of image n, whose block output is at `image`.
@@ -135,7 +137,7 @@ void pool_block_by_images(const at::Tensor& x, const NinBlockGeometry& g, const 
           }
           auto it = std::find_if(open_images.begin(), open_images.end(), [&](const auto& e) { return e.first == n; });
           if (it == open_images.end()) {
-            at::Tensor buffer = free_buffers.empty() ? at::empty({1, g.C2, g.OH, g.OW}, x.options()) : free_buffers.back();
+            at::Tensor buffer = free_buffers.empty() ? empty_cached({1, g.C2, g.OH, g.OW}, x.options()) : free_buffers.back();
             if (!free_buffers.empty()) {
               free_buffers.pop_back();
             }
@@ -192,7 +194,7 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
     return run_in_float(op, x, w, b, w1, b1, w2, b2, stride, padding);
   }
   const at::MemoryFormat format = nin_block_output_memory_format(x, w, w1, w2, g);
-  at::Tensor out = at::empty({g.N, g.C2, pool.OH, pool.OW}, x.options().memory_format(format));
+  at::Tensor out = empty_cached({g.N, g.C2, pool.OH, pool.OW}, x.options().memory_format(format));
   if (out.numel() == 0) {
     return out;
   }
@@ -212,7 +214,7 @@ at::Tensor nin_block_max_pool_cpu(const at::Tensor& x, const at::Tensor& w, cons
       pool_block_by_bands<scalar_t>(call.x, cut, cut_pool, packed, out);
       return;
     }
-    at::Tensor block = at::empty({g.N, g.C2, g.OH, g.OW}, x.options().memory_format(format));
+    at::Tensor block = empty_cached({g.N, g.C2, g.OH, g.OW}, x.options().memory_format(format));
     run_nin_block<scalar_t>(call, {{2, &block}});
     out = max_pool2d_cpu(block, pool_kernel, pool_stride, pool_padding, ceil_mode);
   });

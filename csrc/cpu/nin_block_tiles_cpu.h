@@ -27,6 +27,7 @@
 #include "cpu/conv_phase_forms_cpu.h"
 #include "cpu/nin_block_packed_cpu.h"
 #include "cpu/nin_block_tiling_cpu.h"
+#include "cpu/parallel_tasks_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
 #include "cpu/winograd_cpu.h"
 #include "nin_block_checks.h"
@@ -687,12 +688,12 @@ template <typename scalar_t, typename TileFn>
 void for_each_nin_block_tile(const at::Tensor& x, const NinBlockGeometry& g, const NinBlockPacked<scalar_t>& packed,
                              const DirectTiling& tiling, const TileFn& tile_fn, bool for_backward = false) {
   const int64_t P = g.pixels();
-  at::parallel_for(0, tiling.tiles(), 1, [&](int64_t begin, int64_t end) {
+  parallel_shared_tasks(tiling.tiles(), [&](SharedTasks& tasks) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, tiling.tile_pixels());
     if (for_backward) {
       worker.keep_hidden_for_backward();
     }
-    for (int64_t tile = begin; tile < end; ++tile) {
+    for (int64_t tile; (tile = tasks.take()) >= 0;) {
       const int64_t q = tiling.first_pixel(tile);
       tile_fn(worker, tile, q / P, q % P, tiling.pixels_in(tile));
     }
@@ -710,12 +711,12 @@ void for_each_winograd_tile(const at::Tensor& x, const NinBlockGeometry& g, cons
   const int64_t nr = packed.kernel.nr, blocks = g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
   const TileSplit tiles = winograd_tiles(blocks, nr);
   const bool channel_lanes = winograd_channel_lanes(packed.kernel, g.CC, tiles.largest());
-  at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
+  parallel_shared_tasks(tiles.count, [&](SharedTasks& tasks) {
     NinBlockTileWorker<scalar_t> worker(x, g, packed, m * m * nr, &winograd, phases, channel_lanes);
     if (for_backward) {
       worker.keep_hidden_for_backward();
     }
-    for (int64_t tile = begin; tile < end; ++tile) {
+    for (int64_t tile; (tile = tasks.take()) >= 0;) {
       tile_fn(worker, tiles.first(tile), tiles.size(tile));
     }
   });

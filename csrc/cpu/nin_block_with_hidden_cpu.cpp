@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/nin_block_run_cpu.h"
+#include "cpu/tensor_cache_cpu.h"
 
 namespace nin_ext {
 namespace cpu {
@@ -17,9 +18,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nin_block_with_hidden_cpu(
     return run_in_float(nin_block_with_hidden_cpu, x, w, b, w1, b1, w2, b2, stride, padding);
   }
   const auto options = x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2, g));
-  at::Tensor out = at::empty({g.N, g.C2, g.OH, g.OW}, options);
-  at::Tensor hidden0 = at::empty({g.N, g.CC, g.OH, g.OW}, options);
-  at::Tensor hidden1 = at::empty({g.N, g.C1, g.OH, g.OW}, options);
+  at::Tensor out = empty_cached({g.N, g.C2, g.OH, g.OW}, options);
+  at::Tensor hidden0 = empty_cached({g.N, g.CC, g.OH, g.OW}, options);
+  at::Tensor hidden1 = empty_cached({g.N, g.C1, g.OH, g.OW}, options);
   if (g.N == 0) {
     return {out, hidden0, hidden1};
   }
