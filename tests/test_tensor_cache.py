@@ -1,6 +1,7 @@
 """The CPU ops' tensor cache (csrc/cpu/tensor_cache_cpu.h): large outputs take back the blocks of freed
 ones of the same size; the tensors behave as any CPU tensor; the cache can be emptied, limited and
 turned off, and memory profiles count its tensors."""
+import os
 import textwrap
 
 import pytest
@@ -114,3 +115,23 @@ def test_bad_limit_is_an_error_that_names_the_variable():
     r = run_python(["-c", _LIMIT_SCRIPT], {"NIN_EXT_CPU_TENSOR_CACHE_MB": "lots"})
     assert r.returncode != 0
     assert "NIN_EXT_CPU_TENSOR_CACHE_MB" in r.stderr and "lots" in r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_forked_child_uses_the_cache(cpu_backend, cache):
+    # A DataLoader worker is a fork: the cache's blocks and lock must work in the child. (os._exit in
+    # any case: the child must never return into pytest.)
+    block, x = _block_and_input()
+    with torch.no_grad():
+        expected = block(x)
+        block(x)  # a free block waits in the cache at the fork
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's threads are not forked
+                ok = torch.equal(block(x), expected) and torch.equal(block(x), expected)
+            finally:
+                os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -1,17 +1,19 @@
-// The output cache (tensor_cache_cpu.h): a c10::Allocator whose freed blocks wait, by size, for
-// the next output of that size.
+// The tensor cache (tensor_cache_cpu.h): a c10::Allocator whose freed blocks wait, by size, for
+// the next tensor of that size.
 #include "cpu/tensor_cache_cpu.h"
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/impl/alloc_cpu.h>
-#include <c10/util/irange.h>
+#include <c10/util/accumulate.h>
+
+#include <pthread.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <list>
 #include <mutex>
-#include <string>
 
 namespace nin_ext {
 namespace cpu {
@@ -78,7 +80,12 @@ class TensorCache final : public c10::Allocator {
   size_t free_bytes() const { return free_bytes_.load(); }
 
  private:
-  explicit TensorCache(size_t limit) : limit_(limit) {}
+  explicit TensorCache(size_t limit) : limit_(limit) {
+    // A fork while another thread holds the mutex (a worker thread returning a block) would leave
+    // it locked forever in the child, as in a DataLoader worker: hold it across the fork, as glibc's
+    // malloc does its arenas.
+    pthread_atfork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); }, [] { get().mutex_.unlock(); });
+  }
 
   static void return_block(void* context) { get().give_back(static_cast<Block*>(context)); }
 
