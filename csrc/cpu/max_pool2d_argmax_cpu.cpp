@@ -73,8 +73,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
   const at::MemoryFormat format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   // Sums in float for half and bfloat16 (an input element may be the maximum of several windows).
   const bool reduced = grad_out.scalar_type() == at::kHalf || grad_out.scalar_type() == at::kBFloat16;
-  // at::empty honours the memory format of its options (at::zeros does not). Each task zeroes its own
-  // part before adding to it, while that part is in cache (not one more pass over all of grad_in).
+  // empty_cached, as at::empty, honours the memory format of its options (at::zeros does not). Each
+  // task zeroes its own part before adding to it, while that part is in cache (not one more pass over
+  // all of grad_in).
   const at::ScalarType sum_type = reduced ? at::kFloat : grad_out.scalar_type();
   at::Tensor grad_in = empty_cached(input_size, grad_out.options().dtype(sum_type).memory_format(format));
   if (grad_in.numel() == 0 || grad_out.numel() == 0) {

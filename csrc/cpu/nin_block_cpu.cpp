@@ -15,7 +15,7 @@ at::Tensor nin_block_cpu(const at::Tensor& x, const at::Tensor& w, const c10::op
     return run_in_float(nin_block_cpu, x, w, b, w1, b1, w2, b2, stride, padding);
   }
   at::Tensor out = empty_cached({g.N, g.C2, g.OH, g.OW},
-                             x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2, g)));
+                                x.options().memory_format(nin_block_output_memory_format(x, w, w1, w2, g)));
   if (g.N == 0) {
     return out;
   }

@@ -1,7 +1,7 @@
 // Tasks shared among at::parallel_for's threads by a counter: each thread takes the next task when
 // it finishes one, instead of a fixed share of them. On the 2-vCPU machines we tune on, one vCPU
-// often runs slower than the other for a while (a busy hyperthread sibling on the host), and with
-// fixed shares the faster thread then waited at the region's end (benchmarks/NOTES.md, v44).
+// often runs slower than the other for a while (the host's other load), and with fixed shares the
+// faster thread then waited at the region's end (benchmarks/NOTES.md, v44).
 // Which thread runs a task changes no value: a task's results depend on the task only.
 #pragma once
 
