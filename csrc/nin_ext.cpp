@@ -217,6 +217,23 @@ static PyObject* set_channel_lanes(PyObject*, PyObject* arg) {
   return PyBool_FromLong(nin_ext::cpu::channel_lanes_mode().exchange(on != 0));
 }
 
+// set_zero_skipping(fraction) -> the previous setting: the fraction of a tile's inputs to a CPU 1x1
+// layer that must be zero for its products to skip them (0 always, above 1 never, negative: the rule
+// by the layer's width; NIN_EXT_CPU_ZERO_SKIPPING sets it at start-up; the bits are the same either
+// way). For tests and comparisons.
+static PyObject* set_zero_skipping(PyObject*, PyObject* arg) {
+  const double fraction = PyFloat_AsDouble(arg);
+  if (fraction == -1.0 && PyErr_Occurred()) {
+    return nullptr;
+  }
+  return PyFloat_FromDouble(nin_ext::cpu::zero_skipping_setting().exchange(fraction));
+}
+
+// zero_skipped_layer_tiles() -> how many tiles' 1x1 layers the CPU's zero-skipping kernel has run.
+static PyObject* zero_skipped_layer_tiles(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(nin_ext::cpu::zero_skipped_layer_tiles().load());
+}
+
 // Importing nin_ext._C runs the static registrations above. The module reports how it was built and
 // manages the CPU kernels' packed-weight cache; the ops are reached through torch.ops.nin_ext.
 extern "C" PyObject* PyInit__C(void) {
@@ -247,6 +264,10 @@ extern "C" PyObject* PyInit__C(void) {
        "Whether the CPU direct path may run convs by the broadcast kernel; returns the previous setting."},
       {"set_channel_lanes", set_channel_lanes, METH_O,
        "Whether CPU Winograd tiles of few blocks may put output channels in the lanes; returns the previous setting."},
+      {"set_zero_skipping", set_zero_skipping, METH_O,
+       "The fraction of zero inputs from which CPU 1x1 layers skip their products; returns the previous one."},
+      {"zero_skipped_layer_tiles", zero_skipped_layer_tiles, METH_NOARGS,
+       "How many tiles' 1x1 layers the CPU's zero-skipping kernel has run."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "nin_ext compiled kernels (ops under torch.ops.nin_ext)", -1, methods};

@@ -114,6 +114,16 @@ struct BroadcastPixelsKernel {
 using MaxPool2dPlaneFn = void (*)(const float* in, float* out, const MaxPool2dGeometry& g, float* row);
 using MaxPool2dArgmaxPlaneFn = void (*)(const float* in, float* out, int32_t* arg, const MaxPool2dGeometry& g);
 
+// A 1x1 layer of K inputs into M channels on `panels` pixel panels of NR (the plain kernel's
+// layout, in [panel][K][NR] -> out [panel][M][NR]), out = relu(W in + b), skipping the products of
+// zero inputs (zero_skipping_layer_avx2.cpp): the same bits as the plain kernel. `weights` are
+// [K][M] (row k: input k's weights into every channel), finite; M and K multiples of 8. Returns false,
+// having written nothing to out, where fewer than min_zero_fraction of the inputs are zero. Scratch:
+// `sums` NR * M floats, `masks` panels * NR * ceil(K / 64) words.
+using ZeroSkippingLayerFn = bool (*)(const float* weights, const float* bias, int64_t M, int64_t K, const float* in,
+                                     float* out, int64_t panels, double min_zero_fraction, float* sums,
+                                     uint64_t* masks);
+
 template <typename scalar_t>
 struct MicroKernel {
   int64_t mr, nr;
@@ -137,6 +147,7 @@ struct MicroKernel {
   // float kernels of NR 32 only: the wide 1x1 layers run on AMX tiles (packed_layer_amx.h)
   bool amx_layers = false;
   PlaneMeansFn plane_means = nullptr;  // AVX-512 and AVX2 (plane_means_lanes.h); portable: the plain sums
+  ZeroSkippingLayerFn zero_skipping_layer = nullptr;  // AVX2 only (NR 16)
 };
 
 // Plain C++: the compiler vectorises it for whatever the build targets. Serves float64 and CPUs
@@ -292,6 +303,8 @@ void channels_last_row_avx512(const float* src, int64_t channel_stride, int64_t 
 void gather_lanes_avx2(const float* in, const int32_t* index, int64_t count, float* out);
 void plane_means_avx512(const float* in, int64_t planes, int64_t pixels, float* out);
 void plane_means_avx2(const float* in, int64_t planes, int64_t pixels, float* out);
+bool zero_skipping_layer_avx2(const float* weights, const float* bias, int64_t M, int64_t K, const float* in,
+                              float* out, int64_t panels, double min_zero_fraction, float* sums, uint64_t* masks);
 void winograd_input_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,
                                       int64_t out_stride);
 void winograd_output_gradient_transform_avx2_16(int m, int r, const float* in, int64_t in_stride, float* out,

@@ -77,7 +77,8 @@ MicroKernel<float> choose_float_microkernel() {
                                 &swapped_product_avx2_6x16,
                                 &winograd_output_gradient_transform_avx2_16,
                                 false,
-                                &plane_means_avx2};
+                                &plane_means_avx2,
+                                &zero_skipping_layer_avx2};
   MicroKernel<float> amx = avx512;  // AVX-512, the wide 1x1 layers on AMX tiles
   amx.isa = "amx";
   amx.amx_layers = true;

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,6 +22,7 @@
 #include "cpu/conv_phase_forms_cpu.h"
 #include "cpu/microkernel.h"
 #include "cpu/packed_layer_amx.h"
+#include "cpu/thread_scratch_cpu.h"
 #include "cpu/winograd_cpu.h"
 
 namespace nin_ext {
@@ -31,19 +34,77 @@ namespace cpu {
 // repacks every step, so a packing that the call's path does not read costs each step).
 enum class AmxPacking { none, at_once, on_first_use };
 
+// The fraction of a tile's inputs to a 1x1 layer into M channels that must be zero for the layer to
+// run by the zero-skipping kernel (microkernel.h, ZeroSkippingLayerFn). At the half zeros of PyTorch's
+// initialization it ran the seed's block 1 (96 channels: one pass of the kernel's accumulators) 1.05x
+// as fast as the plain kernel, blocks 2 and 3 (256 and 384 channels: a pass per 96) 0.97x and 1.01x;
+// at 57-85% zeros 1.12-1.25x (benchmarks/NOTES.md, v45). NIN_EXT_CPU_ZERO_SKIPPING sets one fraction
+// for every layer at start-up (0: always, above 1: never; negative: this rule), changeable at run time
+// for tests and comparisons; the bits are the same either way.
+inline std::atomic<double>& zero_skipping_setting() {
+  static std::atomic<double> setting([] {
+    const char* value = std::getenv("NIN_EXT_CPU_ZERO_SKIPPING");
+    if (value == nullptr || *value == '\0') {
+      return -1.0;
+    }
+    char* end = nullptr;
+    const double fraction = std::strtod(value, &end);
+    TORCH_CHECK(end != value && *end == '\0', "NIN_EXT_CPU_ZERO_SKIPPING must be a number (the fraction of a tile's ",
+                "inputs to a 1x1 layer that must be zero for the CPU to skip them), got '", value, "'");
+    return fraction;
+  }());
+  return setting;
+}
+
+inline double zero_skipping_min_fraction(int64_t M) {
+  constexpr int64_t kOnePassChannels = 96;
+  const double setting = zero_skipping_setting().load(std::memory_order_relaxed);
+  return setting >= 0 ? setting : M <= kOnePassChannels ? 0.4 : 0.55;
+}
+
+// How many tiles' 1x1 layers the zero-skipping kernel has run, for tests.
+inline std::atomic<int64_t>& zero_skipped_layer_tiles() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
+// A layer's weights (M x K) by input, [K][M], for the zero-skipping kernel; empty where it does not
+// apply: not float, M or K not a multiple of 8, or weights not all finite (0 x inf is NaN, which a
+// skipped product would lose).
+template <typename scalar_t>
+AlignedVector<float> weights_by_input(const at::Tensor& w) {
+  AlignedVector<float> rows;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const int64_t M = w.size(0), K = w.size(1);
+    if (M % 8 != 0 || K % 8 != 0 || !at::isfinite(w).all().item<bool>()) {
+      return rows;
+    }
+    rows.resize(K * M);
+    const float* src = w.const_data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t k = 0; k < K; ++k) {
+        rows[k * M + m] = src[m * K + k];
+      }
+    }
+  }
+  return rows;
+}
+
 // One layer's weights (M x K) packed into panels of MR rows, k-major: a[(panel * K + k) * MR + r],
 // rows past M zero; the bias padded the same way (zero when the layer has none); and, as `amx` asks,
 // its packing for AMX tiles, which apply_packed_layer runs it on. `signed_inputs`: whether the layer's
 // inputs may be negative (a conv's; a 1x1 layer's are a ReLU's outputs), which the tiles' slices
-// take at one bit less.
+// take at one bit less. `zero_skipping`: also the weights by input for the zero-skipping kernel, where
+// it applies (weights_by_input).
 template <typename scalar_t>
 struct PackedLayer {
   int64_t M, K;
   AlignedVector<scalar_t> a, bias;
+  AlignedVector<float> rows_by_input;  // weights_by_input: empty where the layer does not skip zeros
   const bool signed_inputs;
 
   PackedLayer(const at::Tensor& weight, const c10::optional<at::Tensor>& b, int64_t mr,
-              AmxPacking amx = AmxPacking::none, bool signed_inputs = false)
+              AmxPacking amx = AmxPacking::none, bool signed_inputs = false, bool zero_skipping = false)
       : signed_inputs(signed_inputs) {
     const at::Tensor w = weight.detach().reshape({weight.size(0), -1}).contiguous();
     M = w.size(0);
@@ -65,6 +126,9 @@ struct PackedLayer {
     if (b.has_value() && b->defined()) {
       const at::Tensor bc = b->detach().contiguous();
       std::copy(bc.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>() + M, bias.begin());
+    }
+    if (zero_skipping) {
+      rows_by_input = weights_by_input<scalar_t>(w);
     }
     if (std::is_same_v<scalar_t, float> && amx != AmxPacking::none && K >= kAmxMinReduction) {
       amx_source_ = w;
@@ -110,8 +174,10 @@ struct NinBlockPacked {
                  const c10::optional<at::Tensor>& b2)
       : kernel(k),
         conv(w, b, k.mr, k.amx_layers ? AmxPacking::on_first_use : AmxPacking::none, /*signed_inputs=*/true),
-        pointwise1(w1, b1, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none),
-        pointwise2(w2, b2, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none),
+        pointwise1(w1, b1, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none, false,
+                   k.zero_skipping_layer != nullptr),
+        pointwise2(w2, b2, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none, false,
+                   k.zero_skipping_layer != nullptr),
         winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)),
         conv_window_(w.size(2) * w.size(3)) {}
 
@@ -185,13 +251,24 @@ inline bool keeps_hidden_for_backward(const std::vector<std::pair<int, at::Tenso
   return std::any_of(outputs.begin(), outputs.end(), [](const auto& output) { return output.first < 2; });
 }
 
-// The layer on every panel of a tile: on AMX tiles where it is packed for them and has at least
-// `amx_min_reduction` inputs, the panels whose inputs the tiles' slices cannot hold (not finite, or
-// negative for a layer of unsigned inputs) by the micro-kernel.
+// The layer on every panel of a tile: by the zero-skipping kernel where the layer has its weights and
+// enough of the tile's inputs are zero (zero_skipping_min_fraction); on AMX tiles where it is packed
+// for them and has at least `amx_min_reduction` inputs, the panels whose inputs the tiles' slices
+// cannot hold (not finite, or negative for a layer of unsigned inputs) by the micro-kernel.
 template <typename scalar_t>
 void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<scalar_t>& layer, const scalar_t* in,
                         scalar_t* out, int64_t panels, int64_t amx_min_reduction) {
   if constexpr (std::is_same_v<scalar_t, float>) {
+    const double min_zero_fraction = zero_skipping_min_fraction(layer.M);
+    if (kernel.zero_skipping_layer != nullptr && !layer.rows_by_input.empty() && min_zero_fraction <= 1.0) {
+      ScratchBuffer<float> sums(kernel.nr * layer.M);
+      ScratchBuffer<uint64_t> masks(panels * kernel.nr * ((layer.K + 63) / 64));
+      if (kernel.zero_skipping_layer(layer.rows_by_input.data(), layer.bias.data(), layer.M, layer.K, in, out, panels,
+                                     min_zero_fraction, sums.data(), masks.data())) {
+        zero_skipped_layer_tiles().fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+    }
     const uint8_t* tiles = layer.K >= amx_min_reduction ? layer.amx_tiles() : nullptr;
     if (tiles != nullptr) {
       struct Call {

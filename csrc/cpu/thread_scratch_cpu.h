@@ -66,7 +66,7 @@ class ScratchPool {
   }
 
  private:
-  static constexpr size_t kMaxBlocks = 16;  // a worker holds 6 buffers at most
+  static constexpr size_t kMaxBlocks = 16;  // a worker holds 6 buffers at most, 8 in a zero-skipping layer
   std::vector<Block> free_;
 };
 
