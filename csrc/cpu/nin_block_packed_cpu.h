@@ -174,10 +174,10 @@ struct NinBlockPacked {
                  const c10::optional<at::Tensor>& b2)
       : kernel(k),
         conv(w, b, k.mr, k.amx_layers ? AmxPacking::on_first_use : AmxPacking::none, /*signed_inputs=*/true),
-        pointwise1(w1, b1, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none, false,
-                   k.zero_skipping_layer != nullptr),
-        pointwise2(w2, b2, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none, false,
-                   k.zero_skipping_layer != nullptr),
+        pointwise1(w1, b1, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none, /*signed_inputs=*/false,
+                   /*zero_skipping=*/k.zero_skipping_layer != nullptr),
+        pointwise2(w2, b2, k.mr, k.amx_layers ? AmxPacking::at_once : AmxPacking::none, /*signed_inputs=*/false,
+                   /*zero_skipping=*/k.zero_skipping_layer != nullptr),
         winograd_weights(std::is_same_v<scalar_t, float> && winograd_weight(w)), conv_taps_(w.size(2)),
         conv_window_(w.size(2) * w.size(3)) {}
 
@@ -262,7 +262,7 @@ void apply_packed_layer(const MicroKernel<scalar_t>& kernel, const PackedLayer<s
     const double min_zero_fraction = zero_skipping_min_fraction(layer.M);
     if (kernel.zero_skipping_layer != nullptr && !layer.rows_by_input.empty() && min_zero_fraction <= 1.0) {
       ScratchBuffer<float> sums(kernel.nr * layer.M);
-      ScratchBuffer<uint64_t> masks(panels * kernel.nr * ((layer.K + 63) / 64));
+      ScratchBuffer<uint64_t> masks(kernel.nr * ((layer.K + 63) / 64));
       if (kernel.zero_skipping_layer(layer.rows_by_input.data(), layer.bias.data(), layer.M, layer.K, in, out, panels,
                                      min_zero_fraction, sums.data(), masks.data())) {
         zero_skipped_layer_tiles().fetch_add(1, std::memory_order_relaxed);

@@ -52,29 +52,33 @@ __attribute__((always_inline)) inline void transpose8(__m256 (&r)[8]) {
   }
 }
 
-// Bit k of masks[q * words + k / 64] set where input k of tile pixel q is nonzero (NaN included);
-// returns how many are. in: panels [panel][K][16], K a multiple of 8.
-int64_t nonzero_masks(const float* in, int64_t K, int64_t panels, int64_t words, uint64_t* masks) {
-  std::memset(masks, 0, panels * kPanel * words * sizeof(uint64_t));
+// How many of in[0, count) are nonzero (NaN included); count a multiple of 8.
+int64_t count_nonzero(const float* in, int64_t count) {
   const __m256 zero = _mm256_setzero_ps();
   int64_t nonzero = 0;
-  for (int64_t p = 0; p < panels; ++p) {
-    for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
-      for (int64_t j0 = 0; j0 < kPanel; j0 += kLanes) {
-        __m256 r[8];
-        for (int i = 0; i < 8; ++i) {
-          r[i] = _mm256_cmp_ps(_mm256_loadu_ps(in + (p * K + k0 + i) * kPanel + j0), zero, _CMP_NEQ_UQ);
-        }
-        transpose8(r);  // r[i]: pixel j0 + i, inputs k0 to k0 + 7
-        for (int i = 0; i < 8; ++i) {
-          const uint64_t bits = static_cast<uint32_t>(_mm256_movemask_ps(r[i]));
-          masks[(p * kPanel + j0 + i) * words + k0 / 64] |= bits << (k0 % 64);
-          nonzero += __builtin_popcountll(bits);
-        }
+  for (int64_t i = 0; i < count; i += kLanes) {
+    nonzero += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(in + i), zero, _CMP_NEQ_UQ)));
+  }
+  return nonzero;
+}
+
+// Bit k of masks[j * words + k / 64] set where input k of the panel's pixel j is nonzero (NaN
+// included). in: the panel's [K][16], K a multiple of 8.
+void panel_masks(const float* in, int64_t K, int64_t words, uint64_t* masks) {
+  std::memset(masks, 0, kPanel * words * sizeof(uint64_t));
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+    for (int64_t j0 = 0; j0 < kPanel; j0 += kLanes) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        r[i] = _mm256_cmp_ps(_mm256_loadu_ps(in + (k0 + i) * kPanel + j0), zero, _CMP_NEQ_UQ);
+      }
+      transpose8(r);  // r[i]: pixel j0 + i, inputs k0 to k0 + 7
+      for (int i = 0; i < 8; ++i) {
+        masks[(j0 + i) * words + k0 / 64] |= uint64_t(static_cast<uint32_t>(_mm256_movemask_ps(r[i]))) << (k0 % 64);
       }
     }
   }
-  return nonzero;
 }
 
 // Bits [k0, k0 + count) of a pixel's masks, count <= 64: one word to walk, so one loop exit to
@@ -142,19 +146,19 @@ constexpr std::array<ChunkFn, sizeof...(V)> chunk_kernels(std::integer_sequence<
 bool zero_skipping_layer_avx2(const float* weights, const float* bias, int64_t M, int64_t K, const float* in,
                               float* out, int64_t panels, double min_zero_fraction, float* sums, uint64_t* masks) {
   const int64_t words = (K + 63) / 64, values = panels * kPanel * K;
-  const int64_t nonzero = nonzero_masks(in, K, panels, words, masks);
+  const int64_t nonzero = count_nonzero(in, values);
   if (static_cast<double>(values - nonzero) < min_zero_fraction * static_cast<double>(values)) {
     return false;
   }
   static constexpr auto kChunks = chunk_kernels(std::make_integer_sequence<int, kMaxVectors>{});
   for (int64_t p = 0; p < panels; ++p) {
     const float* panel_in = in + p * K * kPanel;
-    const uint64_t* panel_masks = masks + p * kPanel * words;
+    panel_masks(panel_in, K, words, masks);  // just before the walks, which read the panel again
     for (int64_t m0 = 0; m0 < M; m0 += kMaxVectors * kLanes) {
       const int vectors = static_cast<int>(std::min<int64_t>(kMaxVectors, (M - m0) / kLanes));
       const int64_t chunk = std::clamp<int64_t>(kChunkWeightBytes / (vectors * 32) / kLanes * kLanes, kLanes, 64);
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
-        kChunks[vectors - 1](weights, bias, M, K, panel_in, words, panel_masks, m0, k0, std::min(K, k0 + chunk),
+        kChunks[vectors - 1](weights, bias, M, K, panel_in, words, masks, m0, k0, std::min(K, k0 + chunk),
                              sums);
       }
     }
