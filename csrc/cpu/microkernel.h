@@ -118,8 +118,8 @@ using MaxPool2dArgmaxPlaneFn = void (*)(const float* in, float* out, int32_t* ar
 // layout, in [panel][K][NR] -> out [panel][M][NR]), out = relu(W in + b), skipping the products of
 // zero inputs (zero_skipping_layer_avx2.cpp): the same bits as the plain kernel. `weights` are
 // [K][M] (row k: input k's weights into every channel), finite; M and K multiples of 8. Returns false,
-// having written nothing to out, where fewer than min_zero_fraction of the inputs are zero. Scratch:
-// `sums` NR * M floats, `masks` NR * ceil(K / 64) words.
+// having written nothing to out, where fewer than min_zero_fraction of the inputs (of every fourth
+// panel) are zero. Scratch: `sums` NR * M floats, `masks` NR * ceil(K / 64) words.
 using ZeroSkippingLayerFn = bool (*)(const float* weights, const float* bias, int64_t M, int64_t K, const float* in,
                                      float* out, int64_t panels, double min_zero_fraction, float* sums,
                                      uint64_t* masks);
