@@ -36,9 +36,9 @@ enum class AmxPacking { none, at_once, on_first_use };
 
 // The fraction of a tile's inputs to a 1x1 layer into M channels that must be zero for the layer to
 // run by the zero-skipping kernel (microkernel.h, ZeroSkippingLayerFn). At the half zeros of PyTorch's
-// initialization it ran the seed's block 1 (96 channels: one pass of the kernel's accumulators) 1.05x
-// as fast as the plain kernel, blocks 2 and 3 (256 and 384 channels: a pass per 96) 0.97x and 1.01x;
-// at 57-85% zeros 1.12-1.25x (benchmarks/NOTES.md, v45). NIN_EXT_CPU_ZERO_SKIPPING sets one fraction
+// initialization it ran the seed's block 1 (96 channels: one pass of the kernel's accumulators)
+// 1.05-1.08x as fast as the plain kernel, blocks 2 and 3 (256 and 384 channels: a pass per 96)
+// 0.97x and 1.01x; at 57-85% zeros 1.12-1.25x (benchmarks/NOTES.md, v45). NIN_EXT_CPU_ZERO_SKIPPING sets one fraction
 // for every layer at start-up (0: always, above 1: never; negative: this rule), changeable at run time
 // for tests and comparisons; the bits are the same either way.
 inline std::atomic<double>& zero_skipping_setting() {
