@@ -56,10 +56,9 @@ TORCH_LIBRARY(nin_ext, m) {
       "-> (Tensor, Tensor)");
   // The gradient of max_pool2d with respect to its input (of size input_size), from the argmax.
   m.def("max_pool2d_backward(Tensor grad_out, Tensor argmax, SymInt[4] input_size, bool channels_last) -> Tensor");
-  // The gradient of conv2d(x, weight, stride 1, padding) with respect to its weight (of spatial size
-  // kernel_size), from that of its output: the backward of every block whose conv has stride 1 (CPU
-  // only).
-  m.def("conv2d_weight_grad(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] padding) -> Tensor");
+  // The gradient of conv2d(x, weight, stride, padding) with respect to its weight (of spatial size
+  // kernel_size), from that of its output: the training backward of every block's conv (CPU only).
+  m.def("conv2d_weight_grad(Tensor grad_out, Tensor x, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
 }
 
 static PyObject* clear_weight_cache(PyObject*, PyObject*) {
@@ -182,6 +181,17 @@ static PyObject* conv2d_weight_grad_tile_size(PyObject*, PyObject* args) {
   return PyLong_FromLong(nin_ext::cpu::conv2d_weight_grad_tile_size(n, c_in, c_out, oh, ow, kh, kw));
 }
 
+// conv2d_weight_grad_by_im2col(N, C_in, C_out, H_out, W_out, KH, KW): whether the weight gradient of a
+// float32 conv of these shapes that the tiles do not take runs as one im2col product on the CPU
+// (csrc/cpu/conv2d_weight_grad_cpu.h) rather than by ATen; for the tests.
+static PyObject* conv2d_weight_grad_by_im2col(PyObject*, PyObject* args) {
+  long long n = 0, c_in = 0, c_out = 0, oh = 0, ow = 0, kh = 0, kw = 0;
+  if (!PyArg_ParseTuple(args, "LLLLLLL", &n, &c_in, &c_out, &oh, &ow, &kh, &kw)) {
+    return nullptr;
+  }
+  return PyBool_FromLong(nin_ext::cpu::conv2d_weight_grad_by_im2col(n, c_in, c_out, oh, ow, kh, kw));
+}
+
 // set_winograd_mode(mode) -> the previous mode: -1 chooses m per call, 0 turns the Winograd path off,
 // 2, 3 or 4 forces that m (NIN_EXT_CPU_WINOGRAD sets the mode at start-up). For tests and comparisons.
 static PyObject* set_winograd_mode(PyObject*, PyObject* arg) {
@@ -258,6 +268,8 @@ extern "C" PyObject* PyInit__C(void) {
        "Whether a float32 Winograd tile of these many blocks and output channels puts the channels in the lanes."},
       {"conv2d_weight_grad_tile_size", conv2d_weight_grad_tile_size, METH_VARARGS,
        "The Winograd m of a float32 conv weight gradient of these shapes on the CPU (0: ATen's)."},
+      {"conv2d_weight_grad_by_im2col", conv2d_weight_grad_by_im2col, METH_VARARGS,
+       "Whether a float32 conv weight gradient of these shapes outside the tiles runs as an im2col product."},
       {"set_winograd_mode", set_winograd_mode, METH_O,
        "Sets the CPU Winograd mode (-1 choose, 0 off, 2-4 force m); returns the previous one."},
       {"set_broadcast_conv", set_broadcast_conv, METH_O,

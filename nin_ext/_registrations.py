@@ -4,7 +4,7 @@ for the compiled torch.ops.nin_ext ops, and by nin_ext.triton for its torch.ops.
 nin_block's backward recomputes the block's hidden activations with ATen (the forward keeps none of
 them); nin_block_with_hidden, the training forward of the CPU backend, returns them, so its backward
 needs no recomputation. Both run ATen's convolution_backward for the spatial conv (on the CPU in
-float32, the weight gradient of a stride-1 conv by nin_ext's conv2d_weight_grad) and, on the CPU in
+float32, the weight gradient by nin_ext's conv2d_weight_grad) and, on the CPU in
 float32 and float64, matrix products for the two 1x1 layers. Those backwards are not differentiable
 themselves (in-place and out= ops, nin_ext's own kernels): with create_graph=True (a gradient
 penalty, double backward) every backward instead differentiates the reference's ATen ops.
@@ -60,18 +60,18 @@ def _bias_grad(grad, bias, needs):
 
 
 def _spatial_conv_backward(grad, input, weight, bias, stride, padding, needs):
-    """_conv_backward of a block's spatial conv. On the CPU, a float32 conv of stride 1 gets its weight
-    gradient from conv2d_weight_grad, by Winograd tiles where they apply (benchmarks/NOTES.md v30)."""
-    if not (needs[1] and _extension.loaded and grad.device.type == "cpu" and grad.dtype == torch.float32
-            and list(stride) == [1, 1]):
+    """_conv_backward of a block's spatial conv. On the CPU, a float32 conv gets its weight gradient from
+    conv2d_weight_grad: by Winograd tiles where they apply (benchmarks/NOTES.md v30), as one im2col
+    product for few input channels (v46)."""
+    if not (needs[1] and _extension.loaded and grad.device.type == "cpu" and grad.dtype == torch.float32):
         return _conv_backward(grad, input, weight, bias, stride, padding, needs)
     # the weight gradient first: its buffers (17.8 MB for block 2) are freed before the input gradient exists
-    gw = torch.ops.nin_ext.conv2d_weight_grad(grad, input, list(weight.shape[2:]), list(padding))
+    gw = torch.ops.nin_ext.conv2d_weight_grad(grad, input, list(weight.shape[2:]), list(stride), list(padding))
     gx, _, gb = _conv_backward(grad, input, weight, bias, stride, padding, (needs[0], False, needs[2]))
     return gx, gw, gb
 
 
-def _conv2d_weight_grad_fake(grad_out, x, kernel_size, padding):
+def _conv2d_weight_grad_fake(grad_out, x, kernel_size, stride, padding):
     return x.new_empty((grad_out.shape[1], x.shape[1], *kernel_size))
 
 

@@ -30,7 +30,7 @@ ISAS = [
 # 11x11 and 7x7 at stride 2 in their polyphase forms (6x6 and 4x4 kernels). The
 # cases that take Winograd tiles run again with every m forced (each m has its own transforms), and with
 # the swapped products off (their tiles of few blocks put the output channels in the lanes). Then the
-# max pools' plane kernels and the weight gradient's tiles (conv2d_weight_grad).
+# max pools' plane kernels and the weight gradient's tiles and im2col product (conv2d_weight_grad).
 PARITY_SCRIPT = r"""
 import json, torch, nin_ext
 from nin_ext import reference
@@ -90,18 +90,24 @@ for h, w, k, s, p in [(54, 54, 3, 2, 0), (26, 26, 3, 2, 0), (12, 12, 3, 2, 0), (
     pool_mismatches += int(not torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)))
     pool_mismatches += int(not torch.equal(got_index.long(), want_index))
 # conv2d_weight_grad's tiles use the ISA's input transform, swapped product and output-gradient
-# transform: F(2x2, 3x3) and F(4x4, 5x5), odd channel counts, several chunks of blocks.
-weight_grad_worst, weight_grad_cases = 0.0, 0
-for n, ci, co, h, w, k, p in [(4, 37, 45, 25, 23, 3, 1), (6, 33, 70, 30, 29, 5, 2), (20, 17, 40, 19, 17, 5, 1)]:
-    x, dy = torch.relu(torch.randn(n, ci, h, w)), torch.randn(n, co, h + 2 * p - k + 1, w + 2 * p - k + 1)
-    weight_grad_cases += nin_ext._C.conv2d_weight_grad_tile_size(n, ci, co, dy.shape[2], dy.shape[3], k, k) > 0
-    got = torch.ops.nin_ext.conv2d_weight_grad(dy, x, [k, k], [p, p])
+# transform: F(2x2, 3x3) and F(4x4, 5x5), odd channel counts, several chunks of blocks; its im2col
+# product (1 and 2 input channels) the ISA's swapped product: strided, padded, 40 output channels.
+weight_grad_worst, weight_grad_cases, im2col_cases = 0.0, 0, 0
+for n, ci, co, h, w, k, s, p in [(4, 37, 45, 25, 23, 3, 1, 1), (6, 33, 70, 30, 29, 5, 1, 2), (20, 17, 40, 19, 17, 5, 1, 1),
+                                 (3, 1, 96, 61, 57, 11, 4, 0), (2, 2, 40, 23, 26, 5, 2, 2)]:
+    x, dy = torch.relu(torch.randn(n, ci, h, w)), torch.randn(n, co, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+    if s == 1:
+        weight_grad_cases += nin_ext._C.conv2d_weight_grad_tile_size(n, ci, co, dy.shape[2], dy.shape[3], k, k) > 0
+    else:
+        im2col_cases += nin_ext._C.conv2d_weight_grad_by_im2col(n, ci, co, dy.shape[2], dy.shape[3], k, k)
+    got = torch.ops.nin_ext.conv2d_weight_grad(dy, x, [k, k], [s, s], [p, p])
     want = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(co, ci, k, k, dtype=torch.float64),
-                                               None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+                                               None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [False, True, False])[1]
     weight_grad_worst = max(weight_grad_worst, ((got.double() - want).abs().max() / want.abs().max()).item())
 polyphase_tile = nin_ext._C.winograd_tile_size((2, 3, 61, 57), (64, 3, 11, 11), 64, 9, (4, 4), (1, 1))
 print(json.dumps({"isa": nin_ext.info()["cpu_microkernel"], "worst": worst, "pool_mismatches": pool_mismatches,
                   "weight_grad_worst": weight_grad_worst, "weight_grad_cases": weight_grad_cases,
+                  "im2col_cases": im2col_cases,
                   "polyphase_tile": polyphase_tile, "winograd_cases": winograd_cases,
                   "broadcast_cases": broadcast_cases, "lanes_mismatches": lanes_mismatches,
                   "swapped_tiles": nin_ext._C.winograd_channel_lanes(65, 4)}))
@@ -117,6 +123,7 @@ def test_microkernel_parity(isa):
     assert report["worst"] < 1e-5
     assert report["pool_mismatches"] == 0
     assert report["weight_grad_cases"] == 3, "the weight gradient's cases no longer take its tiles"
+    assert report["im2col_cases"] == 2, "the weight gradient's strided cases no longer take its im2col product"
     assert report["weight_grad_worst"] < 1e-5
     assert report["lanes_mismatches"] == 0, "swapped Winograd products changed the bits"
     assert report["swapped_tiles"], "the ISA's kernel has no swapped product"

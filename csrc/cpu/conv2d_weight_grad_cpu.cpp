@@ -1,11 +1,12 @@
-// nin_ext::conv2d_weight_grad on the CPU: the gradient of a stride-1 conv2d with respect to its
-// weight, by Winograd F(m x m, r x r) tiles (3x3 and 5x5 kernels), which the training step's
-// backward needs for every block whose conv has stride 1. The forward computes each m x m output
+// nin_ext::conv2d_weight_grad on the CPU: the gradient of a conv2d with respect to its weight, which
+// the training step's backward needs for every block. A stride-1 conv's runs by Winograd
+// F(m x m, r x r) tiles (3x3 and 5x5 kernels) where they pay; a conv of few input channels (block 1)
+// as one im2col product (conv2d_weight_grad_im2col_cpu.cpp). The forward computes each m x m output
 // block as Y = AT (U (.) V) A, with U = G g G^T and V = BT d B; so dU = sum over the blocks of
 // (A dY AT) (.) V, one product per transform point with the blocks as the reduction, and
 // dW = G^T dU G. The sum over many blocks is coherent, so the transforms' rounding weighs less than
-// in the input gradient (benchmarks/NOTES.md v29, v30). ATen's convolution_backward runs the calls
-// the tiles do not take.
+// in the input gradient (benchmarks/NOTES.md v29, v30). ATen's convolution_backward runs the other
+// calls.
 #include <torch/library.h>
 
 #include <algorithm>
@@ -33,7 +34,7 @@ constexpr int64_t kLanes = 16;
 constexpr int64_t kProductStride = 16;
 
 void check_conv2d_weight_grad_args(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                   c10::IntArrayRef padding) {
+                                   c10::IntArrayRef stride, c10::IntArrayRef padding) {
   constexpr const char* op = "conv2d_weight_grad";
   TORCH_CHECK(grad_out.dim() == 4, op, ": expected grad_out to be a 4-d (N, C_out, H_out, W_out) tensor, got ",
               grad_out.dim(), " dimensions");
@@ -46,21 +47,23 @@ void check_conv2d_weight_grad_args(const at::Tensor& grad_out, const at::Tensor&
               x.device());
   TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0, op,
               ": expected kernel_size to be two positive ints, got ", kernel_size);
+  TORCH_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, op,
+              ": expected stride to be two positive ints, got ", stride);
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, op,
               ": expected padding to be two non-negative ints, got ", padding);
   TORCH_CHECK(grad_out.size(0) == x.size(0), op, ": grad_out has a batch of ", grad_out.size(0), " but x of ",
               x.size(0));
-  TORCH_CHECK(x.size(2) + 2 * padding[0] - kernel_size[0] + 1 == grad_out.size(2) &&
-                  x.size(3) + 2 * padding[1] - kernel_size[1] + 1 == grad_out.size(3),
-              op, ": grad_out's spatial size ", grad_out.sizes().slice(2), " is not the stride-1 conv output of x's ",
-              x.sizes().slice(2), " with kernel_size ", kernel_size, " and padding ", padding);
+  const int64_t oh = x.size(2) + 2 * padding[0] - kernel_size[0], ow = x.size(3) + 2 * padding[1] - kernel_size[1];
+  TORCH_CHECK(oh >= 0 && ow >= 0 && oh / stride[0] + 1 == grad_out.size(2) && ow / stride[1] + 1 == grad_out.size(3),
+              op, ": grad_out's spatial size ", grad_out.sizes().slice(2), " is not the conv output of x's ",
+              x.sizes().slice(2), " with kernel_size ", kernel_size, ", stride ", stride, " and padding ", padding);
 }
 
 at::Tensor aten_conv2d_weight_grad(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                   c10::IntArrayRef padding) {
+                                   c10::IntArrayRef stride, c10::IntArrayRef padding) {
   const at::Tensor weight = empty_cached({grad_out.size(1), x.size(1), kernel_size[0], kernel_size[1]}, x.options());
   // contiguous, as the tiles' result (ATen's follows x's memory format)
-  return std::get<1>(at::convolution_backward(grad_out, x, weight, c10::nullopt, {1, 1}, padding, {1, 1}, false,
+  return std::get<1>(at::convolution_backward(grad_out, x, weight, c10::nullopt, stride, padding, {1, 1}, false,
                                               {0, 0}, 1, {false, true, false}))
       .contiguous();
 }
@@ -87,16 +90,20 @@ void copy_pixel_block(const float* image, int64_t height, int64_t width, int64_t
 }  // namespace
 
 at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                  c10::IntArrayRef padding) {
-  check_conv2d_weight_grad_args(grad_out, x, kernel_size, padding);
+                                  c10::IntArrayRef stride, c10::IntArrayRef padding) {
+  check_conv2d_weight_grad_args(grad_out, x, kernel_size, stride, padding);
   const int64_t r = kernel_size[0];
   const int64_t N = x.size(0), CI = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t CO = grad_out.size(1), OH = grad_out.size(2), OW = grad_out.size(3);
-  const int m = x.scalar_type() == at::kFloat
-                    ? conv2d_weight_grad_tile_size(N, CI, CO, OH, OW, kernel_size[0], kernel_size[1])
-                    : 0;
+  const bool is_float = x.scalar_type() == at::kFloat;
+  const bool stride_1 = stride[0] == 1 && stride[1] == 1;
+  const int m = is_float && stride_1 ? conv2d_weight_grad_tile_size(N, CI, CO, OH, OW, kernel_size[0], kernel_size[1])
+                                     : 0;
   if (m == 0) {
-    return aten_conv2d_weight_grad(grad_out, x, kernel_size, padding);
+    if (is_float && conv2d_weight_grad_by_im2col(N, CI, CO, OH, OW, kernel_size[0], kernel_size[1])) {
+      return conv2d_weight_grad_im2col(grad_out, x, kernel_size, stride, padding);
+    }
+    return aten_conv2d_weight_grad(grad_out, x, kernel_size, stride, padding);
   }
   const MicroKernel<float> kernel = microkernel_for<float>();
   const int64_t nr = kernel.nr, mr = kernel.mr;

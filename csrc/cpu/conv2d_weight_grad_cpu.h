@@ -1,6 +1,9 @@
-// The choice of conv2d_weight_grad_cpu.cpp: whether the weight gradient of a float32 stride-1 conv
-// runs by Winograd tiles, and their output-block size m; nin_ext._C asks it for the tests.
+// The choices of conv2d_weight_grad_cpu.cpp: whether the weight gradient of a float32 conv runs by
+// Winograd tiles (stride 1), and their output-block size m, or as one im2col product
+// (conv2d_weight_grad_im2col_cpu.cpp), or by ATen; nin_ext._C asks them for the tests.
 #pragma once
+
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
@@ -36,6 +39,19 @@ inline int conv2d_weight_grad_tile_size(int64_t N, int64_t CI, int64_t CO, int64
   const int64_t blocks = N * ((OH + m - 1) / m) * ((OW + m - 1) / m);
   return direct_flops >= kWeightGradWinogradMinFlops && blocks >= kWeightGradWinogradMinBlocks ? m : 0;
 }
+
+// Whether the weight gradient of a float32 conv that the tiles do not take runs as one im2col product
+// (conv2d_weight_grad_im2col) rather than by ATen. On a Zen 3 (benchmarks/NOTES.md v46) ATen's
+// backward ran 1- and 2-channel convs 1.3-7x slower than the product (the seed's block 1 at batch 16:
+// 90-146 against 18-21 ms), and 3-channel ones 1.2-2x faster.
+inline bool conv2d_weight_grad_by_im2col(int64_t N, int64_t CI, int64_t CO, int64_t OH, int64_t OW, int64_t KH,
+                                         int64_t KW) {
+  return N * OH * OW > 0 && CO > 0 && KH * KW > 0 && CI >= 1 && CI <= 2;
+}
+
+// dW of a float32 conv as dY cols^T, the reduction over the output pixels; any stride and padding.
+at::Tensor conv2d_weight_grad_im2col(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
+                                     c10::IntArrayRef stride, c10::IntArrayRef padding);
 
 }  // namespace cpu
 }  // namespace nin_ext
