@@ -30,9 +30,6 @@ constexpr int64_t kBlocksPerChunk = 128;
 // The input channels that the last transform, G^T dU G, takes at once.
 constexpr int64_t kLanes = 16;
 
-// The row stride of a swapped product's block: nr output channels of up to MR input channels.
-constexpr int64_t kProductStride = 16;
-
 void check_conv2d_weight_grad_args(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
                                    c10::IntArrayRef stride, c10::IntArrayRef padding) {
   constexpr const char* op = "conv2d_weight_grad";
@@ -105,10 +102,8 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
     }
     return aten_conv2d_weight_grad(grad_out, x, kernel_size, stride, padding);
   }
-  const MicroKernel<float> kernel = microkernel_for<float>();
+  const MicroKernel<float> kernel = swapped_product_kernel();
   const int64_t nr = kernel.nr, mr = kernel.mr;
-  TORCH_INTERNAL_ASSERT(mr <= kProductStride && kernel.swapped_fn != nullptr, "conv2d_weight_grad: kernel ",
-                        kernel.isa, " has no swapped product of at most ", kProductStride, " rows");
   const WinogradMatrices& t = winograd_matrices(m, static_cast<int>(r));
   const int alpha = t.alpha, points = alpha * alpha;
   const int64_t ph = padding[0], pw = padding[1];
@@ -154,20 +149,15 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& grad_out, const at::Tensor& 
     // dU[xi] += (A dY AT)[xi] V[xi]^T over the chunk's blocks, per (point, nr output channels): the
     // swapped product, MR input channels of V as its rows, stores dU's block transposed, (co, ci).
     at::parallel_for(0, points * co_groups, 1, [&](int64_t begin, int64_t end) {
-      ScratchBuffer<float> product(nr * kProductStride);
+      ScratchBuffer<float> product(nr * kSwappedProductStride);
       for (int64_t job = begin; job < end; ++job) {
         const int64_t xi = job / co_groups, g = job % co_groups, channels = std::min(nr, CO - g * nr);
         const float* b = mg + xi * mg_point + g * chunk * nr;
         for (int64_t ci0 = 0; ci0 < CI; ci0 += mr) {
           const int64_t rows_here = std::min(mr, CI - ci0);
-          kernel.swapped_fn(count, v + xi * v_point + ci0, ldv, b, product.data(), kProductStride, rows_here);
-          for (int64_t j = 0; j < channels; ++j) {
-            float* dst = du + (xi * CO + g * nr + j) * ldu + ci0;
-            const float* src = product.data() + j * kProductStride;
-            for (int64_t row = 0; row < rows_here; ++row) {
-              dst[row] += src[row];
-            }
-          }
+          kernel.swapped_fn(count, v + xi * v_point + ci0, ldv, b, product.data(), kSwappedProductStride,
+                            rows_here);
+          add_swapped_product(product.data(), channels, rows_here, du + (xi * CO + g * nr) * ldu + ci0, ldu);
         }
       }
     });

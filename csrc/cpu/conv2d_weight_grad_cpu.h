@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cpu/microkernel.h"
 #include "cpu/winograd_cpu.h"
 
 namespace nin_ext {
@@ -38,6 +39,32 @@ inline int conv2d_weight_grad_tile_size(int64_t N, int64_t CI, int64_t CO, int64
   const double direct_flops = 2.0 * N * OH * OW * CI * CO * KH * KW;
   const int64_t blocks = N * ((OH + m - 1) / m) * ((OW + m - 1) / m);
   return direct_flops >= kWeightGradWinogradMinFlops && blocks >= kWeightGradWinogradMinBlocks ? m : 0;
+}
+
+// Both paths run the swapped product (microkernel.h) with the reduction over blocks or pixels: its
+// block, nr output channels of up to MR rows, is stored with this row stride, then added up.
+constexpr int64_t kSwappedProductStride = 16;
+
+// The float micro-kernel, which both paths need with a swapped product of at most
+// kSwappedProductStride rows.
+inline MicroKernel<float> swapped_product_kernel() {
+  const MicroKernel<float> kernel = microkernel_for<float>();
+  TORCH_INTERNAL_ASSERT(kernel.mr <= kSwappedProductStride && kernel.swapped_fn != nullptr,
+                        "conv2d_weight_grad: kernel ", kernel.isa, " has no swapped product of at most ",
+                        kSwappedProductStride, " rows");
+  return kernel;
+}
+
+// sum[j * ld + r] += product[j * kSwappedProductStride + r] for j < channels, r < rows: a swapped
+// product's block added into a sum whose rows are output channels.
+inline void add_swapped_product(const float* product, int64_t channels, int64_t rows, float* sum, int64_t ld) {
+  for (int64_t j = 0; j < channels; ++j) {
+    float* dst = sum + j * ld;
+    const float* src = product + j * kSwappedProductStride;
+    for (int64_t r = 0; r < rows; ++r) {
+      dst[r] += src[r];
+    }
+  }
 }
 
 // Whether the weight gradient of a float32 conv that the tiles do not take runs as one im2col product

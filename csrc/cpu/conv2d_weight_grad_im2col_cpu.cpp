@@ -15,7 +15,6 @@
 
 #include "cpu/conv2d_weight_grad_cpu.h"
 #include "cpu/copy_runs.h"
-#include "cpu/microkernel.h"
 #include "cpu/tensor_cache_cpu.h"
 #include "cpu/thread_scratch_cpu.h"
 
@@ -28,9 +27,6 @@ namespace {
 constexpr int64_t kPixelsPerChunk = 256;
 constexpr int64_t kChunksPerSlab = 4;
 constexpr int64_t kPixelsPerSlab = kPixelsPerChunk * kChunksPerSlab;
-
-// The row stride of a swapped product's block: nr output channels of up to MR taps.
-constexpr int64_t kProductStride = 16;
 
 struct ConvGeometry {
   int64_t CI, H, W, CO, OH, OW, KH, KW, SH, SW, PH, PW;
@@ -95,10 +91,8 @@ void gather_gradient_panels(const float* dy, const int64_t* dy_strides, const Co
 
 at::Tensor conv2d_weight_grad_im2col(const at::Tensor& grad_out, const at::Tensor& x, c10::IntArrayRef kernel_size,
                                      c10::IntArrayRef stride, c10::IntArrayRef padding) {
-  const MicroKernel<float> kernel = microkernel_for<float>();
+  const MicroKernel<float> kernel = swapped_product_kernel();
   const int64_t nr = kernel.nr, mr = kernel.mr;
-  TORCH_INTERNAL_ASSERT(mr <= kProductStride && kernel.swapped_fn != nullptr, "conv2d_weight_grad: kernel ",
-                        kernel.isa, " has no swapped product of at most ", kProductStride, " rows");
   const ConvGeometry g{x.size(1),        x.size(2),  x.size(3),  grad_out.size(1), grad_out.size(2),
                        grad_out.size(3), kernel_size[0], kernel_size[1], stride[0], stride[1],
                        padding[0],       padding[1]};
@@ -116,7 +110,7 @@ at::Tensor conv2d_weight_grad_im2col(const at::Tensor& grad_out, const at::Tenso
   float* const sums = sums_tensor.data_ptr<float>();
   at::parallel_for(0, slabs, 1, [&](int64_t begin, int64_t end) {
     ScratchBuffer<float> cols(kPixelsPerChunk * ldt), panels(groups * kPixelsPerChunk * nr),
-        product(nr * kProductStride);
+        product(nr * kSwappedProductStride);
     for (int64_t slab = begin; slab < end; ++slab) {
       float* sum = sums + slab * g.CO * taps;
       const int64_t slab_end = std::min(pixels, (slab + 1) * kPixelsPerSlab);
@@ -131,14 +125,8 @@ at::Tensor conv2d_weight_grad_im2col(const at::Tensor& grad_out, const at::Tenso
           for (int64_t group = 0; group < groups; ++group) {
             const int64_t channels = std::min(nr, g.CO - group * nr);
             kernel.swapped_fn(count, cols.data() + t0, ldt, panels.data() + group * count * nr, product.data(),
-                              kProductStride, rows);
-            for (int64_t j = 0; j < channels; ++j) {
-              float* dst = sum + (group * nr + j) * taps + t0;
-              const float* src = product.data() + j * kProductStride;
-              for (int64_t r = 0; r < rows; ++r) {
-                dst[r] += src[r];
-              }
-            }
+                              kSwappedProductStride, rows);
+            add_swapped_product(product.data(), channels, rows, sum + group * nr * taps + t0, taps);
           }
         }
       }
